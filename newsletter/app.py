@@ -1,0 +1,189 @@
+"""The composition root and the use cases: build an issue, preview it, send it.
+
+Everything outside (the clock, the HTTP client, the state database) is passed
+in here and nowhere else, so tests swap parts without patching.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import httpx
+
+from newsletter.config import Config, FeedSourceSettings, MarkdownSourceSettings, load_config
+from newsletter.ledger import Ledger
+from newsletter.models import Issue, RenderedEmail, Window
+from newsletter.preview import PreviewPage
+from newsletter.render import Renderer
+from newsletter.stories import StorySource, gather
+from newsletter.stories.feed import FeedCache, FeedSource
+from newsletter.stories.markdown import MarkdownFolderSource
+from newsletter.tokens import Personaliser
+
+Clock = Callable[[], dt.datetime]
+
+
+def system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+SAMPLE_SUBSCRIBER = {
+    "email": "reader@example.com",
+    "name": "Alex Reader",
+    "first_name": "Alex",
+    "unsubscribe_url": "https://example.com/unsubscribe?preview",
+}
+
+
+@dataclass(frozen=True)
+class BuiltIssue:
+    """An issue and its email, rendered once."""
+
+    issue: Issue
+    email: RenderedEmail
+
+    def personalised(self, values: Mapping[str, str]) -> tuple[str, str]:
+        """(html, text) for one recipient, as a local transport would send them."""
+        return Personaliser(self.email.html).fill(values), Personaliser(self.email.text).fill(
+            values
+        )
+
+
+@dataclass
+class App:
+    config: Config
+    clock: Clock = system_clock
+    http: httpx.Client | None = None
+    feed_cache: FeedCache | None = None
+    _owned: list[object] = field(default_factory=list)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        ledger = Ledger(self.config.database_url)
+        self._owned.append(ledger)
+        return ledger
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        return Renderer(self.config)
+
+    def _http(self) -> httpx.Client:
+        if self.http is None:
+            self.http = httpx.Client()
+            self._owned.append(self.http)
+        return self.http
+
+    def close(self) -> None:
+        for thing in self._owned:
+            thing.close()  # type: ignore[attr-defined]
+        self._owned.clear()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- building an issue ---------------------------------------------------------
+
+    def today(self) -> dt.date:
+        return self.clock().astimezone(self.config.newsletter.tz).date()
+
+    def issue_time(self, date: dt.date) -> dt.datetime:
+        """The issue's nominal send time; on a spring-forward day a missing time moves on."""
+        tz = self.config.newsletter.tz
+        local = dt.datetime.combine(date, self.config.schedule.time, tzinfo=tz)
+        return local.astimezone(dt.UTC).astimezone(tz)
+
+    def window(self, date: dt.date, previous_end: dt.datetime | None = None) -> Window:
+        end = self.issue_time(date)
+        if previous_end is not None and previous_end < end:
+            return Window(previous_end, end)
+        span = self.config.issue.window
+        return Window(end - span if span is not None else None, end)
+
+    def sources(self) -> list[StorySource]:
+        sources: list[StorySource] = []
+        for settings in self.config.sources:
+            if isinstance(settings, MarkdownSourceSettings):
+                sources.append(
+                    MarkdownFolderSource(settings.label, settings.path, self.config.newsletter.tz)
+                )
+            elif isinstance(settings, FeedSourceSettings):
+                sources.append(
+                    FeedSource(
+                        settings.label,
+                        settings.url,
+                        self._http(),
+                        self.feed_cache or self.ledger,
+                        timeout=settings.timeout,
+                        max_bytes=settings.max_bytes,
+                    )
+                )
+        return sources
+
+    def gather_issue(self, date: dt.date | None = None) -> Issue:
+        date = date or self.today()
+        window = self.window(date)
+        gathered = gather(
+            self.sources(),
+            window,
+            max_stories=self.config.issue.max_stories,
+            newest_first=self.config.issue.order == "newest_first",
+        )
+        return Issue(date=date, window=window, stories=gathered.stories, problems=gathered.problems)
+
+    def build_issue(self, date: dt.date | None = None) -> BuiltIssue:
+        issue = self.gather_issue(date)
+        return BuiltIssue(issue, self.renderer.render(issue))
+
+    def sample_values(self) -> dict[str, str]:
+        """A stand-in subscriber for previews: never a real reader's data."""
+        return dict(SAMPLE_SUBSCRIBER)
+
+
+def watched_paths(config: Config) -> tuple[Path, ...]:
+    """What the preview watches: the config, the templates and every story folder."""
+    paths = [config.path]
+    if config.templates.path is not None:
+        paths.append(config.templates.path)
+    paths += [s.path for s in config.sources if isinstance(s, MarkdownSourceSettings)]
+    return tuple(paths)
+
+
+def preview_page(
+    config_path: Path,
+    environ: Mapping[str, str],
+    date: dt.date | None,
+    clock: Clock = system_clock,
+) -> PreviewPage:
+    """Build the preview from scratch: the config itself may have changed since last time."""
+    config = load_config(config_path, environ)
+    with App(config, clock=clock) as app:
+        built = app.build_issue(date)
+        html, text = built.personalised(app.sample_values())
+    notes = [str(p) for p in built.issue.problems] + list(built.email.warnings)
+    if built.issue.is_empty:
+        notes.insert(0, empty_issue_message(built.issue))
+    return PreviewPage(
+        subject=built.email.subject,
+        preheader=built.email.preheader,
+        html=html,
+        text=text,
+        stories=len(built.issue.stories),
+        notes=tuple(notes),
+        watch=watched_paths(config),
+    )
+
+
+def empty_issue_message(issue: Issue) -> str:
+    window = issue.window
+    since = f"since {window.start:%Y-%m-%d %H:%M %Z}" if window.start else "ever"
+    return (
+        f"No stories for {issue.date.isoformat()}: nothing was published {since} "
+        f"up to {window.end:%Y-%m-%d %H:%M %Z} (a send skips an empty issue)."
+    )

@@ -1,0 +1,333 @@
+"""The newsletter's settings: TOML on disk, pydantic models in memory.
+
+Unknown keys are rejected (a typo must not silently fall back to a default),
+relative paths resolve against the config file's folder, and secrets are read
+from environment variables named in the config, never from the file itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from newsletter.errors import ConfigError
+
+CONFIG_ENV = "NEWSLETTER_CONFIG"
+DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
+DEFAULT_CONFIG_NAME = "config.toml"
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+RelPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept "90m", "24h", "2d" or "1h30m" as well as pydantic's own forms."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        match = re.fullmatch(r"(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
+        if match and text and any(match.groups()):
+            days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+            return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        raise ValueError(f'expected a duration such as "24h", "90m" or "2d", got {value!r}')
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+
+
+def _parse_window(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return None
+    return _parse_duration(value)
+
+
+def _check_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f'unknown time zone {value!r} (use an IANA name such as "Europe/London")'
+        ) from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_check_zone)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class NewsletterSettings(Settings):
+    name: NonEmpty
+    tagline: str = ""
+    url: str | None = None
+    timezone: TimeZoneName = "UTC"
+    language: str = "en"
+    postal_address: NonEmpty
+    reason: str = ""
+    archive_url: str | None = None
+    subject: str = "{{ newsletter.name }}: {{ issue.date | long_date }}"
+    preheader: str | None = None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def why_text(self) -> str:
+        return self.reason or f"You are receiving this email because you subscribed to {self.name}."
+
+
+class SenderSettings(Settings):
+    from_email: NonEmpty
+    from_name: str | None = None
+    reply_to: str | None = None
+
+    @field_validator("from_email", "reply_to")
+    @classmethod
+    def _looks_like_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError(f"not an email address: {value!r}")
+        return value
+
+
+class ScheduleSettings(Settings):
+    time: dt.time = dt.time(7, 0)
+    days: str = "*"
+    list: str = "main"
+    misfire_grace: Duration = timedelta(hours=2)
+
+
+class IssueSettings(Settings):
+    window: Annotated[timedelta | None, BeforeValidator(_parse_window)] = timedelta(hours=24)
+    max_stories: int = Field(default=10, ge=1, le=100)
+    order: Literal["newest_first", "oldest_first"] = "newest_first"
+    story_text: Literal["full", "summary"] = "full"
+
+
+class MarkdownSourceSettings(Settings):
+    kind: Literal["markdown"]
+    name: str | None = None
+    path: RelPath
+
+    @property
+    def label(self) -> str:
+        return self.name or f"markdown:{self.path.name}"
+
+
+class FeedSourceSettings(Settings):
+    kind: Literal["feed"]
+    name: str | None = None
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: float = Field(default=10.0, gt=0, le=120)
+    max_bytes: int = Field(default=5_000_000, gt=0)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url
+
+
+SourceSettings = Annotated[MarkdownSourceSettings | FeedSourceSettings, Field(discriminator="kind")]
+
+
+class TemplateSettings(Settings):
+    path: RelPath | None = Path("templates")
+
+
+class ThemeSettings(Settings):
+    accent_color: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")] = "#1f5f8b"
+    logo_url: str | None = None
+    logo_width: int = Field(default=160, gt=0, le=600)
+
+
+class SubscriberSettings(Settings):
+    path: RelPath = Path("subscribers")
+
+
+class StateSettings(Settings):
+    database_url: str | None = None
+
+
+class DeliverySettings(Settings):
+    transport: Literal["sendgrid", "smtp", "outbox"] = "sendgrid"
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+
+
+class UnsubscribeSettings(Settings):
+    mode: Literal["hosted", "sendgrid"] | None = None
+    base_url: str | None = None
+    mailto: str | None = None
+    secret_env: str = "NEWSLETTER_SECRET"
+
+
+class SendGridSettings(Settings):
+    api_url: str = "https://api.sendgrid.com"
+    api_key_env: str = "SENDGRID_API_KEY"
+    timeout: float = Field(default=30.0, gt=0, le=300)
+    asm_group_id: int | None = None
+    categories: list[str] = []
+    ip_pool_name: str | None = None
+    click_tracking: bool = False
+    open_tracking: bool = False
+
+
+class SmtpSettings(Settings):
+    host: str = "localhost"
+    port: int = 587
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    username: str | None = None
+    password_env: str = "SMTP_PASSWORD"
+    timeout: float = Field(default=30.0, gt=0, le=300)
+
+
+class OutboxSettings(Settings):
+    path: RelPath = Path("outbox")
+
+
+class Config(Settings):
+    newsletter: NewsletterSettings
+    sender: SenderSettings
+    schedule: ScheduleSettings = ScheduleSettings()
+    issue: IssueSettings = IssueSettings()
+    sources: list[SourceSettings] = []
+    templates: TemplateSettings = TemplateSettings()
+    theme: ThemeSettings = ThemeSettings()
+    subscribers: SubscriberSettings = SubscriberSettings()
+    state: StateSettings = StateSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    unsubscribe: UnsubscribeSettings = UnsubscribeSettings()
+    sendgrid: SendGridSettings = SendGridSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    outbox: OutboxSettings = OutboxSettings()
+
+    _path: Path = PrivateAttr(default=Path(DEFAULT_CONFIG_NAME))
+    _environ: Mapping[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        """The config file this was read from; the base of every relative path."""
+        return self._path
+
+    @property
+    def root(self) -> Path:
+        return self._path.parent
+
+    @property
+    def database_url(self) -> str:
+        url = self._environ.get(DATABASE_URL_ENV) or self.state.database_url
+        if not url:
+            return f"sqlite:///{self.root / 'newsletter.db'}"
+        return _resolve_sqlite_url(url, self.root)
+
+    def secret(self, env_name: str) -> str | None:
+        """A secret from the environment, or None; the value never enters the config."""
+        value = self._environ.get(env_name)
+        return value or None
+
+
+def _resolve_sqlite_url(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        rest = url[len(prefix) :]
+        if rest and not rest.startswith(":memory:"):
+            return prefix + str(base / rest)
+    return url
+
+
+def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    """`--config PATH`, else `$NEWSLETTER_CONFIG`, else `./config.toml`."""
+    if explicit:
+        return Path(explicit)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate one config file; every problem is a ConfigError naming the key."""
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        hint = ""
+        if path.name == DEFAULT_CONFIG_NAME:
+            hint = " (pass --config PATH, set $NEWSLETTER_CONFIG, or copy config.example.toml)"
+        raise ConfigError(f"{path}: config file not found{hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    base_dir = path.resolve().parent
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+    config._path = path.resolve()
+    config._environ = environ
+    return config
+
+
+_SOURCE_KINDS = {"markdown", "feed"}
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+        elif i == 2 and loc[0] == "sources" and item in _SOURCE_KINDS:
+            continue  # pydantic's union tag, not a key the user wrote
+        else:
+            parts.append(str(item))
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        kind = error["type"]
+        if kind == "missing":
+            message = "is required"
+        elif kind == "extra_forbidden":
+            message = "unknown setting"
+        elif kind == "union_tag_invalid":
+            message = f"unknown source kind (expected one of: {', '.join(sorted(_SOURCE_KINDS))})"
+        elif kind == "union_tag_not_found":
+            message = 'needs a "kind" (markdown or feed)'
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {_key_path(tuple(error['loc']))}: {message}")
+    return "\n".join(lines)

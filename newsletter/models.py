@@ -1,0 +1,106 @@
+"""The nouns of the project: stories, issues, rendered emails, subscribers.
+
+See CONTEXT.md for what each word means; these are the shapes that cross
+module boundaries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Story(BaseModel):
+    """One item of the day's news, from any source, already sanitised."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    title: str
+    published: dt.datetime
+    source: str
+    url: str | None = None
+    summary: str | None = None
+    body_html: str | None = None
+    image: str | None = None
+    image_alt: str = ""
+    author: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """Every identity of the story: the same story may arrive twice by id or by URL."""
+        keys = {self.id}
+        if self.url:
+            keys.add(normalise_url(self.url))
+        return frozenset(keys)
+
+
+_TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+
+
+def normalise_url(url: str) -> str:
+    """A URL's identity for de-duplication: no fragment, no tracking parameters."""
+    parts = urlsplit(url.strip())
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not k.lower().startswith(_TRACKING_PARAMS)
+    ]
+    path = parts.path.rstrip("/") or "/"
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, urlencode(query), ""))
+
+
+@dataclass(frozen=True)
+class Window:
+    """The stretch of time an issue covers: (start, end]; start None means no lower bound."""
+
+    start: dt.datetime | None
+    end: dt.datetime
+
+    def __contains__(self, moment: dt.datetime) -> bool:
+        return (self.start is None or moment > self.start) and moment <= self.end
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """A source that failed or was partly unreadable; the issue is built without it."""
+
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One day's edition: the stories chosen for a date, before rendering."""
+
+    date: dt.date
+    window: Window
+    stories: tuple[Story, ...]
+    problems: tuple[SourceProblem, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.stories
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """The issue rendered once, with per-recipient values left as tokens."""
+
+    subject: str
+    html: str
+    text: str
+    preheader: str
+    tokens: frozenset[str] = field(default_factory=frozenset)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def html_bytes(self) -> int:
+        return len(self.html.encode("utf-8"))

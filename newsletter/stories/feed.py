@@ -1,0 +1,188 @@
+"""Stories from an RSS 2.0 or Atom feed, fetched over HTTP."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import feedparser
+import httpx
+
+from newsletter import __version__
+from newsletter.errors import SourceError
+from newsletter.models import SourceProblem, Story
+from newsletter.stories.base import SourceResult
+from newsletter.stories.sanitize import clean_html, plain_text
+
+log = logging.getLogger(__name__)
+
+FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5"
+USER_AGENT = f"newsletter/{__version__} (+https://pypi.org/project/newsletter/)"
+
+
+@dataclass(frozen=True)
+class CachedFeed:
+    """The last good answer for a feed, so a 304 Not Modified can be served from it."""
+
+    body: bytes
+    content_type: str = ""
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class FeedCache(Protocol):
+    def load(self, url: str) -> CachedFeed | None: ...
+
+    def save(self, url: str, feed: CachedFeed) -> None: ...
+
+
+class MemoryFeedCache:
+    """A FeedCache for one process (preview reloads); the ledger keeps one across runs."""
+
+    def __init__(self) -> None:
+        self._feeds: dict[str, CachedFeed] = {}
+
+    def load(self, url: str) -> CachedFeed | None:
+        return self._feeds.get(url)
+
+    def save(self, url: str, feed: CachedFeed) -> None:
+        self._feeds[url] = feed
+
+
+class FeedSource:
+    """One feed URL; conditional GET with the remembered ETag and Last-Modified."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        client: httpx.Client,
+        cache: FeedCache,
+        *,
+        timeout: float = 10.0,
+        max_bytes: int = 5_000_000,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.client = client
+        self.cache = cache
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+
+    def fetch(self) -> SourceResult:
+        feed = self.download()
+        parsed = feedparser.parse(
+            feed.body,
+            response_headers={"content-type": feed.content_type, "content-location": self.url},
+            sanitize_html=False,  # nh3 does it, with the email allowlist
+        )
+        if parsed.bozo and not parsed.entries:
+            reason = parsed.get("bozo_exception") or "unknown error"
+            raise SourceError(f"not a valid RSS or Atom feed: {reason}")
+        result = SourceResult()
+        undated = 0
+        for entry in parsed.entries:
+            story = self._story(entry)
+            if story is None:
+                undated += 1
+            else:
+                result.stories.append(story)
+        if undated:
+            result.problems.append(
+                SourceProblem(self.name, f"{undated} entries without a date were skipped")
+            )
+        return result
+
+    def download(self) -> CachedFeed:
+        cached = self.cache.load(self.url)
+        headers = {"User-Agent": USER_AGENT, "Accept": FEED_ACCEPT}
+        if cached is not None:
+            if cached.etag:
+                headers["If-None-Match"] = cached.etag
+            if cached.last_modified:
+                headers["If-Modified-Since"] = cached.last_modified
+        try:
+            with self.client.stream(
+                "GET", self.url, headers=headers, timeout=self.timeout, follow_redirects=True
+            ) as response:
+                if response.status_code == 304 and cached is not None:
+                    log.debug("feed %s not modified", self.url)
+                    return cached
+                if response.status_code >= 400:
+                    raise SourceError(
+                        f"HTTP {response.status_code} {response.reason_phrase} from {self.url}"
+                    )
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise SourceError(
+                            f"feed is larger than max_bytes ({self.max_bytes} bytes): {self.url}"
+                        )
+        except httpx.TimeoutException:
+            raise SourceError(f"timed out after {self.timeout:g}s: {self.url}") from None
+        except httpx.HTTPError as exc:
+            raise SourceError(f"cannot fetch {self.url}: {exc}") from None
+        fresh = CachedFeed(
+            body=bytes(body),
+            content_type=response.headers.get("content-type", ""),
+            etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+        )
+        if fresh.etag or fresh.last_modified:
+            self.cache.save(self.url, fresh)
+        return fresh
+
+    def _story(self, entry: Any) -> Story | None:
+        moment = entry.get("published_parsed") or entry.get("updated_parsed")
+        if moment is None:
+            return None
+        published = dt.datetime.fromtimestamp(calendar.timegm(moment), tz=dt.UTC)
+        title = plain_text(entry.get("title", "")) or "(untitled)"
+        link = entry.get("link") or None
+        if link and not link.startswith(("http://", "https://")):
+            link = None
+        contents = entry.get("content") or []
+        summary_html = entry.get("summary", "")
+        body_html = clean_html(contents[0].get("value", "") if contents else summary_html)
+        summary = plain_text(summary_html) if contents and summary_html else None
+        story_id = entry.get("id") or link or _digest(self.url, title, published)
+        return Story(
+            id=story_id,
+            title=title,
+            published=published,
+            source=self.name,
+            url=link,
+            summary=summary or None,
+            body_html=body_html or None,
+            image=_image(entry),
+            image_alt=title,
+            author=plain_text(entry.get("author", "")) or None,
+            tags=tuple(t.get("term", "") for t in entry.get("tags", []) if t.get("term")),
+        )
+
+
+def _image(entry: Any) -> str | None:
+    candidates = [m.get("url") for m in entry.get("media_thumbnail", [])]
+    candidates += [
+        m.get("url")
+        for m in entry.get("media_content", [])
+        if m.get("medium") == "image" or str(m.get("type", "")).startswith("image/")
+    ]
+    candidates += [
+        e.get("href")
+        for e in entry.get("enclosures", [])
+        if str(e.get("type", "")).startswith("image/")
+    ]
+    for url in candidates:
+        if url and url.startswith(("http://", "https://")):
+            return url
+    return None
+
+
+def _digest(*parts: object) -> str:
+    return "feed:" + hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
