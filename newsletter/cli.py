@@ -19,8 +19,8 @@ from newsletter.config import Config, find_config, load_config
 from newsletter.errors import NewsletterError
 from newsletter.preview import PreviewState, Watcher, make_server
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 class Group(click.Group):

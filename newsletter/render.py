@@ -44,6 +44,12 @@ def short_date(value: dt.date) -> str:
     return f"{value.day} {value:%B %Y}"
 
 
+def lighten(colour: str, amount: float = 0.5) -> str:
+    """A `#rrggbb` colour mixed with white, e.g. the accent made readable on a dark background."""
+    channels = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in channels)
+
+
 def nl2br(value: str) -> Markup:
     return Markup("<br>").join(escape(line.strip()) for line in str(value).splitlines())
 
@@ -127,14 +133,23 @@ class Renderer:
             template_dirs.append(str(user_dir))
         template_dirs.append(str(THEME_DIR))
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(template_dirs),
+            # "theme/<name>" always reaches the built-in file, so a user's template
+            # can extend or include the one it replaces.
+            loader=jinja2.ChoiceLoader(
+                [
+                    jinja2.FileSystemLoader(template_dirs),
+                    jinja2.PrefixLoader({"theme": jinja2.FileSystemLoader(str(THEME_DIR))}),
+                ]
+            ),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
-        self.env.filters.update(long_date=long_date, short_date=short_date, nl2br=nl2br)
+        self.env.filters.update(
+            long_date=long_date, short_date=short_date, nl2br=nl2br, lighten=lighten
+        )
         self.template_dirs = [Path(d) for d in template_dirs]
         _quiet_cssutils()
 

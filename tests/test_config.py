@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import find_config, load_config
+from newsletter.errors import ConfigError
+
+from .conftest import BASE_CONFIG, REPO, Site
+
+
+def test_example_config_loads_with_every_path_resolved_against_its_folder() -> None:
+    config = load_config(REPO / "config.example.toml", {})
+    assert config.newsletter.name == "The Morning Brief"
+    assert config.templates.path == REPO / "templates"
+    assert config.subscribers.path == REPO / "subscribers"
+    assert config.sources[0].path == REPO / "stories"
+    assert config.database_url == f"sqlite:///{REPO / 'newsletter.db'}"
+    assert config.schedule.misfire_grace == dt.timedelta(hours=2)
+    assert config.issue.window is None  # "all"
+
+
+def test_relative_paths_resolve_against_the_config_folder_not_the_cwd(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.write_config(extra='[state]\ndatabase_url = "sqlite:///state/db.sqlite"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("paper/config.toml"), {})
+    assert config.sources[0].path == site.root.resolve() / "stories"
+    assert config.database_url == f"sqlite:///{site.root.resolve() / 'state/db.sqlite'}"
+
+
+def test_database_url_from_the_environment_wins(site: Site) -> None:
+    config = site.config({"NEWSLETTER_DATABASE_URL": "postgresql://u@db/newsletter"})
+    assert config.database_url == "postgresql://u@db/newsletter"
+
+
+def test_discovery_order(tmp_path: Path) -> None:
+    assert find_config("given.toml", {"NEWSLETTER_CONFIG": "env.toml"}) == Path("given.toml")
+    assert find_config(None, {"NEWSLETTER_CONFIG": "env.toml"}) == Path("env.toml")
+    assert find_config(None, {}) == Path("config.toml")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("[newsletter]\n", "invalid TOML"),  # a table defined twice
+        ("[issue]\nmax_storys = 5\n", "issue.max_storys: unknown setting"),
+        ("[issue]\nmax_stories = 'ten'\n", "issue.max_stories: Input should be a valid integer"),
+        ("[issue]\nwindow = 'yesterday'\n", 'issue.window: expected a duration such as "24h"'),
+        ("[delivery]\nbatch_size = 5000\n", "delivery.batch_size: Input should be less than or equal to 1000"),
+        ("[[sources]]\nkind = 'feed'\nurl = 'ftp://x'\n", "sources[1].url: String should match pattern"),
+        ("[[sources]]\nkind = 'feed'\nurl = 'https://x'\ntimout = 3\n", "sources[1].timout: unknown setting"),
+        ("[[sources]]\nkind = 'twitter'\n", "sources[1]: unknown source kind"),
+        ("[theme]\naccent_color = 'blue'\n", "theme.accent_color: String should match pattern"),
+        ("[bogus]\nx = 1\n", "bogus: unknown setting"),
+    ],
+)  # fmt: skip
+def test_bad_config_names_the_file_and_the_key(site: Site, extra: str, expected: str) -> None:
+    site.write_config(extra=extra)
+    with pytest.raises(ConfigError) as info:
+        site.config()
+    message = str(info.value)
+    assert message.startswith(
+        f"{site.config_path.resolve().parent}/config.toml"
+    ) or message.startswith(str(site.config_path))
+    assert expected in message
+
+
+def test_invalid_time_zone(site: Site) -> None:
+    site.write_config(BASE_CONFIG.replace("Europe/London", "Europe/Londn"))
+    with pytest.raises(ConfigError, match=r"newsletter.timezone: unknown time zone 'Europe/Londn'"):
+        site.config()
+
+
+def test_missing_postal_address_is_refused(site: Site) -> None:
+    text = BASE_CONFIG.replace(
+        'postal_address = """The Test Times\n1 Fixture Lane\nTestville TE5 7ST"""\n', ""
+    )
+    assert "postal_address" not in text
+    site.write_config(text)
+    with pytest.raises(ConfigError, match=r"config.toml: newsletter.postal_address: is required"):
+        site.config()
+
+
+def test_blank_postal_address_is_refused(site: Site) -> None:
+    site.write_config(
+        BASE_CONFIG.replace('postal_address = """The Test Times', 'postal_address = """ ').replace(
+            "1 Fixture Lane\nTestville TE5 7ST", ""
+        )
+    )
+    with pytest.raises(
+        ConfigError, match=r"newsletter.postal_address: String should have at least 1"
+    ):
+        site.config()
+
+
+def test_missing_file_gives_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config.toml: config file not found \(pass --config"):
+        load_config(tmp_path / "config.toml", {})
+
+
+def test_cli_reports_a_bad_config_in_one_line_without_traceback(site: Site) -> None:
+    site.write_config(extra="[issue]\nmax_storys = 5\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(site.config_path), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {site.config_path}: issue.max_storys: unknown setting"
+
+
+def test_config_found_through_the_environment_variable(site: Site, tmp_path: Path) -> None:
+    site.story("hello", title="Hello from the env", date="2024-03-05 06:00:00+00:00")
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "check", "--date", "2024-03-05"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**_env(), "NEWSLETTER_CONFIG": str(site.config_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Hello from the env" in result.stdout
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}

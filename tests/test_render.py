@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+
+import lxml.html
+import pytest
+
+from newsletter.errors import RenderError
+from newsletter.tokens import Personaliser
+
+from .conftest import Site
+
+DAY = dt.date(2024, 3, 5)
+VALUES = {
+    "email": "ann@example.org",
+    "first_name": "Ann",
+    "unsubscribe_url": "https://news.example.com/u?t=abc",
+}
+
+
+def build(site: Site):  # type: ignore[no-untyped-def]
+    return site.app().build_issue(DAY)
+
+
+@pytest.fixture
+def two_stories(site: Site) -> Site:
+    site.story(
+        "lead",
+        body="First paragraph with a [link](https://example.com/source).\n\nSecond paragraph.\n",
+        title="Lead story & more",
+        date="2024-03-05 06:00:00+00:00",
+        url="https://example.com/lead",
+        author="Ann Writer",
+        tags=["World"],
+        image="https://cdn.example.com/lead.jpg",
+        image_alt="A crowd",
+    )
+    site.story("brief", body="No link here.\n", title="A brief", date="2024-03-05 05:00:00+00:00")
+    return site
+
+
+def test_tokens_survive_premailer_including_inside_href(two_stories: Site) -> None:
+    email = build(two_stories).email
+    assert 'href="%%unsubscribe_url%%"' in email.html
+    assert "%%email%%" in email.html
+    assert "%%unsubscribe_url:text%%" in email.text
+    assert email.tokens == {"email", "unsubscribe_url"}
+    assert "{{" not in email.html and "{{" not in email.text
+
+
+def test_css_is_inlined_and_head_rules_keep_important(two_stories: Site) -> None:
+    html = build(two_stories).email.html
+    assert html.startswith("<!DOCTYPE html>")
+    doc = lxml.html.fromstring(html)
+    [headline] = doc.xpath("//h2[contains(@class, 'headline')]")[:1]
+    assert "font-family:Georgia" in headline.get("style").replace(" ", "")
+    styles = [s.text_content() for s in doc.xpath("//head/style")]
+    head_css = "\n".join(styles)
+    assert "@media only screen and (max-width: 620px)" in head_css
+    assert "@media (prefers-color-scheme: dark)" in head_css
+    assert "[data-ogsc]" in head_css
+    assert re.search(r"\.container \{ width: 100% !important;", head_css)
+    assert ".headline {" not in head_css.split("@media")[0]  # inlined, not left behind
+    assert "<!--[if mso]>" in html and "<![endif]-->" in html
+    assert 'name="color-scheme" content="light dark"' in html
+
+
+def test_theme_has_the_parts_of_a_real_newsletter(two_stories: Site) -> None:
+    built = build(two_stories)
+    doc = lxml.html.fromstring(built.email.html)
+    text = doc.text_content()
+    assert "The Test Times" in text and "Tuesday, 5 March 2024" in text
+    lead = doc.xpath("//h2[contains(@class,'headline')]/a")[0]
+    assert lead.get("href") == "https://example.com/lead" and lead.text == "Lead story & more"
+    assert "By Ann Writer · 5 March 2024" in text
+    img = doc.xpath("//img[contains(@class,'story-image')]")[0]
+    assert img.get("src") == "https://cdn.example.com/lead.jpg" and img.get("alt") == "A crowd"
+    assert doc.xpath("//a[contains(@class,'button')]")[0].get("href") == "https://example.com/lead"
+    assert "Share this post:" in text
+    share = {a.text: a.get("href") for a in doc.xpath("//p[contains(@class,'share')]/a")}
+    assert share["X"].startswith(
+        "https://x.com/intent/tweet?text=Lead%20story%20%26%20more&url=https%3A%2F%2Fexample.com%2Flead"
+    )
+    assert (
+        share["LinkedIn"]
+        == "https://www.linkedin.com/sharing/share-offsite/?url=https%3A%2F%2Fexample.com%2Flead"
+    )
+    assert (
+        share["Facebook"]
+        == "https://www.facebook.com/sharer/sharer.php?u=https%3A%2F%2Fexample.com%2Flead"
+    )
+    assert share["Email"].startswith("mailto:?subject=Lead%20story")
+    # the story without a URL: plain headline, no button, no share links
+    brief = doc.xpath("//td[contains(@class,'story')]")[1]
+    assert not brief.xpath(".//a")
+    preheader = doc.xpath("//div[contains(@class,'preheader')]")[0]
+    assert "display: none" in preheader.get("style")
+    assert preheader.text_content().startswith("Lead story & more · A brief")
+    footer = doc.xpath("//td[contains(@class,'footer')]")[0].text_content()
+    assert "1 Fixture Lane" in footer and "Unsubscribe" in footer and "View in browser" in footer
+    assert "You are receiving this email because you subscribed to The Test Times." in footer
+    view = doc.xpath("//td[contains(@class,'topbar')]/a")[0]
+    assert view.get("href") == "https://news.example.com/archive/2024-03-05"
+
+
+def test_no_archive_url_means_no_view_in_browser(two_stories: Site) -> None:
+    two_stories.write_config(
+        two_stories.config_path.read_text().replace(
+            'archive_url = "https://news.example.com/archive"\n', ""
+        )
+    )
+    assert "View in browser" not in build(two_stories).email.html
+
+
+def test_text_part_reads_on_its_own(two_stories: Site) -> None:
+    built = build(two_stories)
+    text = Personaliser(built.email.text).fill(VALUES)
+    assert "First paragraph with a link (https://example.com/source)." in text
+    assert "Read more: https://example.com/lead" in text
+    assert "Unsubscribe: https://news.example.com/u?t=abc" in text
+    assert "1 Fixture Lane" in text
+    assert "\u034f" not in text and "&zwnj;" not in text and "<" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_story_text_cannot_forge_a_token(site: Site) -> None:
+    site.story(
+        "trap",
+        body="Click %%unsubscribe_url%% or [here](https://evil.example/?%%email%%) %%first_name%%\n",
+        title="Win %%first_name%%",
+        date="2024-03-05 06:00:00+00:00",
+        url="https://example.com/%%email%%",
+    )
+    built = build(site)
+    assert Personaliser(built.email.html).names == {"email", "unsubscribe_url"}
+    assert Personaliser(built.email.text).names == {"email", "unsubscribe_url"}
+    html, text = built.personalised(VALUES)
+    assert "Ann" not in html and "Ann" not in text
+    assert "https://news.example.com/u?t=abc" not in html.split('class="footer"')[0]
+    assert "https://example.com/%25%25email%25%25" in html
+    visible = lxml.html.fromstring(html).text_content().replace("\u2060", "")
+    assert "Click %%unsubscribe_url%% or here %%first_name%%" in visible
+
+
+def test_values_are_escaped_in_html_but_not_in_text(two_stories: Site) -> None:
+    built = build(two_stories)
+    html, text = built.personalised({**VALUES, "email": "a&b<i>@example.org"})
+    assert "This email was sent to a&amp;b&lt;i&gt;@example.org." in html
+    assert "This email was sent to a&b<i>@example.org." in text
+
+
+def test_a_user_template_overrides_one_partial(two_stories: Site) -> None:
+    two_stories.template(
+        "partials/footer.html",
+        '<tr><td class="footer">Custom foot {{ newsletter.postal_address }} <a href="{{ subscriber.unsubscribe_url }}">Leave</a></td></tr>\n',
+    )
+    html = build(two_stories).email.html
+    assert "Custom foot" in html and "Leave</a>" in html
+    assert "Share this post:" in html  # the rest still comes from the built-in theme
+
+
+def test_template_syntax_error_names_file_and_line(two_stories: Site) -> None:
+    path = two_stories.template("partials/story.html", "<tr><td>\n{{ story.title }\n</td></tr>\n")
+    with pytest.raises(RenderError, match=rf"^{re.escape(str(path))}: line 2: unexpected '}}'"):
+        build(two_stories)
+
+
+def test_undefined_variable_names_file_and_line(two_stories: Site) -> None:
+    path = two_stories.template(
+        "partials/story.html", "<tr><td>\n\n{{ story.headline }}</td></tr>\n"
+    )
+    with pytest.raises(RenderError) as info:
+        build(two_stories)
+    assert str(info.value).startswith(f"{path}: line 3: ")
+    assert "headline" in str(info.value)
+
+
+def test_bad_subject_template_names_the_setting(two_stories: Site) -> None:
+    text = two_stories.config_path.read_text()
+    two_stories.config_path.write_text(
+        text.replace("[sender]", 'subject = "{{ issue.nope }}"\n\n[sender]')
+    )
+    with pytest.raises(RenderError, match=r"config.toml: newsletter.subject: .*nope"):
+        build(two_stories)
+
+
+def test_oversized_email_warns_about_gmail_clipping(site: Site) -> None:
+    long_body = "\n\n".join(["Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8] * 30)
+    for n in range(10):
+        site.story(f"long-{n}", body=long_body, date=f"2024-03-05 06:{n:02d}:00+00:00")
+    email = build(site).email
+    assert email.html_bytes > 100 * 1024
+    [warning] = email.warnings
+    assert "Gmail clips" in warning
+
+
+def test_a_normal_issue_has_no_warnings(two_stories: Site) -> None:
+    assert build(two_stories).email.warnings == ()
+
+
+def test_css_parser_noise_goes_to_debug(
+    two_stories: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    two_stories.template(
+        "email.css", "{% include 'theme/email.css' %}\n.story { colr: red; ; width: }\n@bogus;\n"
+    )
+    caplog.set_level(logging.DEBUG)
+    build(two_stories)
+    css_records = [r for r in caplog.records if r.name == "newsletter.css"]
+    assert css_records and all(r.levelno == logging.DEBUG for r in css_records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_sendgrid_unsubscribe_mode_uses_sendgrids_own_link(two_stories: Site) -> None:
+    two_stories.write_config(extra='[unsubscribe]\nmode = "sendgrid"\n')
+    email = build(two_stories).email
+    assert 'href="<%asm_group_unsubscribe_raw_url%>"' in email.html
+    assert "%%unsubscribe_url%%" not in email.html
+
+
+def test_an_empty_issue_still_renders_a_footer(site: Site) -> None:
+    email = build(site).email
+    assert "No new stories today." in email.html and "1 Fixture Lane" in email.html
