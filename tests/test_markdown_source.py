@@ -81,7 +81,8 @@ def test_raw_html_in_markdown_is_sanitised(site: Site) -> None:
     [
         ("no front matter\n", "line 1: missing front matter"),
         ("---\ntitle: x\ndate: 2024-01-01\n", "line 1: front matter is not closed"),
-        ("---\ntitle: x\ndate: [2024\n---\nbody\n", "line 4: invalid front matter"),
+        ("---\ntitle: x\ndate: [2024\n---\nbody\n", "line 3: invalid front matter: while parsing a flow sequence: expected ',' or ']'"),
+        ("---\ntitle: a: b\ndate: 2024-01-01\n---\n", "line 2: invalid front matter: mapping values are not allowed here"),
         ("---\ntitle: ok\ndate: 2024-01-01\ntitel: typo\n---\n", "line 4: unknown key 'titel'"),
         ("---\ndate: 2024-01-01\n---\n", "line 1: title is required"),
         ("---\ntitle: x\nsummary: y\ndate: soon\n---\n", "line 4: date: Input should be a valid datetime"),

@@ -53,7 +53,7 @@ def gather(
         try:
             result = source.fetch()
         except SourceError as exc:
-            log.warning("source %s failed: %s", source.name, exc)
+            log.info("source %s failed: %s", source.name, exc)
             problems.append(SourceProblem(source.name, str(exc)))
             continue
         except Exception as exc:  # a bug in one source must not sink the issue

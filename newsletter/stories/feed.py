@@ -6,6 +6,7 @@ import calendar
 import datetime as dt
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from newsletter.stories.sanitize import clean_html, plain_text
 
 log = logging.getLogger(__name__)
 
+TOTAL_TIME_FACTOR = 3  # a whole download may take this many times the per-read timeout
 FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5"
 USER_AGENT = f"newsletter/{__version__} (+https://pypi.org/project/newsletter/)"
 
@@ -32,6 +34,7 @@ class CachedFeed:
     content_type: str = ""
     etag: str | None = None
     last_modified: str | None = None
+    final_url: str | None = None  # after redirects; not stored in the cache
 
 
 class FeedCache(Protocol):
@@ -77,11 +80,17 @@ class FeedSource:
         feed = self.download()
         parsed = feedparser.parse(
             feed.body,
-            response_headers={"content-type": feed.content_type, "content-location": self.url},
+            # relative links resolve against where the feed really came from
+            response_headers={
+                "content-type": feed.content_type,
+                "content-location": feed.final_url or self.url,
+            },
             sanitize_html=False,  # nh3 does it, with the email allowlist
         )
-        if parsed.bozo and not parsed.entries:
-            reason = parsed.get("bozo_exception") or "unknown error"
+        if (parsed.bozo and not parsed.entries) or not parsed.get("version"):
+            # version is "" or missing for well-formed XML that is no feed (an XHTML page)
+            # and for an empty body; neither sets bozo.
+            reason = parsed.get("bozo_exception") or "no RSS or Atom root element"
             raise SourceError(f"not a valid RSS or Atom feed: {reason}")
         result = SourceResult()
         undated = 0
@@ -109,7 +118,11 @@ class FeedSource:
             with self.client.stream(
                 "GET", self.url, headers=headers, timeout=self.timeout, follow_redirects=True
             ) as response:
-                if response.status_code == 304 and cached is not None:
+                if response.status_code == 304:
+                    if cached is None:  # we sent no conditional headers: the server is wrong
+                        raise SourceError(
+                            f"HTTP 304 Not Modified from {self.url}, but no cached copy to reuse"
+                        )
                     log.debug("feed %s not modified", self.url)
                     return cached
                 if response.status_code >= 400:
@@ -117,8 +130,15 @@ class FeedSource:
                         f"HTTP {response.status_code} {response.reason_phrase} from {self.url}"
                     )
                 body = bytearray()
+                # httpx's timeout is per read; a server trickling bytes must not hold us
+                deadline = time.monotonic() + TOTAL_TIME_FACTOR * self.timeout
                 for chunk in response.iter_bytes():
                     body += chunk
+                    if time.monotonic() > deadline:
+                        raise SourceError(
+                            f"timed out: still downloading after "
+                            f"{TOTAL_TIME_FACTOR * self.timeout:g}s: {self.url}"
+                        )
                     if len(body) > self.max_bytes:
                         raise SourceError(
                             f"feed is larger than max_bytes ({self.max_bytes} bytes): {self.url}"
@@ -129,6 +149,7 @@ class FeedSource:
             raise SourceError(f"cannot fetch {self.url}: {exc}") from None
         fresh = CachedFeed(
             body=bytes(body),
+            final_url=str(response.url),
             content_type=response.headers.get("content-type", ""),
             etag=response.headers.get("etag"),
             last_modified=response.headers.get("last-modified"),
@@ -151,6 +172,8 @@ class FeedSource:
         body_html = clean_html(contents[0].get("value", "") if contents else summary_html)
         summary = plain_text(summary_html) if contents and summary_html else None
         story_id = entry.get("id") or link or _digest(self.url, title, published)
+        # the name alone: RSS <author> is "email (Name)", Atom's becomes "Name (email)"
+        author = entry.get("author_detail", {}).get("name") or entry.get("author", "")
         return Story(
             id=story_id,
             title=title,
@@ -161,7 +184,7 @@ class FeedSource:
             body_html=body_html or None,
             image=_image(entry),
             image_alt=title,
-            author=plain_text(entry.get("author", "")) or None,
+            author=plain_text(author) or None,
             tags=tuple(t.get("term", "") for t in entry.get("tags", []) if t.get("term")),
         )
 

@@ -117,9 +117,12 @@ def split_front_matter(path: Path, text: str) -> tuple[FrontMatter, str]:
     try:
         data = yaml.safe_load(header) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # an unclosed bracket is noticed at the end; where it was opened helps more
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = ": ".join(
+            part for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part
+        ) or str(exc)
         raise SourceError(f"{path}: line {line}: invalid front matter: {problem}") from None
     if not isinstance(data, dict):
         raise SourceError(f"{path}: line 2: front matter must be 'key: value' lines")
