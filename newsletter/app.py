@@ -126,19 +126,33 @@ class App:
                 )
         return sources
 
-    def gather_issue(self, date: dt.date | None = None) -> Issue:
+    def gather_issue(
+        self,
+        date: dt.date | None = None,
+        *,
+        previous_end: dt.datetime | None = None,
+        already_sent: frozenset[str] = frozenset(),
+    ) -> Issue:
         date = date or self.today()
-        window = self.window(date)
+        window = self.window(date, previous_end)
         gathered = gather(
             self.sources(),
             window,
+            already_sent=already_sent,
             max_stories=self.config.issue.max_stories,
             newest_first=self.config.issue.order == "newest_first",
         )
         return Issue(date=date, window=window, stories=gathered.stories, problems=gathered.problems)
 
-    def build_issue(self, date: dt.date | None = None) -> BuiltIssue:
-        issue = self.gather_issue(date)
+    def build_issue(self, date: dt.date | None = None, list_name: str | None = None) -> BuiltIssue:
+        """The issue as a list will get it: since its previous issue, minus stories it had."""
+        list_name = list_name or self.config.schedule.list
+        date = date or self.today()
+        issue = self.gather_issue(
+            date,
+            previous_end=self.ledger.previous_issue_end(list_name, date),
+            already_sent=self.ledger.sent_story_keys(list_name, before=date),
+        )
         return BuiltIssue(issue, self.renderer.render(issue))
 
     def sample_values(self) -> dict[str, str]:

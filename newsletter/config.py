@@ -180,6 +180,11 @@ class StateSettings(Settings):
 class DeliverySettings(Settings):
     transport: Literal["sendgrid", "smtp", "outbox"] = "sendgrid"
     batch_size: int = Field(default=1000, ge=1, le=1000)
+    workers: int = Field(default=4, ge=1, le=32)
+    attempts: int = Field(default=5, ge=1, le=20)
+    retry_delay: Duration = timedelta(seconds=1)
+    max_retry_delay: Duration = timedelta(seconds=60)
+    stale_claim: Duration = timedelta(minutes=15)
 
 
 class UnsubscribeSettings(Settings):

@@ -7,6 +7,12 @@ share the work. The schema is created on first use.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import socket
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +32,113 @@ feed_cache = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# One row per (list, date): claimed atomically by the unique constraint. The
+# rendered email is stored with the plan, so a resumed send sends the same thing.
+issues = sa.Table(
+    "issues",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("list_name", sa.String(64), nullable=False),
+    sa.Column("issue_date", sa.Date, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("claimed_by", sa.String(255)),
+    sa.Column("heartbeat", sa.DateTime(timezone=True)),
+    sa.Column("window_start", sa.DateTime(timezone=True)),
+    sa.Column("window_end", sa.DateTime(timezone=True)),
+    sa.Column("subject", sa.Text),
+    sa.Column("html", sa.Text),
+    sa.Column("text", sa.Text),
+    sa.Column("tokens", sa.Text),
+    sa.Column("story_keys", sa.Text),
+    sa.Column("transport", sa.String(16)),
+    sa.Column("recipients", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("list_name", "issue_date", name="uq_issue_per_list_and_date"),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("issue_id", sa.Integer, sa.ForeignKey("issues.id"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("recipients", sa.LargeBinary, nullable=False),
+    sa.Column("message_id", sa.String(255)),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("issue_id", "seq", name="uq_batch_seq"),
+)
+sa.Index("ix_batches_issue_status", batches.c.issue_id, batches.c.status)
+
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("email", sa.String(320), primary_key=True),  # lower-cased
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+issue_stories = sa.Table(
+    "issue_stories",
+    metadata,
+    sa.Column("issue_id", sa.Integer, sa.ForeignKey("issues.id"), primary_key=True),
+    sa.Column("story_key", sa.String(2048), primary_key=True),
+)
+
+SUPPRESSION_REASONS = ("unsubscribed", "bounced", "spam", "invalid", "manual")
+RESUMABLE = ("failed", "stopped")
+
+
+@dataclass(frozen=True)
+class IssueRow:
+    id: int
+    list_name: str
+    issue_date: dt.date
+    status: str
+    claimed_by: str | None
+    heartbeat: dt.datetime | None
+    window_start: dt.datetime | None
+    window_end: dt.datetime | None
+    subject: str | None
+    html: str | None
+    text: str | None
+    tokens: frozenset[str]
+    story_keys: tuple[str, ...]
+    transport: str | None
+    recipients: int
+    error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+    @property
+    def planned(self) -> bool:
+        return self.subject is not None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of asking for an issue: ours now (new or resumed), already sent, or busy."""
+
+    state: str  # "new" | "resumed" | "sent" | "busy"
+    issue: IssueRow
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: int
+    seq: int
+    status: str
+    size: int
+    message_id: str | None
+    error: str | None
+    attempts: int
 
 
 def utcnow() -> dt.datetime:
@@ -77,6 +190,309 @@ class Ledger:
             if not updated:
                 conn.execute(sa.insert(feed_cache).values(url=url, **values))
 
+    # -- issues: claim, plan, finish -----------------------------------------------
+
+    def issue(self, list_name: str, date: dt.date) -> IssueRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(issues).where(
+                    issues.c.list_name == list_name, issues.c.issue_date == date
+                )
+            ).first()
+        return _issue_row(row) if row is not None else None
+
+    def claim(self, list_name: str, date: dt.date, owner: str, stale_after: dt.timedelta) -> Claim:
+        """Take the issue for this process, atomically; exactly one claimant wins.
+
+        A claim whose owner died (same host, pid gone) or stopped beating for
+        `stale_after` is taken over; a failed or stopped issue is resumed.
+        """
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.insert(issues).values(
+                        list_name=list_name,
+                        issue_date=date,
+                        status="sending",
+                        claimed_by=owner,
+                        heartbeat=now,
+                        recipients=0,
+                        created_at=now,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            pass
+        else:
+            issue = self.issue(list_name, date)
+            assert issue is not None
+            return Claim("new", issue)
+        issue = self.issue(list_name, date)
+        assert issue is not None
+        if issue.status == "sent":
+            return Claim("sent", issue)
+        takeover = issue.status in RESUMABLE or (
+            issue.status == "sending" and _claim_is_stale(issue, now, stale_after)
+        )
+        if takeover:
+            with self.engine.begin() as conn:
+                won = conn.execute(
+                    sa.update(issues)
+                    .where(
+                        issues.c.id == issue.id,
+                        issues.c.status == issue.status,
+                        _same(issues.c.claimed_by, issue.claimed_by),
+                    )
+                    .values(status="sending", claimed_by=owner, heartbeat=now, error=None)
+                ).rowcount
+            fresh = self.issue(list_name, date)
+            assert fresh is not None
+            if won:
+                return Claim("resumed", fresh)
+            return Claim("sent" if fresh.status == "sent" else "busy", fresh)
+        return Claim("busy", issue)
+
+    def save_plan(
+        self,
+        issue_id: int,
+        *,
+        subject: str,
+        html: str,
+        text: str,
+        tokens: Iterable[str],
+        story_keys: Iterable[str],
+        window_start: dt.datetime | None,
+        window_end: dt.datetime,
+        transport: str,
+        batches_of_recipients: Iterable[tuple[Sequence[str], Sequence[Sequence[str]]]],
+    ) -> int:
+        """Store what will be sent and every batch with its recipients, in one transaction."""
+        now = utcnow()
+        total = 0
+        with self.engine.begin() as conn:
+            chunk: list[dict[str, object]] = []
+            for seq, (columns, rows) in enumerate(batches_of_recipients, start=1):
+                total += len(rows)
+                chunk.append(
+                    {
+                        "issue_id": issue_id,
+                        "seq": seq,
+                        "status": "pending",
+                        "size": len(rows),
+                        "recipients": pack_recipients(columns, rows),
+                        "attempts": 0,
+                        "updated_at": now,
+                    }
+                )
+                if len(chunk) >= 100:
+                    conn.execute(sa.insert(batches), chunk)
+                    chunk = []
+            if chunk:
+                conn.execute(sa.insert(batches), chunk)
+            conn.execute(
+                sa.update(issues)
+                .where(issues.c.id == issue_id)
+                .values(
+                    subject=subject,
+                    html=html,
+                    text=text,
+                    tokens=",".join(sorted(tokens)),
+                    story_keys=json.dumps(sorted(story_keys)),
+                    window_start=window_start,
+                    window_end=window_end,
+                    transport=transport,
+                    recipients=total,
+                    heartbeat=now,
+                )
+            )
+        return total
+
+    def beat(self, issue_id: int, owner: str) -> None:
+        """Show the claim is alive; a claim that stops beating can be taken over."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(issues)
+                .where(issues.c.id == issue_id, issues.c.claimed_by == owner)
+                .values(heartbeat=utcnow())
+            )
+
+    def finish(self, issue_id: int, status: str, error: str | None = None) -> None:
+        """Close the issue; a sent one records its stories so later issues skip them."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(issues)
+                .where(issues.c.id == issue_id)
+                .values(status=status, error=error, finished_at=utcnow(), claimed_by=None)
+            )
+            if status == "sent":
+                keys = conn.execute(
+                    sa.select(issues.c.story_keys).where(issues.c.id == issue_id)
+                ).scalar_one()
+                rows = [{"issue_id": issue_id, "story_key": k} for k in json.loads(keys or "[]")]
+                if rows:
+                    conn.execute(sa.insert(issue_stories), rows)
+
+    def sent_story_keys(self, list_name: str, before: dt.date) -> frozenset[str]:
+        """Stories earlier issues of this list carried: a story goes out once."""
+        query = (
+            sa.select(issue_stories.c.story_key)
+            .join(issues, issues.c.id == issue_stories.c.issue_id)
+            .where(
+                issues.c.list_name == list_name,
+                issues.c.status == "sent",
+                issues.c.issue_date < before,
+            )
+        )
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(query).scalars())
+
+    def previous_issue_end(self, list_name: str, before: dt.date) -> dt.datetime | None:
+        query = sa.select(sa.func.max(issues.c.window_end)).where(
+            issues.c.list_name == list_name,
+            issues.c.status == "sent",
+            issues.c.issue_date < before,
+        )
+        with self.engine.connect() as conn:
+            return _aware(conn.execute(query).scalar())
+
+    def recent_issues(self, list_name: str | None = None, limit: int = 10) -> list[IssueRow]:
+        query = (
+            sa.select(issues).order_by(issues.c.issue_date.desc(), issues.c.id.desc()).limit(limit)
+        )
+        if list_name:
+            query = query.where(issues.c.list_name == list_name)
+        with self.engine.connect() as conn:
+            return [_issue_row(r) for r in conn.execute(query)]
+
+    # -- batches -------------------------------------------------------------------
+
+    def batches(self, issue_id: int, statuses: Sequence[str] | None = None) -> list[BatchRow]:
+        query = (
+            sa.select(
+                batches.c.id,
+                batches.c.seq,
+                batches.c.status,
+                batches.c.size,
+                batches.c.message_id,
+                batches.c.error,
+                batches.c.attempts,
+            )
+            .where(batches.c.issue_id == issue_id)
+            .order_by(batches.c.seq)
+        )
+        if statuses is not None:
+            query = query.where(batches.c.status.in_(statuses))
+        with self.engine.connect() as conn:
+            return [BatchRow(*row) for row in conn.execute(query)]
+
+    def batch_blob(self, batch_id: int) -> bytes:
+        """The batch's recipients, packed; unpack where the work happens."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(batches.c.recipients).where(batches.c.id == batch_id)
+            ).scalar_one()
+
+    def batch_recipients(self, batch_id: int) -> tuple[list[str], list[list[str]]]:
+        return unpack_recipients(self.batch_blob(batch_id))
+
+    def replace_batch_recipients(
+        self, batch_id: int, columns: Sequence[str], rows: Sequence[Sequence[str]]
+    ) -> None:
+        """After a partial send, the batch keeps only the recipients still owed."""
+        self._set_batch(batch_id, recipients=pack_recipients(columns, rows), size=len(rows))
+
+    def mark_submitting(self, batch_id: int, from_statuses: Sequence[str]) -> bool:
+        """pending/failed -> submitting; from here a crash leaves the batch ambiguous."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    sa.update(batches)
+                    .where(batches.c.id == batch_id, batches.c.status.in_(from_statuses))
+                    .values(
+                        status="submitting",
+                        attempts=batches.c.attempts + 1,
+                        updated_at=utcnow(),
+                    )
+                ).rowcount
+            )
+
+    def mark_submitted(
+        self, batch_id: int, message_id: str | None, note: str | None = None
+    ) -> None:
+        self._set_batch(batch_id, status="submitted", message_id=message_id, error=note)
+
+    def mark_failed(self, batch_id: int, error: str) -> None:
+        self._set_batch(batch_id, status="failed", error=error)
+
+    def _set_batch(self, batch_id: int, **values: object) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(batches)
+                .where(batches.c.id == batch_id)
+                .values(updated_at=utcnow(), **values)
+            )
+
+    def batch_counts(self, issue_id: int) -> dict[str, tuple[int, int]]:
+        """status -> (batches, recipients)."""
+        query = (
+            sa.select(batches.c.status, sa.func.count(), sa.func.sum(batches.c.size))
+            .where(batches.c.issue_id == issue_id)
+            .group_by(batches.c.status)
+        )
+        with self.engine.connect() as conn:
+            return {status: (n, int(size or 0)) for status, n, size in conn.execute(query)}
+
+    # -- suppressions --------------------------------------------------------------
+
+    def suppress(self, entries: Iterable[tuple[str, str]], source: str) -> int:
+        """Record (address, reason) pairs; an address already suppressed keeps its first reason."""
+        now = utcnow()
+        wanted: dict[str, str] = {}
+        for email, reason in entries:
+            if reason not in SUPPRESSION_REASONS:
+                raise LedgerError(f"unknown suppression reason {reason!r}")
+            wanted.setdefault(email.strip().lower(), reason)
+        if not wanted:
+            return 0
+        added = 0
+        with self.engine.begin() as conn:
+            existing: set[str] = set()
+            keys = list(wanted)
+            for i in range(0, len(keys), 500):
+                existing.update(
+                    conn.execute(
+                        sa.select(suppressions.c.email).where(
+                            suppressions.c.email.in_(keys[i : i + 500])
+                        )
+                    ).scalars()
+                )
+            rows = [
+                {"email": e, "reason": r, "source": source, "created_at": now}
+                for e, r in wanted.items()
+                if e not in existing
+            ]
+            for i in range(0, len(rows), 500):
+                conn.execute(sa.insert(suppressions), rows[i : i + 500])
+            added = len(rows)
+        return added
+
+    def unsuppress(self, email: str) -> bool:
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    sa.delete(suppressions).where(suppressions.c.email == email.strip().lower())
+                ).rowcount
+            )
+
+    def suppressed(self) -> frozenset[str]:
+        """Every suppressed address, lower-cased: checked against each recipient."""
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(sa.select(suppressions.c.email)).scalars())
+
+    def suppression_reasons(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(suppressions.c.email, suppressions.c.reason)).all())
+
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
@@ -90,3 +506,65 @@ def _safe(exc: Exception) -> str:
     """A database error without the URL's password in it."""
     text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     return text
+
+
+def _same(column: sa.ColumnElement[str], value: str | None) -> sa.ColumnElement[bool]:
+    return column.is_(None) if value is None else column == value
+
+
+def _aware(moment: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+def _issue_row(row: sa.Row) -> IssueRow:  # type: ignore[type-arg]
+    m = row._mapping
+    return IssueRow(
+        id=m["id"],
+        list_name=m["list_name"],
+        issue_date=m["issue_date"],
+        status=m["status"],
+        claimed_by=m["claimed_by"],
+        heartbeat=_aware(m["heartbeat"]),
+        window_start=_aware(m["window_start"]),
+        window_end=_aware(m["window_end"]),
+        subject=m["subject"],
+        html=m["html"],
+        text=m["text"],
+        tokens=frozenset(t for t in (m["tokens"] or "").split(",") if t),
+        story_keys=tuple(json.loads(m["story_keys"] or "[]")),
+        transport=m["transport"],
+        recipients=m["recipients"] or 0,
+        error=m["error"],
+        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
+        finished_at=_aware(m["finished_at"]),
+    )
+
+
+def process_owner() -> str:
+    """Who holds a claim: host and pid, so a dead owner on this host is recognised."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim_is_stale(issue: IssueRow, now: dt.datetime, stale_after: dt.timedelta) -> bool:
+    owner = issue.claimed_by or ""
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    return issue.heartbeat is None or now - issue.heartbeat > stale_after
+
+
+def pack_recipients(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
+    return zlib.compress(json.dumps([list(columns), rows], separators=(",", ":")).encode(), 1)
+
+
+def unpack_recipients(blob: bytes) -> tuple[list[str], list[list[str]]]:
+    columns, rows = json.loads(zlib.decompress(blob))
+    return columns, rows

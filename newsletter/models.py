@@ -7,6 +7,7 @@ module boundaries.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -104,3 +105,23 @@ class RenderedEmail:
     @property
     def html_bytes(self) -> int:
         return len(self.html.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """One row of a list file. `fields` holds the extra columns, by token-safe name."""
+
+    email: str
+    name: str = ""
+    first_name: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Addresses compare case-insensitively: one person, one key."""
+        return self.email.lower()
+
+    def values(self) -> dict[str, str]:
+        """The token values this subscriber contributes (the send adds unsubscribe_url)."""
+        first = self.first_name or (self.name.split()[0] if self.name.strip() else "")
+        return {**self.fields, "email": self.email, "name": self.name, "first_name": first}

@@ -24,7 +24,7 @@ from newsletter.errors import RenderError
 from newsletter.htmltext import html_to_text
 from newsletter.models import Issue, RenderedEmail, Story
 from newsletter.stories.sanitize import plain_text
-from newsletter.tokens import Recipient, defang, defang_url
+from newsletter.tokens import Recipient, defang, defang_url, html_token, text_token
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ THEME_DIR = Path(__file__).parent / "theme"
 HTML_TEMPLATE = "email.html"
 TEXT_TEMPLATE = "email.txt"
 GMAIL_CLIP_BYTES = 100 * 1024
-UNSUBSCRIBE_TOKEN = "%%unsubscribe_url%%"
 SENDGRID_UNSUBSCRIBE_TAG = "<%asm_group_unsubscribe_raw_url%>"
 
 
@@ -170,7 +169,10 @@ class Renderer:
         )
         html = inline_css(html)
         if self.config.unsubscribe.mode == "sendgrid":
-            html = html.replace(UNSUBSCRIBE_TOKEN, SENDGRID_UNSUBSCRIBE_TAG)
+            # SendGrid's own tag, filled from the ASM group; it is not ours to fill
+            html = html.replace(html_token("unsubscribe_url"), SENDGRID_UNSUBSCRIBE_TAG)
+            text = text.replace(text_token("unsubscribe_url"), SENDGRID_UNSUBSCRIBE_TAG)
+            used.discard("unsubscribe_url")
         warnings = []
         size = len(html.encode("utf-8"))
         if size > GMAIL_CLIP_BYTES:

@@ -1,0 +1,345 @@
+"""Planning batches and sending them: retries, worker threads, progress, resume.
+
+The ledger is the source of truth (Ghost's batch state machine): a batch is
+pending -> submitting -> submitted | failed. It is marked `submitting` before
+the request leaves, so a crash in between leaves it visibly ambiguous rather
+than silently resent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from newsletter.ledger import BatchRow, Ledger, unpack_recipients
+from newsletter.models import Subscriber
+from newsletter.signing import Signer, unsubscribe_url
+from newsletter.transports.base import (
+    BatchFailure,
+    Message,
+    PermanentFailure,
+    Receipt,
+    Recipient,
+    TemporaryFailure,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+
+FIXED_COLUMNS = ("email", "name")
+BUILT_IN_TOKENS = frozenset({"email", "name", "first_name", "unsubscribe_url"})
+
+
+class Progress(Protocol):
+    def start(self, recipients: int, batches: int) -> None: ...
+
+    def advance(self, recipients: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, recipients: int, batches: int) -> None:
+        pass
+
+    def advance(self, recipients: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded; the service's own hint wins."""
+
+    attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, attempt: int, hint: float | None, rng: random.Random) -> float:
+        if hint is not None:
+            return min(hint, self.max_delay)
+        return rng.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+def value_columns(tokens: Set[str]) -> list[str]:
+    """What a batch row stores besides email and name: the other tokens the email uses."""
+    return sorted(set(tokens) - {"email", "name", "unsubscribe_url"})
+
+
+def plan_batches(
+    subscribers: Iterable[Subscriber],
+    suppressed: Set[str],
+    tokens: Set[str],
+    batch_size: int,
+    skipped: list[str] | None = None,
+) -> Iterator[tuple[list[str], list[list[str]]]]:
+    """Batches of recipient rows (columns, rows), suppressed addresses left out.
+
+    Streams: at most one batch is held at a time, whatever the list's size.
+    """
+    extra = value_columns(tokens)
+    columns = [*FIXED_COLUMNS, *extra]
+    rows: list[list[str]] = []
+    for subscriber in subscribers:
+        if subscriber.key in suppressed:
+            if skipped is not None:
+                skipped.append(subscriber.email)
+            continue
+        if extra:
+            values = subscriber.values()
+            rows.append([subscriber.email, subscriber.name, *(values.get(c, "") for c in extra)])
+        else:
+            rows.append([subscriber.email, subscriber.name])
+        if len(rows) == batch_size:
+            yield columns, rows
+            rows = []
+    if rows:
+        yield columns, rows
+
+
+class UnsubscribeLinks:
+    """Each recipient's unsubscribe URL and the RFC 8058 one-click headers."""
+
+    def __init__(self, signer: Signer, base_url: str, list_name: str, mailto: str | None) -> None:
+        self.signer = signer
+        self.base_url = base_url
+        self.list_name = list_name
+        self.mailto = mailto
+
+    def for_address(self, email: str) -> tuple[str, dict[str, str]]:
+        url = unsubscribe_url(self.base_url, self.signer.sign("unsubscribe", self.list_name, email))
+        targets = f"<{url}>"
+        if self.mailto:
+            targets += f", <mailto:{self.mailto}?subject=unsubscribe>"
+        return url, {
+            "List-Unsubscribe": targets,
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+
+
+def build_recipients(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    links: UnsubscribeLinks | None,
+    suppressed: Set[str],
+) -> tuple[list[Recipient], int]:
+    """Recipients of a stored batch, minus anyone suppressed since it was planned."""
+    recipients: list[Recipient] = []
+    dropped = 0
+    extra = columns[2:]
+    for row in rows:
+        email = row[0]
+        if email.lower() in suppressed:
+            dropped += 1
+            continue
+        values = dict(zip(extra, row[2:], strict=True))
+        values["email"] = email
+        values["name"] = row[1]
+        headers: dict[str, str] = {}
+        if links is not None:
+            values["unsubscribe_url"], headers = links.for_address(email)
+        recipients.append(Recipient(email=email, name=row[1], values=values, headers=headers))
+    return recipients, dropped
+
+
+def send_with_retries(
+    transport: Transport,
+    message: Message,
+    recipients: Sequence[Recipient],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> Receipt:
+    """One batch, retried on temporary failures; never resends recipients already done."""
+    rng = rng or random.Random()
+    remaining = list(recipients)
+    rejected: list[tuple[str, str]] = []
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            receipt = transport.send_batch(message, remaining)
+        except TemporaryFailure as exc:
+            remaining = remaining[exc.done :]
+            if attempt >= policy.attempts:
+                exc.done = len(recipients) - len(remaining)
+                raise
+            delay = policy.delay(attempt, exc.retry_after, rng)
+            log.warning("%s; retry %d of %d in %.1fs", exc, attempt, policy.attempts - 1, delay)
+            sleep(delay)
+            continue
+        except PermanentFailure as exc:
+            exc.done += len(recipients) - len(remaining)
+            raise
+        rejected.extend(receipt.rejected)
+        return Receipt(message_id=receipt.message_id, rejected=rejected)
+
+
+@dataclass
+class BatchResult:
+    """What a worker did with one batch."""
+
+    receipt: Receipt | None = None
+    sent: int = 0
+    dropped: int = 0
+    failure: BatchFailure | None = None
+    remaining: tuple[list[str], list[list[str]]] | None = None
+
+
+@dataclass
+class Outcome:
+    """What one delivery run did, in the ledger's words."""
+
+    submitted_batches: int = 0
+    submitted_recipients: int = 0
+    failed_batches: int = 0
+    dropped_suppressed: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stopped: bool = False
+    permanent: bool = False
+
+
+@dataclass
+class Deliverer:
+    """Sends an issue's unsent batches from the ledger with worker threads."""
+
+    ledger: Ledger
+    make_transport: Callable[[], Transport]
+    policy: RetryPolicy = RetryPolicy()
+    workers: int = 4
+    progress: Progress = field(default_factory=NoProgress)
+    should_stop: Callable[[], bool] = lambda: False
+    sleep: Callable[[float], None] = time.sleep
+    _local: threading.local = field(default_factory=threading.local)
+    _transports: list[Transport] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _transport(self) -> Transport:
+        transport = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self.make_transport()  # one per worker: clients are not thread-safe
+            self._local.transport = transport
+            with self._lock:
+                self._transports.append(transport)
+        return transport
+
+    def _work(
+        self,
+        message: Message,
+        blob: bytes,
+        links: UnsubscribeLinks | None,
+        suppressed: Set[str],
+    ) -> BatchResult:
+        columns, rows = unpack_recipients(blob)
+        recipients, dropped = build_recipients(columns, rows, links, suppressed)
+        result = BatchResult(dropped=dropped)
+        if not recipients:
+            return result
+        try:
+            result.receipt = send_with_retries(
+                self._transport(), message, recipients, self.policy, sleep=self.sleep
+            )
+            result.sent = len(recipients)
+        except BatchFailure as exc:
+            result.failure = exc
+            result.sent = exc.done
+            if exc.done:  # keep only the ones still owed, so a rerun cannot repeat the rest
+                owed = {r.email for r in recipients[exc.done :]}
+                result.remaining = (columns, [row for row in rows if row[0] in owed])
+        return result
+
+    def deliver(
+        self,
+        issue_id: int,
+        message: Message,
+        links: UnsubscribeLinks | None,
+        suppressed: Set[str],
+        owner: str,
+        *,
+        resend_ambiguous: bool = False,
+    ) -> Outcome:
+        outcome = Outcome()
+        sendable = ["pending", "failed", *(["submitting"] if resend_ambiguous else [])]
+        todo = self.ledger.batches(issue_id, sendable)
+        self.progress.start(sum(b.size for b in todo), len(todo))
+        in_flight: dict[Future[BatchResult], BatchRow] = {}
+        last_beat = time.monotonic()
+        pool = ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="send")
+        try:
+            for batch in todo:
+                if self.should_stop() or outcome.permanent or outcome.failed_batches:
+                    outcome.stopped = outcome.stopped or self.should_stop()
+                    break
+                while len(in_flight) >= 2 * self.workers:
+                    self._collect(in_flight, outcome, block=True)
+                if not self.ledger.mark_submitting(batch.id, sendable):
+                    continue  # someone else moved it: not ours to send
+                blob = self.ledger.batch_blob(batch.id)
+                future = pool.submit(self._work, message, blob, links, suppressed)
+                in_flight[future] = batch
+                self._collect(in_flight, outcome, block=False)
+                if time.monotonic() - last_beat > 5:
+                    self.ledger.beat(issue_id, owner)
+                    last_beat = time.monotonic()
+            while in_flight:
+                self._collect(in_flight, outcome, block=True)
+        finally:
+            pool.shutdown(wait=True)
+            for transport in self._transports:
+                transport.close()
+            self._transports.clear()
+            self.progress.stop()
+        return outcome
+
+    def _collect(
+        self,
+        in_flight: dict[Future[BatchResult], BatchRow],
+        outcome: Outcome,
+        *,
+        block: bool,
+    ) -> None:
+        if not in_flight:
+            return
+        done, _ = wait(list(in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            batch = in_flight.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:
+                # unknown: it may or may not have gone out; left `submitting` (ambiguous)
+                outcome.errors.append(f"batch {batch.seq}: unexpected {exc!r}")
+                outcome.permanent = True
+                log.exception("batch %d crashed", batch.seq)
+                continue
+            outcome.submitted_recipients += result.sent
+            outcome.dropped_suppressed += result.dropped
+            self.progress.advance(batch.size if result.failure is None else result.sent)
+            if result.failure is not None:
+                if result.remaining is not None:
+                    self.ledger.replace_batch_recipients(batch.id, *result.remaining)
+                self.ledger.mark_failed(batch.id, str(result.failure))
+                outcome.failed_batches += 1
+                outcome.errors.append(f"batch {batch.seq}: {result.failure}")
+                outcome.permanent |= isinstance(result.failure, PermanentFailure)
+                continue
+            notes = []
+            if result.dropped:
+                notes.append(f"{result.dropped} suppressed since planning")
+            receipt = result.receipt
+            if receipt is not None and receipt.rejected:
+                notes.append(f"{len(receipt.rejected)} refused by the server")
+                outcome.rejected.extend(receipt.rejected)
+            self.ledger.mark_submitted(
+                batch.id, receipt.message_id if receipt else None, "; ".join(notes) or None
+            )
+            outcome.submitted_batches += 1

@@ -1,0 +1,335 @@
+"""List files: one CSV per list in the subscribers folder (`main.csv`, `test.csv`).
+
+Reading is strict (a bad row names its line), writing is atomic (temp file,
+fsync, rename) under a lock file, so a crash or a concurrent command never
+leaves half a list behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from email_validator import EmailNotValidError, validate_email
+
+from newsletter.errors import SubscriberError
+from newsletter.models import Subscriber
+
+LIST_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+STANDARD_COLUMNS = ("email", "name", "first_name", "subscribed_at", "source")
+# Cheap enough for a million rows, strict enough that the mail service will not
+# reject a whole request for one address; `import` and `add` check fully.
+_PLAUSIBLE = re.compile(r"^[^@\s,;<>()\[\]\"\\]+@[^@\s,;<>()\[\]\"\\]+\.[^@\s,;<>()\[\]\"\\.]+$")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def column_token(column: str) -> str:
+    """A column name as a template token name: `Company Name` -> `company_name`."""
+    token = re.sub(r"[^a-z0-9]+", "_", column.strip().lower()).strip("_")
+    return token if token and token[0].isalpha() else f"col_{token}"
+
+
+def list_path(folder: Path, name: str) -> Path:
+    if not LIST_NAME_RE.match(name):
+        raise SubscriberError(
+            f"invalid list name {name!r}: use lower-case letters, digits, '-' and '_'"
+        )
+    return folder / f"{name}.csv"
+
+
+def check_address(address: str) -> str:
+    """The normalised address, or SubscriberError with the reason (syntax only, no DNS)."""
+    try:
+        return validate_email(address.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise SubscriberError(str(exc)) from None
+
+
+@dataclass
+class RowProblem:
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass
+class ListReport:
+    """What reading a list found besides its subscribers."""
+
+    path: Path
+    duplicates: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def raise_if_problems(self, hint: str = "") -> None:
+        if self.problems:
+            shown = "\n".join(f"{self.path}: {p}" for p in self.problems[:20])
+            more = len(self.problems) - 20
+            extra = f"\n... and {more} more" if more > 0 else ""
+            raise SubscriberError(f"{shown}{extra}{hint}")
+
+
+class _Rows:
+    """A strict CSV reader over a list file that reports line numbers."""
+
+    def __init__(self, path: Path, handle: TextIO) -> None:
+        self.path = path
+        self.reader = csv.reader(handle, strict=True)
+        try:
+            header = next(self.reader)
+        except StopIteration:
+            raise SubscriberError(
+                f"{path}: the file is empty (it needs an 'email' header)"
+            ) from None
+        self.header = [h.strip() for h in header]
+        lowered = [h.lower() for h in self.header]
+        if "email" not in lowered:
+            raise SubscriberError(
+                f"{path}: line 1: no 'email' column (the header has: {', '.join(self.header)})"
+            )
+        self.email_index = lowered.index("email")
+        self.name_index = lowered.index("name") if "name" in lowered else None
+        self.first_index = lowered.index("first_name") if "first_name" in lowered else None
+        self.extra = [
+            (i, column_token(h))
+            for i, h in enumerate(self.header)
+            if h.lower() not in ("email", "name", "first_name")
+        ]
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        try:
+            for row in self.reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank lines are harmless
+                yield self.reader.line_num, row
+        except csv.Error as exc:
+            raise SubscriberError(f"{self.path}: line {self.reader.line_num}: {exc}") from None
+        except UnicodeDecodeError:
+            raise SubscriberError(
+                f"{self.path}: not UTF-8 text near line {self.reader.line_num + 1} "
+                "(save it as 'CSV UTF-8')"
+            ) from None
+
+    def subscriber(self, row: list[str], email: str) -> Subscriber:
+        fields = {token: row[i] for i, token in self.extra} if self.extra else {}
+        return Subscriber(
+            email=email,
+            name=row[self.name_index].strip() if self.name_index is not None else "",
+            first_name=row[self.first_index].strip() if self.first_index is not None else "",
+            fields=fields,
+        )
+
+
+@contextlib.contextmanager
+def _open_rows(path: Path) -> Iterator[_Rows]:
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise SubscriberError(f"{path}: list file not found") from None
+    except OSError as exc:
+        raise SubscriberError(f"{path}: cannot read: {exc.strerror}") from None
+    with handle:
+        try:
+            yield _Rows(path, handle)
+        except UnicodeDecodeError:
+            raise SubscriberError(f"{path}: not UTF-8 text (save it as 'CSV UTF-8')") from None
+
+
+def read_list(
+    path: Path, report: ListReport | None = None, *, full_check: bool = False
+) -> Iterator[Subscriber]:
+    """Subscribers of a list file in file order, each address once.
+
+    Rows with problems are skipped and recorded in `report`; the caller decides
+    whether that stops a send (it does, unless told otherwise).
+    """
+    report = report if report is not None else ListReport(path)
+    seen: set[str] = set()
+    with _open_rows(path) as rows:
+        width = len(rows.header)
+        for line, row in rows:
+            if len(row) != width:
+                report.problems.append(
+                    RowProblem(line, f"expected {width} fields like the header, found {len(row)}")
+                )
+                continue
+            email = row[rows.email_index].strip()
+            if full_check:
+                try:
+                    email = check_address(email)
+                except SubscriberError as exc:
+                    report.problems.append(RowProblem(line, f"{email!r}: {exc}"))
+                    continue
+            elif not _PLAUSIBLE.match(email):
+                report.problems.append(RowProblem(line, f"not a valid email address: {email!r}"))
+                continue
+            key = email.lower()
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            yield rows.subscriber(row, email)
+
+
+def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows, for editing a list file (which keeps every column)."""
+    if not path.exists():
+        return list(STANDARD_COLUMNS[:2]), []
+    with _open_rows(path) as rows:
+        return rows.header, [row for _, row in rows]
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock for read-modify-write of one list file, across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_table(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Replace the file atomically: readers see the old list or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    already: int = 0
+    suppressed: list[str] = field(default_factory=list)
+    rejected: list[RowProblem] = field(default_factory=list)
+    resubscribed: list[str] = field(default_factory=list)
+
+
+def merge_rows(
+    path: Path,
+    incoming: Sequence[tuple[int, dict[str, str]]],
+    suppressed: Set[str],
+    *,
+    resubscribe: bool,
+    on_resubscribe: Callable[[str], None],
+) -> ImportReport:
+    """Add rows (line number, column -> value) to a list file, validating each address.
+
+    Suppressed addresses stay out unless `resubscribe`; then `on_resubscribe`
+    lifts their suppression. The file is rewritten once, atomically, under lock.
+    """
+    report = ImportReport()
+    with locked(path):
+        header, rows = read_table(path)
+        lowered = [h.lower() for h in header]
+        existing = {row[lowered.index("email")].strip().lower() for row in rows if row}
+        added_rows: list[dict[str, str]] = []
+        for line, values in incoming:
+            raw = values.get("email", "").strip()
+            try:
+                email = check_address(raw)
+            except SubscriberError as exc:
+                report.rejected.append(
+                    RowProblem(line, f"{raw!r}: {exc}" if raw else "no email address")
+                )
+                continue
+            key = email.lower()
+            if key in existing:
+                report.already += 1
+                continue
+            if key in suppressed:
+                if not resubscribe:
+                    report.suppressed.append(email)
+                    continue
+                on_resubscribe(key)
+                report.resubscribed.append(email)
+            existing.add(key)
+            added_rows.append({**values, "email": email})
+            report.added += 1
+        if added_rows:
+            for values in added_rows:
+                for column in values:
+                    if column.lower() not in lowered:
+                        header.append(column)
+                        lowered.append(column.lower())
+            width = len(header)
+            rows = [row + [""] * (width - len(row)) for row in rows]
+            for values in added_rows:
+                by_lower = {k.lower(): v for k, v in values.items()}
+                rows.append([by_lower.get(column, "") for column in lowered])
+            write_table(path, header, rows)
+    return report
+
+
+def read_import_file(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[RowProblem]]:
+    """Rows of a CSV to import, as (line, column -> value), with malformed rows set aside."""
+    rows: list[tuple[int, dict[str, str]]] = []
+    problems: list[RowProblem] = []
+    with _open_rows(path) as table:
+        width = len(table.header)
+        for line, row in table:
+            if len(row) != width:
+                problems.append(
+                    RowProblem(line, f"expected {width} fields like the header, found {len(row)}")
+                )
+                continue
+            values = {
+                column.lower(): value.strip()
+                for column, value in zip(table.header, row, strict=True)
+            }
+            rows.append((line, values))
+    return rows, problems
+
+
+def remove_addresses(path: Path, addresses: Sequence[str]) -> list[str]:
+    """Remove addresses from a list file; returns the ones that were there."""
+    wanted = {a.strip().lower() for a in addresses}
+    with locked(path):
+        header, rows = read_table(path)
+        index = [h.lower() for h in header].index("email")
+        kept = [row for row in rows if row[index].strip().lower() not in wanted]
+        removed = [row[index] for row in rows if row[index].strip().lower() in wanted]
+        if removed:
+            write_table(path, header, kept)
+    return removed
+
+
+def export_csv(path: Path, out: TextIO) -> int:
+    """Write a list as CSV that spreadsheets cannot mistake for formulas."""
+    header, rows = read_table(path)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([_formula_safe(h) for h in header])
+    for row in rows:
+        writer.writerow([_formula_safe(cell) for cell in row])
+    return len(rows)
+
+
+def _formula_safe(cell: str) -> str:
+    """Cells starting with = + - @ (or tab/CR) run as formulas in Excel; a quote defuses them."""
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
+def count(path: Path) -> int:
+    return sum(1 for _ in read_list(path))

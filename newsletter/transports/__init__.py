@@ -1,0 +1,14 @@
+"""How email leaves: one `send_batch` seam, several transports (SendGrid, SMTP, outbox)."""
+
+from __future__ import annotations
+
+from newsletter.transports.base import (
+    Message,
+    PermanentFailure,
+    Receipt,
+    Recipient,
+    TemporaryFailure,
+    Transport,
+)
+
+__all__ = ["Message", "PermanentFailure", "Receipt", "Recipient", "TemporaryFailure", "Transport"]

@@ -1,0 +1,105 @@
+"""The SMTP transport: one persistent connection, one MIME message per recipient."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import smtplib
+import ssl
+from collections.abc import Sequence
+from email.message import EmailMessage
+
+from newsletter.config import SmtpSettings
+from newsletter.transports.base import (
+    BatchFailure,
+    Message,
+    PermanentFailure,
+    Receipt,
+    Recipient,
+    TemporaryFailure,
+)
+from newsletter.transports.mime import MimeBuilder
+
+log = logging.getLogger(__name__)
+
+
+class SmtpTransport:
+    name = "smtp"
+
+    def __init__(self, settings: SmtpSettings, password: str | None) -> None:
+        self.settings = settings
+        self._password = password
+        self._connection: smtplib.SMTP | None = None
+        self._builder: MimeBuilder | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        try:
+            if s.security == "ssl":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    s.host, s.port, timeout=s.timeout, context=ssl.create_default_context()
+                )
+            else:
+                conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+                if s.security == "starttls":
+                    conn.starttls(context=ssl.create_default_context())
+            if s.username:
+                conn.login(s.username, self._password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise PermanentFailure(f"SMTP login refused by {s.host}: {exc.smtp_code}") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(
+                f"cannot connect to SMTP server {s.host}:{s.port}: {exc}"
+            ) from None
+        return conn
+
+    def send_batch(self, message: Message, recipients: Sequence[Recipient]) -> Receipt:
+        if self._builder is None or self._builder.message is not message:
+            self._builder = MimeBuilder(message)
+        rejected: list[tuple[str, str]] = []
+        for index, recipient in enumerate(recipients):
+            try:
+                refused = self._send_one(self._builder.build(recipient))
+            except BatchFailure as exc:
+                exc.done = index  # the ones before went out: never send them again
+                raise
+            if refused:
+                rejected.append((recipient.email, refused))
+        return Receipt(message_id=None, rejected=rejected)
+
+    def _send_one(self, mail: EmailMessage) -> str | None:
+        """Send one message; the server's reason if it refused the recipient."""
+        for attempt in (1, 2):  # a dropped connection gets one reconnect
+            if self._connection is None:
+                self._connection = self._connect()
+            try:
+                self._connection.send_message(mail)
+                return None
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, reason = next(iter(exc.recipients.values()))
+                return f"{code} {reason.decode(errors='replace')}"
+            except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
+                self._drop()
+                if attempt == 2:
+                    raise TemporaryFailure(f"SMTP connection lost: {exc}") from None
+                log.info("SMTP connection lost, reconnecting")
+            except smtplib.SMTPResponseException as exc:
+                if 400 <= exc.smtp_code < 500:
+                    raise TemporaryFailure(f"SMTP server said {exc.smtp_code}") from None
+                raise PermanentFailure(
+                    f"SMTP server refused the message: {exc.smtp_code} {exc.smtp_error!r}"
+                ) from None
+        return None
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._connection.quit()
+            self._drop()
