@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import webbrowser
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,8 +17,20 @@ from rich.logging import RichHandler
 from newsletter import __version__
 from newsletter.app import App, empty_issue_message, preview_page
 from newsletter.config import Config, find_config, load_config
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, SubscriberError
+from newsletter.ledger import SUPPRESSION_REASONS
 from newsletter.preview import PreviewState, Watcher, make_server
+from newsletter.progress import RichProgress
+from newsletter.send import Sending, SendPreview, SendReport, SendRequest
+from newsletter.subscribers import (
+    ImportReport,
+    add_subscriber,
+    export_csv,
+    import_subscribers,
+    list_path,
+    read_list,
+    remove_addresses,
+)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -162,6 +175,346 @@ def preview(
     finally:
         watcher.stop()
         server.server_close()
+
+
+# -- sending -------------------------------------------------------------------------
+
+
+def _confirm(yes: bool) -> Callable[[SendPreview], bool]:
+    def confirm(preview: SendPreview) -> bool:
+        if yes:
+            return True
+        what = (
+            f"{'Resume sending' if preview.resuming else 'Send'} {preview.subject!r} to "
+            f"{preview.recipients:,} subscribers of list {preview.list_name!r} via {preview.transport}?"
+        )
+        if not sys.stdin.isatty():
+            raise NewsletterError(f"{what}\nnot confirmed: pass --yes to send without asking")
+        return click.confirm(what, default=False, err=True)
+
+    return confirm
+
+
+@cli.command()
+@click.option(
+    "--list", "list_name", help="The list to send to (default: schedule.list, usually main)."
+)
+@click.option(
+    "--date", type=DATE, help="Issue date (default: today in the newsletter's time zone)."
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["sendgrid", "smtp", "outbox"]),
+    help="Override delivery.transport.",
+)
+@click.option(
+    "--to",
+    "to",
+    multiple=True,
+    metavar="ADDRESS",
+    help="A one-off test send to this address (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="Gather, render and plan; send nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--allow-empty", is_flag=True, help="Send even when no story is in the window.")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="SendGrid sandbox mode: validated, delivered to nobody, not recorded.",
+)
+@click.option(
+    "--resend-ambiguous", is_flag=True, help="Resend batches a crashed run left in 'submitting'."
+)
+@click.option(
+    "--skip-ambiguous", is_flag=True, help="Count such batches as submitted (checked in SendGrid)."
+)
+@click.option("--skip-invalid", is_flag=True, help="Send without list rows that are not valid.")
+@click.pass_obj
+def send(
+    opts: Options,
+    list_name: str | None,
+    date: dt.datetime | None,
+    transport: str | None,
+    to: tuple[str, ...],
+    dry_run: bool,
+    yes: bool,
+    allow_empty: bool,
+    sandbox: bool,
+    resend_ambiguous: bool,
+    skip_ambiguous: bool,
+    skip_invalid: bool,
+) -> None:
+    """Send the day's issue to a list, exactly once; `--list test` or `--to` for a test send.
+
+    A rerun after a failure or a crash resumes: batches already submitted are
+    not sent again.
+    """
+    if resend_ambiguous and skip_ambiguous:
+        raise click.UsageError("--resend-ambiguous and --skip-ambiguous exclude each other")
+    request = SendRequest(
+        list_name=list_name,
+        date=_date(date),
+        transport=transport,
+        to=to,
+        dry_run=dry_run,
+        allow_empty=allow_empty,
+        sandbox=sandbox,
+        resend_ambiguous=resend_ambiguous,
+        skip_ambiguous=skip_ambiguous,
+        skip_invalid=skip_invalid,
+    )
+    with App(opts.config()) as app:
+        report = Sending(app, progress=RichProgress(err)).send(request, _confirm(yes))
+    _print_report(report)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _print_report(r: SendReport) -> None:
+    where = f"list {r.list_name!r}, {r.date}"
+    extras = []
+    if r.suppressed:
+        extras.append(f"{r.suppressed:,} suppressed addresses skipped")
+    if r.duplicates:
+        extras.append(f"{r.duplicates:,} duplicate rows ignored")
+    tail = f" ({'; '.join(extras)})" if extras else ""
+    if r.outcome == "sent":
+        out.print(
+            f"[green]Sent[/] {r.subject!r} to {r.recipients:,} recipients of {where} in "
+            f"{r.batches} batches via {r.transport}{tail}."
+        )
+        if r.transport == "sendgrid":
+            out.print("Submitted to SendGrid; delivery is reported by SendGrid's events.")
+    elif r.outcome == "test_sent":
+        out.print(
+            f"[green]Test send[/] {r.subject!r} to {r.recipients:,} recipients via {r.transport}{tail}."
+        )
+    elif r.outcome == "already_sent":
+        out.print(
+            f"The issue for {where} was already sent ({r.recipients:,} recipients): nothing to do."
+        )
+    elif r.outcome == "empty":
+        out.print(f"{r.detail} Nothing sent (pass --allow-empty to send anyway).")
+    elif r.outcome == "dry_run":
+        out.print(
+            f"Dry run: would send {r.subject!r} to {r.recipients:,} recipients of {where} in "
+            f"{r.batches} batches via {r.transport}{tail}. Nothing was sent."
+        )
+        if r.detail:
+            out.print(r.detail)
+    elif r.outcome == "cancelled":
+        out.print("Not sent.")
+    elif r.outcome == "busy":
+        err.print(f"[bold red]error:[/] {r.detail}; not sending it twice")
+    elif r.outcome == "stopped":
+        out.print(
+            f"Stopped after {r.submitted:,} recipients; run the same command again to resume."
+        )
+    if r.outbox is not None and r.outcome in ("sent", "test_sent", "failed", "stopped"):
+        out.print(f"Messages written to {r.outbox}/")
+    for address, reason in r.rejected[:20]:
+        err.print(f"[yellow]refused:[/] {address}: {reason}")
+    if r.outcome == "failed":
+        for error in r.errors:
+            err.print(f"[bold red]error:[/] {error}")
+        if r.submitted:
+            err.print(
+                f"{r.submitted:,} of {r.recipients:,} recipients were submitted before it stopped."
+            )
+    if r.ambiguous:
+        batches = ", ".join(str(s) for s in r.ambiguous)
+        err.print(
+            f"[yellow]ambiguous:[/] batch {batches} was being submitted when an earlier run stopped; "
+            "it may or may not have gone out. Check the mail service's activity log, then rerun "
+            "with --resend-ambiguous (send it) or --skip-ambiguous (count it as sent)."
+        )
+    if r.outcome == "failed" and not r.ambiguous:
+        err.print("Run the same command again to resume: submitted batches are not sent twice.")
+
+
+@cli.command()
+@click.option("--date", type=DATE, help="Show this issue (default: the recent ones).")
+@click.option("--list", "list_name", help="Only this list.")
+@click.pass_obj
+def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> None:
+    """The recent issues, or one issue's batches: states, message ids, errors."""
+    with App(opts.config()) as app:
+        ledger = app.ledger
+        if date is None:
+            rows = ledger.recent_issues(list_name)
+            if not rows:
+                out.print("No issue has been sent yet.")
+            for row in rows:
+                out.print(
+                    f"{row.issue_date}  {row.list_name:<10} {row.status:<8} "
+                    f"{row.recipients:>9,} recipients  {row.subject or ''}"
+                )
+            return
+        name = list_name or app.config.schedule.list
+        row = ledger.issue(name, _date(date))  # type: ignore[arg-type]
+        if row is None:
+            out.print(f"No issue for list {name!r} on {_date(date)}.")
+            return
+        out.print(f"[bold]{row.subject}[/]")
+        out.print(
+            f"list {row.list_name}, {row.issue_date}: {row.status}, {row.recipients:,} recipients, via {row.transport}"
+        )
+        if row.error:
+            out.print(f"error: {row.error}")
+        counts = ledger.batch_counts(row.id)
+        out.print(
+            "batches: "
+            + ", ".join(f"{n} {s} ({size:,} recipients)" for s, (n, size) in sorted(counts.items()))
+        )
+        for batch in ledger.batches(row.id):
+            note = f"  {batch.error}" if batch.error else ""
+            out.print(
+                f"  #{batch.seq:<5} {batch.status:<10} {batch.size:>5}  {batch.message_id or '-'}{note}"
+            )
+
+
+# -- subscribers ---------------------------------------------------------------------
+
+
+@cli.group()
+def subscribers() -> None:
+    """Manage list files (subscribers/<list>.csv)."""
+
+
+def _list_file(app: App, list_name: str) -> Path:
+    return list_path(app.config.subscribers.path, list_name)
+
+
+def _print_import(report: ImportReport, target: Path) -> None:
+    out.print(f"{target}: {report.added:,} added, {report.already:,} already on the list")
+    for problem in report.rejected:
+        err.print(f"[yellow]rejected:[/] line {problem.line}: {problem.reason}")
+    for email in report.suppressed:
+        err.print(
+            f"[yellow]not re-subscribed:[/] {email} unsubscribed or bounced (--resubscribe overrides)"
+        )
+    for email in report.resubscribed:
+        out.print(f"re-subscribed: {email}")
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--list", "list_name", required=True)
+@click.option(
+    "--resubscribe",
+    is_flag=True,
+    help="Also add addresses that unsubscribed, bounced or complained.",
+)
+@click.pass_obj
+def subscribers_import(opts: Options, file: Path, list_name: str, resubscribe: bool) -> None:
+    """Add the valid rows of a CSV file to a list; every rejected row is reported with its line."""
+    with App(opts.config()) as app:
+        target = _list_file(app, list_name)
+        report = import_subscribers(file, target, app.ledger, resubscribe=resubscribe)
+    _print_import(report, target)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--list", "list_name", required=True)
+@click.option("--name", default="")
+@click.option("--resubscribe", is_flag=True)
+@click.pass_obj
+def subscribers_add(
+    opts: Options, email: str, list_name: str, name: str, resubscribe: bool
+) -> None:
+    """Add one address to a list."""
+    with App(opts.config()) as app:
+        target = _list_file(app, list_name)
+        report = add_subscriber(
+            target,
+            email,
+            app.ledger,
+            name=name,
+            resubscribe=resubscribe,
+            subscribed_at=app.clock().isoformat(timespec="seconds"),
+        )
+    if report.rejected:
+        raise SubscriberError(f"{email!r}: {report.rejected[0].reason.split(': ', 1)[-1]}")
+    _print_import(report, target)
+
+
+@subscribers.command("remove")
+@click.argument("emails", nargs=-1, required=True)
+@click.option("--list", "list_name", required=True)
+@click.pass_obj
+def subscribers_remove(opts: Options, emails: tuple[str, ...], list_name: str) -> None:
+    """Remove addresses from a list file (to stop every email, use `suppress`)."""
+    with App(opts.config()) as app:
+        target = _list_file(app, list_name)
+        removed = remove_addresses(target, emails)
+    out.print(f"{target}: removed {len(removed)} of {len(emails)}")
+
+
+@subscribers.command("list")
+@click.option("--list", "list_name", required=True)
+@click.pass_obj
+def subscribers_list(opts: Options, list_name: str) -> None:
+    """Print a list's addresses and names."""
+    with App(opts.config()) as app:
+        for subscriber in read_list(_list_file(app, list_name)):
+            out.print(f"{subscriber.email}\t{subscriber.name}", markup=False)
+
+
+@subscribers.command("count")
+@click.option("--list", "list_name", help="One list (default: every list).")
+@click.pass_obj
+def subscribers_count(opts: Options, list_name: str | None) -> None:
+    """How many subscribers each list has, and how many of them would be emailed."""
+    with App(opts.config()) as app:
+        suppressed = app.ledger.suppressed()
+        folder = app.config.subscribers.path
+        paths = [_list_file(app, list_name)] if list_name else sorted(folder.glob("*.csv"))
+        for path in paths:
+            people = [s.key for s in read_list(path)]
+            active = sum(1 for key in people if key not in suppressed)
+            out.print(f"{path.stem}: {len(people):,} subscribers, {active:,} not suppressed")
+
+
+@subscribers.command("export")
+@click.option("--list", "list_name", required=True)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="File (default: stdout)."
+)
+@click.pass_obj
+def subscribers_export(opts: Options, list_name: str, output: Path | None) -> None:
+    """Export a list as CSV, safe to open in a spreadsheet."""
+    with App(opts.config()) as app:
+        source = _list_file(app, list_name)
+        if output is None:
+            export_csv(source, sys.stdout)
+            return
+        with output.open("w", encoding="utf-8", newline="") as handle:
+            n = export_csv(source, handle)
+    err.print(f"wrote {n:,} rows to {output}")
+
+
+@subscribers.command("suppress")
+@click.argument("emails", nargs=-1, required=True)
+@click.option(
+    "--reason", type=click.Choice(SUPPRESSION_REASONS), default="manual", show_default=True
+)
+@click.pass_obj
+def subscribers_suppress(opts: Options, emails: tuple[str, ...], reason: str) -> None:
+    """Never email these addresses again, on any list."""
+    with App(opts.config()) as app:
+        added = app.ledger.suppress([(e, reason) for e in emails], source="cli")
+    out.print(f"suppressed {added} new address(es)")
+
+
+@subscribers.command("unsuppress")
+@click.argument("email")
+@click.pass_obj
+def subscribers_unsuppress(opts: Options, email: str) -> None:
+    """Lift a suppression (only with the person's consent)."""
+    with App(opts.config()) as app:
+        lifted = app.ledger.unsuppress(email)
+    out.print(f"{email}: {'no longer suppressed' if lifted else 'was not suppressed'}")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -333,3 +333,45 @@ def _formula_safe(cell: str) -> str:
 
 def count(path: Path) -> int:
     return sum(1 for _ in read_list(path))
+
+
+class SuppressionStore(Protocol):
+    def suppressed(self) -> frozenset[str]: ...
+
+    def unsuppress(self, email: str) -> bool: ...
+
+
+def import_subscribers(
+    source: Path, target: Path, store: SuppressionStore, *, resubscribe: bool = False
+) -> ImportReport:
+    """Validate and merge a CSV into a list; suppressed people stay out unless asked explicitly."""
+    rows, problems = read_import_file(source)
+    report = merge_rows(
+        target,
+        rows,
+        store.suppressed(),
+        resubscribe=resubscribe,
+        on_resubscribe=store.unsuppress,
+    )
+    report.rejected = sorted(problems + report.rejected, key=lambda p: p.line)
+    return report
+
+
+def add_subscriber(
+    target: Path,
+    email: str,
+    store: SuppressionStore,
+    *,
+    name: str = "",
+    resubscribe: bool = False,
+    source: str = "cli",
+    subscribed_at: str = "",
+) -> ImportReport:
+    values = {"email": email, "name": name, "subscribed_at": subscribed_at, "source": source}
+    return merge_rows(
+        target,
+        [(0, values)],
+        store.suppressed(),
+        resubscribe=resubscribe,
+        on_resubscribe=store.unsuppress,
+    )

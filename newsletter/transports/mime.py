@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from newsletter.tokens import Personaliser
 from newsletter.transports.base import Message, Recipient
+
+# Long header lines are folded, not encoded: a List-Unsubscribe URL must stay
+# readable as `<https://...>` (RFC 2047 encoded words would break it).
+MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
 class MimeBuilder:
@@ -21,7 +26,7 @@ class MimeBuilder:
 
     def build(self, recipient: Recipient) -> EmailMessage:
         m = self.message
-        mail = EmailMessage()
+        mail = EmailMessage(policy=MAIL_POLICY)
         mail["Subject"] = m.subject
         mail["From"] = _address(m.from_email, m.from_name)
         mail["To"] = _address(recipient.email, recipient.name)
