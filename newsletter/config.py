@@ -27,7 +27,9 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticUndefined
 
 from newsletter.errors import ConfigError
 
@@ -83,7 +85,10 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # validate_default: default paths resolve against the config's folder too
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=True, validate_default=True
+    )
 
 
 class NewsletterSettings(Settings):
@@ -233,6 +238,17 @@ class Config(Settings):
     sendgrid: SendGridSettings = SendGridSettings()
     smtp: SmtpSettings = SmtpSettings()
     outbox: OutboxSettings = OutboxSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_section_validated(cls, data: Any) -> Any:
+        """A section left out is validated as empty, so its relative defaults resolve too."""
+        if isinstance(data, dict):
+            sections = [
+                n for n, f in cls.model_fields.items() if f.default is not PydanticUndefined
+            ]
+            data = {**{name: {} for name in sections if name != "sources"}, **data}
+        return data
 
     _path: Path = PrivateAttr(default=Path(DEFAULT_CONFIG_NAME))
     _environ: Mapping[str, str] = PrivateAttr(default_factory=dict)

@@ -277,11 +277,12 @@ class Deliverer:
         pool = ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="send")
         try:
             for batch in todo:
+                # at most one batch per worker: a stop or a refusal leaves nothing queued
+                while len(in_flight) >= self.workers:
+                    self._collect(in_flight, outcome, block=True)
                 if self.should_stop() or outcome.permanent or outcome.failed_batches:
                     outcome.stopped = outcome.stopped or self.should_stop()
                     break
-                while len(in_flight) >= 2 * self.workers:
-                    self._collect(in_flight, outcome, block=True)
                 if not self.ledger.mark_submitting(batch.id, sendable):
                     continue  # someone else moved it: not ours to send
                 blob = self.ledger.batch_blob(batch.id)

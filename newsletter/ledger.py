@@ -161,6 +161,12 @@ class Ledger:
     def close(self) -> None:
         self.engine.dispose()
 
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- feed cache (a FeedCache for FeedSource) ---------------------------------
 
     def load(self, url: str) -> CachedFeed | None:

@@ -95,3 +95,7 @@ def site(tmp_path: Path) -> Site:
     (site.root / "templates").mkdir()
     site.write_config()
     return site
+
+
+# the local SendGrid emulator, one per test that asks for it
+from tests.support.fixtures import SENDGRID_TEST_API_KEY, sendgrid_emulator  # noqa: E402, F401

@@ -135,3 +135,19 @@ def _env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+
+
+def test_default_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "paper"
+    folder.mkdir()
+    (folder / "config.toml").write_text(
+        '[newsletter]\nname = "N"\npostal_address = "1 Road"\n[sender]\nfrom_email = "a@example.com"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("paper/config.toml"), {})
+    assert config.subscribers.path == folder / "subscribers"
+    assert config.templates.path == folder / "templates"
+    assert config.outbox.path == folder / "outbox"
+    assert config.database_url == f"sqlite:///{folder / 'newsletter.db'}"
