@@ -13,12 +13,14 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from newsletter import __version__
 from newsletter.app import App, empty_issue_message, preview_page
 from newsletter.config import Config, find_config, load_config
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.ledger import SUPPRESSION_REASONS
+from newsletter.logs import RedactSecrets
 from newsletter.preview import PreviewState, Watcher, make_server
 from newsletter.progress import RichProgress
 from newsletter.send import Sending, SendPreview, SendReport, SendRequest
@@ -76,11 +78,11 @@ def _date(value: dt.datetime | None) -> dt.date | None:
 def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     """Run a daily email newsletter: gather, render, preview, send."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
-    )
+    handler = RichHandler(console=err, show_path=False, show_time=False)
+    handler.addFilter(RedactSecrets())
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
+    # the HTTP client under sendgrid logs whole requests, Authorization header included
+    logging.getLogger("python_http_client").setLevel(logging.WARNING)
     ctx.obj = Options(config_path)
 
 
@@ -386,15 +388,18 @@ def _list_file(app: App, list_name: str) -> Path:
 
 
 def _print_import(report: ImportReport, target: Path) -> None:
-    out.print(f"{target}: {report.added:,} added, {report.already:,} already on the list")
+    # file contents are not markup: "[/]" in a rejected row must print, not crash
+    out.print(
+        f"{target}: {report.added:,} added, {report.already:,} already on the list", markup=False
+    )
     for problem in report.rejected:
-        err.print(f"[yellow]rejected:[/] line {problem.line}: {problem.reason}")
+        err.print(f"[yellow]rejected:[/] line {problem.line}: {escape(problem.reason)}")
     for email in report.suppressed:
         err.print(
-            f"[yellow]not re-subscribed:[/] {email} unsubscribed or bounced (--resubscribe overrides)"
+            f"[yellow]not re-subscribed:[/] {escape(email)} unsubscribed or bounced (--resubscribe overrides)"
         )
     for email in report.resubscribed:
-        out.print(f"re-subscribed: {email}")
+        out.print(f"re-subscribed: {email}", markup=False)
 
 
 @subscribers.command("import")
@@ -458,7 +463,7 @@ def subscribers_list(opts: Options, list_name: str) -> None:
     """Print a list's addresses and names."""
     with App(opts.config()) as app:
         for subscriber in read_list(_list_file(app, list_name)):
-            out.print(f"{subscriber.email}\t{subscriber.name}", markup=False)
+            click.echo(f"{subscriber.email}\t{subscriber.name}")  # rich would expand the tab
 
 
 @subscribers.command("count")
@@ -486,6 +491,8 @@ def subscribers_export(opts: Options, list_name: str, output: Path | None) -> No
     """Export a list as CSV, safe to open in a spreadsheet."""
     with App(opts.config()) as app:
         source = _list_file(app, list_name)
+        if not source.is_file():  # a mistyped list name is not an empty list
+            raise SubscriberError(f"{source}: list file not found")
         if output is None:
             export_csv(source, sys.stdout)
             return
@@ -514,7 +521,9 @@ def subscribers_unsuppress(opts: Options, email: str) -> None:
     """Lift a suppression (only with the person's consent)."""
     with App(opts.config()) as app:
         lifted = app.ledger.unsuppress(email)
-    out.print(f"{email}: {'no longer suppressed' if lifted else 'was not suppressed'}")
+    out.print(
+        f"{email}: {'no longer suppressed' if lifted else 'was not suppressed'}", markup=False
+    )
 
 
 def main() -> None:

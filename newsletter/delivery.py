@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from newsletter.ledger import BatchRow, Ledger, unpack_recipients
 from newsletter.models import Subscriber
@@ -31,6 +31,7 @@ from newsletter.transports.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FIXED_COLUMNS = ("email", "name")
 BUILT_IN_TOKENS = frozenset({"email", "name", "first_name", "unsubscribe_url"})
@@ -148,6 +149,27 @@ def build_recipients(
             values["unsubscribe_url"], headers = links.for_address(email)
         recipients.append(Recipient(email=email, name=row[1], values=values, headers=headers))
     return recipients, dropped
+
+
+def with_retries(
+    action: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """Any idempotent call to the service (reads), retried on temporary failures."""
+    rng = rng or random.Random()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return action()
+        except TemporaryFailure as exc:
+            if attempt == policy.attempts:
+                raise
+            delay = policy.delay(attempt, exc.retry_after, rng)
+            log.warning("%s; retry %d of %d in %.1fs", exc, attempt, policy.attempts - 1, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def send_with_retries(

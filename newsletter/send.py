@@ -25,6 +25,7 @@ from newsletter.delivery import (
     build_recipients,
     plan_batches,
     send_with_retries,
+    with_retries,
 )
 from newsletter.errors import ConfigError, SubscriberError, TransportError
 from newsletter.ledger import IssueRow, process_owner
@@ -194,7 +195,11 @@ class Sending:
         client = self.transport_factory("sendgrid", None)()
         assert isinstance(client, SendGridTransport)
         try:
-            found = client.fetch_suppressions(self.config.sendgrid.asm_group_id)
+            found = with_retries(
+                lambda: client.fetch_suppressions(self.config.sendgrid.asm_group_id),
+                self.retry_policy(),
+                sleep=self.sleep,
+            )
         except BatchFailure as exc:
             raise TransportError(f"cannot sync suppressions from SendGrid: {exc}") from None
         added = self.app.ledger.suppress(found, source="sendgrid")
@@ -251,14 +256,18 @@ class Sending:
             sandbox=sandbox,
         )
 
+    def retry_policy(self) -> RetryPolicy:
+        d = self.config.delivery
+        return RetryPolicy(
+            d.attempts, d.retry_delay.total_seconds(), d.max_retry_delay.total_seconds()
+        )
+
     def deliverer(self, factory: Callable[[], Transport], transport: str) -> Deliverer:
         d = self.config.delivery
         return Deliverer(
             ledger=self.app.ledger,
             make_transport=factory,
-            policy=RetryPolicy(
-                d.attempts, d.retry_delay.total_seconds(), d.max_retry_delay.total_seconds()
-            ),
+            policy=self.retry_policy(),
             workers=1 if transport == "outbox" else d.workers,
             progress=self.progress,
             should_stop=self.should_stop,
@@ -538,10 +547,7 @@ class Sending:
             list_name=list_name,
             sandbox=request.sandbox,
         )
-        d = self.config.delivery
-        policy = RetryPolicy(
-            d.attempts, d.retry_delay.total_seconds(), d.max_retry_delay.total_seconds()
-        )
+        policy = self.retry_policy()
         transport_obj = factory()
         self.progress.start(report.recipients, report.batches)
         try:

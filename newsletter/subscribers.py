@@ -107,10 +107,13 @@ class _Rows:
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
         try:
+            # a quoted field can span lines: a row is numbered by the line it starts on
+            start = self.reader.line_num + 1
             for row in self.reader:
+                line, start = start, self.reader.line_num + 1
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank lines are harmless
-                yield self.reader.line_num, row
+                yield line, row
         except csv.Error as exc:
             raise SubscriberError(f"{self.path}: line {self.reader.line_num}: {exc}") from None
         except UnicodeDecodeError:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 from newsletter.ledger import Ledger
 from newsletter.signing import Signer, unsubscribe_url
 
 from .conftest import SENDGRID_TEST_API_KEY, Site
-from .support.sendgrid_emulator import Fault, SendGridEmulator
+from .support.sendgrid_emulator import Fault, SendGridEmulator, group_key
 
 SECRET = "a-test-signing-secret-of-some-length"
 DATE = "2024-03-05"
@@ -234,3 +237,275 @@ def test_a_rejected_request_stops_the_send_and_shows_sendgrids_errors(
             "https://example.com/lead",
             "desk:second.md",
         }
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_missing_api_key_is_named(site: Site, sendgrid_emulator: SendGridEmulator) -> None:
+    setup_site(site, sendgrid_emulator, 5)
+    result = send(site, environ={k: v for k, v in env().items() if k != "SENDGRID_API_KEY"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        "SendGrid needs an API key: set the environment variable SENDGRID_API_KEY" in result.stderr
+    )
+    assert not sendgrid_emulator.requests
+    with ledger(site) as book:
+        assert book.issue("main", dt.date(2024, 3, 5)) is None  # nothing claimed
+
+
+def test_a_wrong_api_key_stops_with_sendgrids_answer(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    setup_site(site, sendgrid_emulator, 5)
+    result = send(site, environ=env(SENDGRID_API_KEY="SG.wrong-key-value"))
+    assert result.returncode == 1
+    # the suppression sync before sending is the first request to meet the bad key
+    assert (
+        "cannot sync suppressions from SendGrid: SendGrid refused the request: 401 Unauthorized (check the API key"
+        in result.stderr
+    )
+    assert "The provided authorization grant is invalid" in result.stderr
+    assert len(sendgrid_emulator.requests) == 1  # a 401 is not retried
+    assert not sendgrid_emulator.mail_requests()
+
+
+def test_an_unreachable_api_is_retried_then_reported(site: Site) -> None:
+    setup_site(site, None, 5, url=f"http://127.0.0.1:{closed_port()}")
+    site.config_path.write_text(
+        site.config_path.read_text().replace(
+            'retry_delay = "0s"', 'attempts = 2\nretry_delay = "0s"'
+        )
+    )
+    result = send(site)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "cannot reach SendGrid at http://127.0.0.1:" in result.stderr
+    assert "retry 1 of 1" in result.stderr
+
+
+def test_the_api_key_never_appears_anywhere(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    key = "SG.very-secret-key-that-must-not-leak"
+    sendgrid_emulator.api_key = key  # type: ignore[attr-defined]
+    setup_site(site, sendgrid_emulator, 30, batch_size=10)
+    sendgrid_emulator.script(
+        Fault(), Fault(status=400, errors=[{"field": "subject", "message": "bad"}])
+    )
+    outputs = []
+    for args in (("-vv",), ()):
+        result = subprocess.run(
+            [sys.executable, "-m", "newsletter", *args, "--config", str(site.config_path), "send", "--date", DATE, "--yes"],
+            capture_output=True, text=True, timeout=60, env=env(SENDGRID_API_KEY=key),
+        )  # fmt: skip
+        outputs += [result.stdout, result.stderr]
+    outputs.append(
+        newsletter(site, "-vv", "status", "--date", DATE, environ=env(SENDGRID_API_KEY=key)).stdout
+    )
+    assert len(sendgrid_emulator.recipients()) == 30
+    for text in outputs:
+        assert key not in text
+    for path in site.root.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+
+
+def test_dry_run_sends_nothing_and_says_what_would_go(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    setup_site(site, sendgrid_emulator, 1200)
+    result = send(site, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "Dry run: would send 'The Test Times: Tuesday, 5 March 2024' to 1,200 recipients"
+        in result.stdout
+    )
+    assert "in 2 batches" in result.stdout
+    assert not sendgrid_emulator.requests  # a dry run does not even sync
+    with ledger(site) as book:
+        assert book.issue("main", dt.date(2024, 3, 5)) is None
+
+
+def test_an_empty_issue_is_skipped_unless_allowed(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    setup_site(site, sendgrid_emulator, 3)
+    result = newsletter(site, "send", "--date", "2024-04-01", "--yes")
+    assert result.returncode == 0
+    assert "No stories for 2024-04-01" in result.stdout and "Nothing sent" in result.stdout
+    assert not sendgrid_emulator.mail_requests()
+    forced = newsletter(site, "send", "--date", "2024-04-01", "--yes", "--allow-empty")
+    assert forced.returncode == 0, forced.stderr
+    assert len(sendgrid_emulator.recipients()) == 3
+
+
+def test_bulk_send_asks_first_and_refuses_without_a_terminal(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    setup_site(site, sendgrid_emulator, 3)
+    result = newsletter(site, "send", "--date", DATE)
+    assert result.returncode == 1
+    assert (
+        "Send 'The Test Times: Tuesday, 5 March 2024' to 3 subscribers of list 'main' via sendgrid?"
+        in result.stderr
+    )
+    assert "pass --yes" in result.stderr
+    assert not sendgrid_emulator.mail_requests()
+
+
+def test_test_sends_go_every_time_and_are_never_the_days_issue(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    emails = setup_site(site, sendgrid_emulator, 3)
+    for _ in range(2):
+        result = newsletter(site, "send", "--list", "test", "--date", DATE)  # no --yes needed
+        assert result.returncode == 0, result.stderr
+        assert (
+            "Test send '[TEST] The Test Times: Tuesday, 5 March 2024' to 1 recipients"
+            in result.stdout
+        )
+    one_off = newsletter(
+        site, "send", "--to", "Boss@Example.com", "--to", "second@example.org", "--date", DATE
+    )
+    assert one_off.returncode == 0, one_off.stderr
+    assert sendgrid_emulator.recipients() == [
+        "editor@example.com",
+        "editor@example.com",
+        "Boss@example.com",
+        "second@example.org",
+    ]
+    assert all(body["subject"].startswith("[TEST] ") for body in sendgrid_emulator.accepted())
+    assert all(
+        p["custom_args"]["issue_id"] == "test"
+        for b in sendgrid_emulator.accepted()
+        for p in b["personalizations"]
+    )
+    with ledger(site) as book:
+        assert book.recent_issues() == []
+    real = send(site)
+    assert real.returncode == 0, real.stderr
+    assert sendgrid_emulator.recipients()[4:] == emails
+
+
+def test_sandbox_mode_validates_without_delivering_or_recording(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    setup_site(site, sendgrid_emulator, 5)
+    result = send(site, "--sandbox")
+    assert result.returncode == 0, result.stderr
+    [request] = sendgrid_emulator.mail_requests()
+    assert request.status == 200
+    assert request.body["mail_settings"] == {"sandbox_mode": {"enable": True}}
+    with ledger(site) as book:
+        assert book.recent_issues() == []
+
+
+def test_sendgrid_unsubscribe_mode_syncs_suppressions_first(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    emails = setup_site(site, sendgrid_emulator, 1600)
+    text = site.config_path.read_text().replace('mode = "hosted"', 'mode = "sendgrid"')
+    site.config_path.write_text(
+        text.replace('categories = ["daily"]', 'categories = ["daily"]\nasm_group_id = 42')
+    )
+    sendgrid_emulator.suppressions[group_key(42)] = emails[:2]
+    sendgrid_emulator.suppressions["bounces"] = emails[100:700]  # more than one page of 500
+    sendgrid_emulator.suppressions["spam_reports"] = [emails[900]]
+    sendgrid_emulator.suppressions["unsubscribes"] = [emails[901].upper()]
+
+    result = send(site)
+
+    assert result.returncode == 0, result.stderr
+    expected = set(emails) - set(emails[:2]) - set(emails[100:700]) - {emails[900], emails[901]}
+    assert collections.Counter(sendgrid_emulator.recipients()) == collections.Counter(expected)
+    paths = [r.path for r in sendgrid_emulator.requests if r.method == "GET"]
+    assert paths.count("/v3/suppression/bounces") == 2  # paged
+    body = sendgrid_emulator.accepted()[0]
+    assert body["asm"] == {"group_id": 42}
+    assert 'href="<%asm_group_unsubscribe_raw_url%>"' in body["content"][1]["value"]
+    assert "Unsubscribe: <%asm_group_unsubscribe_raw_url%>" in body["content"][0]["value"]
+    assert "%%unsubscribe_url" not in str(body)
+    with ledger(site) as book:
+        assert book.suppression_reasons()[emails[100]] == "bounced"
+
+
+def test_an_unsubscribe_after_planning_is_honoured_on_resume(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    emails = setup_site(site, sendgrid_emulator, 300, batch_size=100)
+    sendgrid_emulator.script(
+        Fault(), Fault(status=400, errors=[{"field": None, "message": "nope"}])
+    )
+    assert send(site).returncode == 1
+    late = emails[250]
+    assert (
+        newsletter(site, "subscribers", "suppress", late, "--reason", "unsubscribed").returncode
+        == 0
+    )
+    resumed = send(site)
+    assert resumed.returncode == 0, resumed.stderr
+    counts = delivered(sendgrid_emulator)
+    assert late not in counts
+    assert counts == collections.Counter(set(emails) - {late})
+
+
+def test_a_second_send_while_one_runs_refuses(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    emails = setup_site(site, sendgrid_emulator, 500, batch_size=100)
+    sendgrid_emulator.fail_all(Fault(delay=0.4))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(site.config_path), "send", "--date", DATE, "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    assert sendgrid_emulator.wait_for_requests(1, timeout=20)
+    second = send(site)
+    assert second.returncode == 1
+    assert "is being sent by" in second.stderr and "not sending it twice" in second.stderr
+    assert first.wait(timeout=60) == 0
+    assert delivered(sendgrid_emulator) == collections.Counter(emails)
+
+
+def test_killed_mid_send_resumes_without_sending_anyone_twice(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    emails = setup_site(site, sendgrid_emulator, 1000, batch_size=100)
+    sendgrid_emulator.fail_all(Fault(delay=0.3))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(site.config_path), "send", "--date", DATE, "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
+    )  # fmt: skip
+    assert sendgrid_emulator.wait_for_requests(4, timeout=30)
+    time.sleep(0.1)  # the fourth request is in flight
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    sendgrid_emulator.clear_faults()
+    time.sleep(0.5)  # let the emulator finish answering the dead client
+    before = delivered(sendgrid_emulator)
+    assert 0 < sum(before.values()) < 1000
+
+    rerun = send(site)
+
+    with ledger(site) as book:
+        issue = book.issue("main", dt.date(2024, 3, 5))
+        assert issue is not None
+        ambiguous = book.batches(issue.id, ["submitting"])
+    if ambiguous:  # killed between "submitting" and the answer: reported, not resent
+        assert rerun.returncode == 1
+        assert f"ambiguous: batch {ambiguous[0].seq} was being submitted" in rerun.stderr
+        [batch] = ambiguous
+        with ledger(site) as book:
+            _, rows = book.batch_recipients(batch.id)
+        in_emulator = all(row[0] in before for row in rows)
+        flag = "--skip-ambiguous" if in_emulator else "--resend-ambiguous"
+        final = send(site, flag)
+        assert final.returncode == 0, final.stderr
+    else:
+        assert rerun.returncode == 0, rerun.stderr
+    assert delivered(sendgrid_emulator) == collections.Counter(emails)
+    assert "already sent" in send(site).stdout

@@ -26,23 +26,31 @@ log = logging.getLogger(__name__)
 class SmtpTransport:
     name = "smtp"
 
-    def __init__(self, settings: SmtpSettings, password: str | None) -> None:
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        password: str | None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,  # default: the system's trusted CAs
+    ) -> None:
         self.settings = settings
         self._password = password
+        self._ssl_context = ssl_context
         self._connection: smtplib.SMTP | None = None
         self._builder: MimeBuilder | None = None
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
         try:
+            context = self._ssl_context or ssl.create_default_context()
             if s.security == "ssl":
                 conn: smtplib.SMTP = smtplib.SMTP_SSL(
-                    s.host, s.port, timeout=s.timeout, context=ssl.create_default_context()
+                    s.host, s.port, timeout=s.timeout, context=context
                 )
             else:
                 conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
                 if s.security == "starttls":
-                    conn.starttls(context=ssl.create_default_context())
+                    conn.starttls(context=context)
             if s.username:
                 conn.login(s.username, self._password or "")
         except smtplib.SMTPAuthenticationError as exc:
@@ -77,7 +85,12 @@ class SmtpTransport:
                 return None
             except smtplib.SMTPRecipientsRefused as exc:
                 code, reason = next(iter(exc.recipients.values()))
-                return f"{code} {reason.decode(errors='replace')}"
+                refusal = f"{code} {reason.decode(errors='replace')}"
+                if 400 <= code < 500:  # greylisting, a busy mailbox, 421: "later", not "never"
+                    if code == 421:  # smtplib has closed the connection
+                        self._drop()
+                    raise TemporaryFailure(f"SMTP server deferred a recipient: {refusal}") from None
+                return refusal
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
                 self._drop()
                 if attempt == 2:
