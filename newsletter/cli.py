@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
+from rich.text import Text
 
 from newsletter import __version__
 from newsletter.app import App, empty_issue_message, preview_page
@@ -34,6 +34,7 @@ from newsletter.subscribers import (
     remove_addresses,
 )
 
+# markup off: messages carry data (subjects, addresses, API errors) that may contain [brackets]
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
@@ -46,7 +47,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except NewsletterError as exc:
             for line in str(exc).splitlines():
-                err.print(f"[bold red]error:[/] {line}", markup=True, highlight=False)
+                err.print(Text.assemble(("error:", "bold red"), f" {line}"))
             ctx.exit(exc.exit_code)
 
 
@@ -101,7 +102,7 @@ def check(opts: Options, date: dt.datetime | None) -> None:
         built = app.build_issue(_date(date))
     issue, email = built.issue, built.email
     tz = config.newsletter.tz
-    out.print(f"[bold]{email.subject}[/]")
+    out.print(Text(email.subject, "bold"))
     start = f"{issue.window.start.astimezone(tz):%Y-%m-%d %H:%M}" if issue.window.start else "…"
     out.print(f"window: {start} → {issue.window.end:%Y-%m-%d %H:%M} ({config.newsletter.timezone})")
     if issue.is_empty:
@@ -110,17 +111,20 @@ def check(opts: Options, date: dt.datetime | None) -> None:
         out.print(f"{len(issue.stories)} stories:")
         for story in issue.stories:
             out.print(
-                f"  • {story.title} [dim]({story.source}, {story.published:%Y-%m-%d %H:%M})[/]"
+                Text.assemble(
+                    f"  • {story.title} ",
+                    (f"({story.source}, {story.published:%Y-%m-%d %H:%M})", "dim"),
+                )
             )
     out.print(
         f"HTML {email.html_bytes / 1024:.1f} KB, text {len(email.text.encode()) / 1024:.1f} KB"
     )
     problems = [str(p) for p in issue.problems] + list(email.warnings)
     for problem in problems:
-        err.print(f"[yellow]problem:[/] {problem}")
+        err.print(Text.assemble(("problem:", "yellow"), f" {problem}"))
     if problems:
         sys.exit(1)
-    out.print("[green]ok[/]")
+    out.print(Text("ok", "green"))
 
 
 @cli.command()
@@ -149,7 +153,7 @@ def preview(
         page = build()
         output.write_text(page.html, encoding="utf-8")
         for note in page.notes:
-            err.print(f"[yellow]note:[/] {note}")
+            err.print(Text.assemble(("note:", "yellow"), f" {note}"))
         err.print(
             f"wrote {output} ({len(page.html.encode()) / 1024:.1f} KB, {page.stories} stories)"
         )
@@ -161,7 +165,7 @@ def preview(
         raise_error = NewsletterError(page.error)
         raise raise_error
     for note in page.notes:
-        err.print(f"[yellow]note:[/] {note}")
+        err.print(Text.assemble(("note:", "yellow"), f" {note}"))
     server = make_server(state, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     out.print(f"Preview at {url} (Ctrl-C to stop)", soft_wrap=True)
@@ -282,14 +286,16 @@ def _print_report(r: SendReport) -> None:
     tail = f" ({'; '.join(extras)})" if extras else ""
     if r.outcome == "sent":
         out.print(
-            f"[green]Sent[/] {r.subject!r} to {r.recipients:,} recipients of {where} in "
-            f"{r.batches} batches via {r.transport}{tail}."
+            Text.assemble(("Sent", "green")),
+            f"{r.subject!r} to {r.recipients:,} recipients of {where} in "
+            f"{r.batches} batches via {r.transport}{tail}.",
         )
         if r.transport == "sendgrid":
             out.print("Submitted to SendGrid; delivery is reported by SendGrid's events.")
     elif r.outcome == "test_sent":
         out.print(
-            f"[green]Test send[/] {r.subject!r} to {r.recipients:,} recipients via {r.transport}{tail}."
+            Text.assemble(("Test send", "green")),
+            f"{r.subject!r} to {r.recipients:,} recipients via {r.transport}{tail}.",
         )
     elif r.outcome == "already_sent":
         out.print(
@@ -307,7 +313,7 @@ def _print_report(r: SendReport) -> None:
     elif r.outcome == "cancelled":
         out.print("Not sent.")
     elif r.outcome == "busy":
-        err.print(f"[bold red]error:[/] {r.detail}; not sending it twice")
+        err.print(Text.assemble(("error:", "bold red"), f" {r.detail}; not sending it twice"))
     elif r.outcome == "stopped":
         out.print(
             f"Stopped after {r.submitted:,} recipients; run the same command again to resume."
@@ -315,10 +321,10 @@ def _print_report(r: SendReport) -> None:
     if r.outbox is not None and r.outcome in ("sent", "test_sent", "failed", "stopped"):
         out.print(f"Messages written to {r.outbox}/")
     for address, reason in r.rejected[:20]:
-        err.print(f"[yellow]refused:[/] {address}: {reason}")
+        err.print(Text.assemble(("refused:", "yellow"), f" {address}: {reason}"))
     if r.outcome == "failed":
         for error in r.errors:
-            err.print(f"[bold red]error:[/] {error}")
+            err.print(Text.assemble(("error:", "bold red"), f" {error}"))
         if r.submitted:
             err.print(
                 f"{r.submitted:,} of {r.recipients:,} recipients were submitted before it stopped."
@@ -326,9 +332,10 @@ def _print_report(r: SendReport) -> None:
     if r.ambiguous:
         batches = ", ".join(str(s) for s in r.ambiguous)
         err.print(
-            f"[yellow]ambiguous:[/] batch {batches} was being submitted when an earlier run stopped; "
+            Text.assemble(("ambiguous:", "yellow")),
+            f"batch {batches} was being submitted when an earlier run stopped; "
             "it may or may not have gone out. Check the mail service's activity log, then rerun "
-            "with --resend-ambiguous (send it) or --skip-ambiguous (count it as sent)."
+            "with --resend-ambiguous (send it) or --skip-ambiguous (count it as sent).",
         )
     if r.outcome == "failed" and not r.ambiguous:
         err.print("Run the same command again to resume: submitted batches are not sent twice.")
@@ -357,7 +364,7 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
         if row is None:
             out.print(f"No issue for list {name!r} on {_date(date)}.")
             return
-        out.print(f"[bold]{row.subject}[/]")
+        out.print(Text(row.subject or "", "bold"))
         out.print(
             f"list {row.list_name}, {row.issue_date}: {row.status}, {row.recipients:,} recipients, via {row.transport}"
         )
@@ -389,17 +396,16 @@ def _list_file(app: App, list_name: str) -> Path:
 
 def _print_import(report: ImportReport, target: Path) -> None:
     # file contents are not markup: "[/]" in a rejected row must print, not crash
-    out.print(
-        f"{target}: {report.added:,} added, {report.already:,} already on the list", markup=False
-    )
+    out.print(f"{target}: {report.added:,} added, {report.already:,} already on the list")
     for problem in report.rejected:
-        err.print(f"[yellow]rejected:[/] line {problem.line}: {escape(problem.reason)}")
+        err.print(Text.assemble(("rejected:", "yellow"), f" line {problem.line}: {problem.reason}"))
     for email in report.suppressed:
         err.print(
-            f"[yellow]not re-subscribed:[/] {escape(email)} unsubscribed or bounced (--resubscribe overrides)"
+            Text.assemble(("not re-subscribed:", "yellow")),
+            f"{email} unsubscribed or bounced (--resubscribe overrides)",
         )
     for email in report.resubscribed:
-        out.print(f"re-subscribed: {email}", markup=False)
+        out.print(f"re-subscribed: {email}")
 
 
 @subscribers.command("import")
@@ -521,9 +527,7 @@ def subscribers_unsuppress(opts: Options, email: str) -> None:
     """Lift a suppression (only with the person's consent)."""
     with App(opts.config()) as app:
         lifted = app.ledger.unsuppress(email)
-    out.print(
-        f"{email}: {'no longer suppressed' if lifted else 'was not suppressed'}", markup=False
-    )
+    out.print(f"{email}: {'no longer suppressed' if lifted else 'was not suppressed'}")
 
 
 def main() -> None:

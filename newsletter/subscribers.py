@@ -208,6 +208,8 @@ def write_table(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; keep the list's own mode (or the umask's default)
+        os.fchmod(fd, _mode_of(path))
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
@@ -219,6 +221,15 @@ def write_table(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _mode_of(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @dataclass
@@ -266,7 +277,6 @@ def merge_rows(
                 if not resubscribe:
                     report.suppressed.append(email)
                     continue
-                on_resubscribe(key)
                 report.resubscribed.append(email)
             existing.add(key)
             added_rows.append({**values, "email": email})
@@ -283,6 +293,9 @@ def merge_rows(
                 by_lower = {k.lower(): v for k, v in values.items()}
                 rows.append([by_lower.get(column, "") for column in lowered])
             write_table(path, header, rows)
+        # lifted only once they are on the list: a failed write leaves them suppressed
+        for email in report.resubscribed:
+            on_resubscribe(email.lower())
     return report
 
 
