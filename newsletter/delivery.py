@@ -192,8 +192,10 @@ def send_with_retries(
             receipt = transport.send_batch(message, remaining)
         except TemporaryFailure as exc:
             remaining = remaining[exc.done :]
+            rejected.extend(exc.rejected)
             if attempt >= policy.attempts:
                 exc.done = len(recipients) - len(remaining)
+                exc.rejected = rejected
                 raise
             delay = policy.delay(attempt, exc.retry_after, rng)
             log.warning("%s; retry %d of %d in %.1fs", exc, attempt, policy.attempts - 1, delay)
@@ -201,6 +203,7 @@ def send_with_retries(
             continue
         except PermanentFailure as exc:
             exc.done += len(recipients) - len(remaining)
+            exc.rejected = rejected + exc.rejected
             raise
         rejected.extend(receipt.rejected)
         return Receipt(message_id=receipt.message_id, rejected=rejected)
@@ -348,6 +351,7 @@ class Deliverer:
             outcome.dropped_suppressed += result.dropped
             self.progress.advance(batch.size if result.failure is None else result.sent)
             if result.failure is not None:
+                outcome.rejected.extend(result.failure.rejected)
                 if result.remaining is not None:
                     self.ledger.replace_batch_recipients(batch.id, *result.remaining)
                 self.ledger.mark_failed(batch.id, str(result.failure))

@@ -561,6 +561,7 @@ class Sending:
                 self.progress.advance(len(rows))
         except BatchFailure as exc:
             report.submitted += exc.done
+            report.rejected.extend(exc.rejected)
             report.errors.append(str(exc))
             return report
         finally:

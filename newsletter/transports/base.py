@@ -67,6 +67,8 @@ class BatchFailure(TransportError):
     def __init__(self, message: str, *, done: int = 0) -> None:
         super().__init__(message)
         self.done = done
+        # recipients the server refused among the `done` ones, so a report keeps them
+        self.rejected: list[tuple[str, str]] = []
 
 
 class TemporaryFailure(BatchFailure):

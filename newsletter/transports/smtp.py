@@ -41,25 +41,26 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
+        conn: smtplib.SMTP | None = None
         try:
             context = self._ssl_context or ssl.create_default_context()
             if s.security == "ssl":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(
-                    s.host, s.port, timeout=s.timeout, context=context
-                )
+                conn = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
             else:
                 conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
                 if s.security == "starttls":
                     conn.starttls(context=context)
             if s.username:
                 conn.login(s.username, self._password or "")
-        except smtplib.SMTPAuthenticationError as exc:
-            raise PermanentFailure(f"SMTP login refused by {s.host}: {exc.smtp_code}") from None
+            return conn
         except (smtplib.SMTPException, OSError) as exc:
+            if conn is not None:
+                conn.close()  # a failed STARTTLS or login must not leave the socket open
+            if isinstance(exc, smtplib.SMTPAuthenticationError):
+                raise PermanentFailure(f"SMTP login refused by {s.host}: {exc.smtp_code}") from None
             raise TemporaryFailure(
                 f"cannot connect to SMTP server {s.host}:{s.port}: {exc}"
             ) from None
-        return conn
 
     def send_batch(self, message: Message, recipients: Sequence[Recipient]) -> Receipt:
         if self._builder is None or self._builder.message is not message:
@@ -70,6 +71,7 @@ class SmtpTransport:
                 refused = self._send_one(self._builder.build(recipient))
             except BatchFailure as exc:
                 exc.done = index  # the ones before went out: never send them again
+                exc.rejected = rejected
                 raise
             if refused:
                 rejected.append((recipient.email, refused))
@@ -91,6 +93,10 @@ class SmtpTransport:
                         self._drop()
                     raise TemporaryFailure(f"SMTP server deferred a recipient: {refusal}") from None
                 return refusal
+            except smtplib.SMTPNotSupportedError:
+                # a non-ASCII address and a server without SMTPUTF8: nothing was sent to
+                # this one, the others can still go (raised as is, it hid `done`)
+                return "not sent: the server does not support SMTPUTF8 (non-ASCII address)"
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
                 self._drop()
                 if attempt == 2:
