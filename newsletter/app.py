@@ -16,7 +16,7 @@ import httpx
 
 from newsletter.config import Config, FeedSourceSettings, MarkdownSourceSettings, load_config
 from newsletter.ledger import Ledger
-from newsletter.models import Issue, RenderedEmail, Window
+from newsletter.models import Issue, RenderedEmail, Window, local_time_on
 from newsletter.preview import PreviewPage
 from newsletter.render import Renderer
 from newsletter.stories import StorySource, gather
@@ -94,10 +94,8 @@ class App:
         return self.clock().astimezone(self.config.newsletter.tz).date()
 
     def issue_time(self, date: dt.date) -> dt.datetime:
-        """The issue's nominal send time; on a spring-forward day a missing time moves on."""
-        tz = self.config.newsletter.tz
-        local = dt.datetime.combine(date, self.config.schedule.time, tzinfo=tz)
-        return local.astimezone(dt.UTC).astimezone(tz)
+        """The issue's nominal send time: the end of its window."""
+        return local_time_on(date, self.config.schedule.time, self.config.newsletter.tz)
 
     def window(self, date: dt.date, previous_end: dt.datetime | None = None) -> Window:
         end = self.issue_time(date)

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import sys
+import threading
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.text import Text
 
-from newsletter import __version__
+from newsletter import __version__, logs
 from newsletter.app import App, empty_issue_message, preview_page
 from newsletter.config import Config, find_config, load_config
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.ledger import SUPPRESSION_REASONS
-from newsletter.logs import RedactSecrets
 from newsletter.preview import PreviewState, Watcher, make_server
 from newsletter.progress import RichProgress
+from newsletter.scheduler import SchedulerService, next_run, trigger_for
 from newsletter.send import Sending, SendPreview, SendReport, SendRequest
 from newsletter.subscribers import (
     ImportReport,
@@ -74,16 +76,19 @@ def _date(value: dt.datetime | None) -> dt.date | None:
     help="Config file (default: $NEWSLETTER_CONFIG, else ./config.toml).",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["plain", "json"]),
+    default="plain",
+    show_default=True,
+    help="json: one JSON object per log line (journald, containers).",
+)
 @click.version_option(__version__, prog_name="newsletter")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
+def cli(ctx: click.Context, config_path: Path | None, verbose: int, log_format: str) -> None:
     """Run a daily email newsletter: gather, render, preview, send."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    handler = RichHandler(console=err, show_path=False, show_time=False)
-    handler.addFilter(RedactSecrets())
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
-    # the HTTP client under sendgrid logs whole requests, Authorization header included
-    logging.getLogger("python_http_client").setLevel(logging.WARNING)
+    logs.configure(level, log_format, sys.stderr, interactive=sys.stderr.isatty())
     ctx.obj = Options(config_path)
 
 
@@ -269,11 +274,31 @@ def send(
         skip_ambiguous=skip_ambiguous,
         skip_invalid=skip_invalid,
     )
-    with App(opts.config()) as app:
-        report = Sending(app, progress=RichProgress(err)).send(request, _confirm(yes))
+    with App(opts.config()) as app, stop_on_signal() as stopping:
+        sending = Sending(app, progress=RichProgress(err), should_stop=stopping.is_set)
+        report = sending.send(request, _confirm(yes))
     _print_report(report)
     if not report.ok:
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[threading.Event]:
+    """SIGTERM or Ctrl-C: finish the batch in flight, record it, stop. A second one: now."""
+    stopping = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        err.print(f"{signal.Signals(signum).name}: finishing the current batch, then stopping")
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopping
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _print_report(r: SendReport) -> None:
@@ -350,8 +375,21 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
     with App(opts.config()) as app:
         ledger = app.ledger
         if date is None:
+            tz = app.config.newsletter.tz
+            upcoming = next_run(ledger)
+            if upcoming is None:
+                out.print("Scheduler: not started yet (`newsletter schedule`).")
+            else:
+                out.print(
+                    f"Next scheduled run: {upcoming.astimezone(tz):%Y-%m-%d %H:%M %Z} "
+                    f"({upcoming.astimezone(dt.UTC):%H:%M} UTC)"
+                )
             rows = ledger.recent_issues(list_name)
-            if not rows:
+            if rows:
+                last = rows[0]
+                outcome = last.status + (f": {last.error}" if last.error else "")
+                out.print(f"Last issue: {last.issue_date} ({last.list_name}) {outcome}")
+            else:
                 out.print("No issue has been sent yet.")
             for row in rows:
                 out.print(
@@ -380,6 +418,43 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
             out.print(
                 f"  #{batch.seq:<5} {batch.status:<10} {batch.size:>5}  {batch.message_id or '-'}{note}"
             )
+
+
+@cli.command()
+@click.option("--list", "list_name", help="The list to send to (default: schedule.list).")
+@click.option(
+    "--transport",
+    type=click.Choice(["sendgrid", "smtp", "outbox"]),
+    help="Override delivery.transport.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the next run times and exit.")
+@click.option("--count", default=5, show_default=True, help="How many run times --dry-run prints.")
+@click.pass_obj
+def schedule(
+    opts: Options, list_name: str | None, transport: str | None, dry_run: bool, count: int
+) -> None:
+    """Send the day's issue every day at [schedule] time; runs until SIGTERM.
+
+    The schedule is kept in the state database: after a restart, a run missed
+    within misfire_grace goes out late, older ones are reported as skipped.
+    """
+    config = opts.config()
+    if dry_run:
+        tz = config.newsletter.tz
+        trigger = trigger_for(config)
+        out.print(
+            f"{trigger!r}, list {list_name or config.schedule.list!r}, misfire_grace {config.schedule.misfire_grace}"
+        )
+        for moment in trigger.upcoming(dt.datetime.now(dt.UTC), count):
+            out.print(
+                f"{moment.astimezone(tz):%a %Y-%m-%d %H:%M %Z}  ({moment.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC)"
+            )
+        return
+    logging.getLogger("newsletter.schedule").setLevel(logging.INFO)
+    service = SchedulerService(
+        opts.config_path, os.environ, list_name=list_name, transport=transport
+    )
+    sys.exit(service.serve())
 
 
 # -- subscribers ---------------------------------------------------------------------

@@ -125,11 +125,43 @@ class SenderSettings(Settings):
         return value
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_days(value: str) -> frozenset[int]:
+    """Cron-style days of the week ("*", "mon-fri", "mon,wed,fri") as weekday numbers."""
+    text = value.strip().lower()
+    if text in ("*", ""):
+        return frozenset(range(7))
+    days: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if first not in WEEKDAYS or (last and last not in WEEKDAYS):
+            raise ValueError(
+                f'expected days such as "*", "mon-fri" or "mon,wed,fri", got {value!r}'
+            )
+        start, end = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
+        span = range(start, end + 1) if start <= end else [*range(start, 7), *range(0, end + 1)]
+        days.update(span)
+    return frozenset(days)
+
+
+def _check_days(value: str) -> str:
+    parse_days(value)
+    return value
+
+
 class ScheduleSettings(Settings):
     time: dt.time = dt.time(7, 0)
-    days: str = "*"
+    days: Annotated[str, AfterValidator(_check_days)] = "*"
     list: str = "main"
     misfire_grace: Duration = timedelta(hours=2)
+    retry_every: Duration = timedelta(minutes=10)
+    admin_email: str | None = None
+
+    @property
+    def weekdays(self) -> frozenset[int]:
+        return parse_days(self.days)
 
 
 class IssueSettings(Settings):

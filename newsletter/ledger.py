@@ -93,7 +93,8 @@ issue_stories = sa.Table(
 )
 
 SUPPRESSION_REASONS = ("unsubscribed", "bounced", "spam", "invalid", "manual")
-RESUMABLE = ("failed", "stopped")
+# a skipped issue can still be sent by hand; failed and stopped ones resume
+RESUMABLE = ("failed", "stopped", "skipped")
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,26 @@ class Ledger:
                 return Claim("resumed", fresh)
             return Claim("sent" if fresh.status == "sent" else "busy", fresh)
         return Claim("busy", issue)
+
+    def record_skipped(self, list_name: str, date: dt.date, reason: str) -> bool:
+        """Say that a scheduled issue did not go out, unless something already happened to it."""
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.insert(issues).values(
+                        list_name=list_name,
+                        issue_date=date,
+                        status="skipped",
+                        error=reason,
+                        recipients=0,
+                        created_at=now,
+                        finished_at=now,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
 
     def save_plan(
         self,

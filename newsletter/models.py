@@ -55,6 +55,13 @@ def normalise_url(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, urlencode(query), ""))
 
 
+def local_time_on(date: dt.date, at: dt.time, tz: dt.tzinfo) -> dt.datetime:
+    """`at` on `date` in `tz`; a time the clocks skip (spring forward) moves on by the gap,
+    and a time that happens twice (fall back) is its first occurrence."""
+    local = dt.datetime.combine(date, at, tzinfo=tz)
+    return local.astimezone(dt.UTC).astimezone(tz)
+
+
 @dataclass(frozen=True)
 class Window:
     """The stretch of time an issue covers: (start, end]; start None means no lower bound."""

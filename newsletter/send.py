@@ -27,7 +27,7 @@ from newsletter.delivery import (
     send_with_retries,
     with_retries,
 )
-from newsletter.errors import ConfigError, SubscriberError, TransportError
+from newsletter.errors import ConfigError, SubscriberError
 from newsletter.ledger import IssueRow, process_owner
 from newsletter.models import Subscriber
 from newsletter.signing import DEVELOPMENT_SECRET, Signer
@@ -93,6 +93,8 @@ class SendReport:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     outbox: Path | None = None
     detail: str = ""
+    stories: int | None = None
+    permanent: bool = False  # failed in a way a retry cannot fix (a refused request)
 
     @property
     def ok(self) -> bool:
@@ -200,8 +202,8 @@ class Sending:
                 self.retry_policy(),
                 sleep=self.sleep,
             )
-        except BatchFailure as exc:
-            raise TransportError(f"cannot sync suppressions from SendGrid: {exc}") from None
+        except BatchFailure as exc:  # keeps its kind: a scheduler retries only temporary ones
+            raise type(exc)(f"cannot sync suppressions from SendGrid: {exc}") from None
         added = self.app.ledger.suppress(found, source="sendgrid")
         log.info("synced %d suppressions from SendGrid (%d new)", len(found), added)
         return added
@@ -315,6 +317,7 @@ class Sending:
                 return report
             self.check_columns(list_name, built.email.tokens)
             report.subject = built.email.subject
+            report.stories = len(built.issue.stories)
         else:
             report.subject = existing.subject or ""
 
@@ -426,6 +429,7 @@ class Sending:
         report.submitted = outcome.submitted_recipients
         report.errors = outcome.errors
         report.rejected = outcome.rejected
+        report.permanent = outcome.permanent
         report.suppressed += outcome.dropped_suppressed
         unfinished = {k: v for k, v in counts.items() if k != "submitted"}
         if not unfinished:

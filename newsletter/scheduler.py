@@ -1,0 +1,468 @@
+"""`newsletter schedule`: APScheduler wiring around the same use case as `newsletter send`.
+
+The daily job lives in the state database (APScheduler's SQLAlchemy job store),
+so a restart knows where it left off: runs missed within `misfire_grace` go out
+once, late; older ones are recorded as skipped, never silently dropped. The
+ledger's per-date claim makes every run safe to repeat.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.date import DateTrigger
+
+from newsletter.app import App, system_clock
+from newsletter.config import Config, load_config, parse_days
+from newsletter.errors import NewsletterError
+from newsletter.ledger import Ledger
+from newsletter.models import local_time_on
+from newsletter.send import Sending, SendReport, SendRequest
+from newsletter.transports.base import BatchFailure, Message, PermanentFailure, Recipient
+
+log = logging.getLogger("newsletter.schedule")
+
+JOB_ID = "newsletter-daily-issue"
+JOB_TABLE = "apscheduler_jobs"
+LOOKAHEAD_DAYS = 14
+
+
+class DailyIssueTrigger(BaseTrigger):
+    """Fires once per local date, at the issue's send time, on the chosen weekdays.
+
+    Unlike a cron trigger, a fall-back day (the time happens twice) fires once
+    and a spring-forward day (the time never happens) still fires, an hour on.
+    """
+
+    def __init__(self, at: dt.time, timezone: str, days: str = "*") -> None:
+        self.at = at
+        self.timezone = timezone
+        self.days = days
+        self._tz = ZoneInfo(timezone)
+        self._weekdays = parse_days(days)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"version": 1, "at": self.at, "timezone": self.timezone, "days": self.days}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["at"], state["timezone"], state["days"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"DailyIssueTrigger({self.at:%H:%M} {self.timezone}, days={self.days!r})"
+
+    def fire_time(self, date: dt.date) -> dt.datetime:
+        return local_time_on(date, self.at, self._tz)
+
+    def _dates_from(self, date: dt.date) -> Iterator[dt.date]:
+        for offset in range(LOOKAHEAD_DAYS):
+            day = date + dt.timedelta(days=offset)
+            if day.weekday() in self._weekdays:
+                yield day
+
+    def get_next_fire_time(
+        self, previous_fire_time: dt.datetime | None, now: dt.datetime
+    ) -> dt.datetime | None:
+        if previous_fire_time is not None:
+            start = previous_fire_time.astimezone(self._tz).date() + dt.timedelta(days=1)
+            return next((self.fire_time(d) for d in self._dates_from(start)), None)
+        today = now.astimezone(self._tz).date()
+        for day in self._dates_from(today):
+            moment = self.fire_time(day)
+            if moment >= now:
+                return moment
+        return None
+
+    def fire_times(self, after: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
+        """Every fire time in (after, until]."""
+        times = []
+        day = after.astimezone(self._tz).date()
+        while day <= until.astimezone(self._tz).date():
+            if day.weekday() in self._weekdays:
+                moment = self.fire_time(day)
+                if after < moment <= until:
+                    times.append(moment)
+            day += dt.timedelta(days=1)
+        return times
+
+    def latest(self, now: dt.datetime) -> dt.datetime | None:
+        """The most recent fire time at or before `now`."""
+        day = now.astimezone(self._tz).date()
+        for _ in range(LOOKAHEAD_DAYS):
+            if day.weekday() in self._weekdays and self.fire_time(day) <= now:
+                return self.fire_time(day)
+            day -= dt.timedelta(days=1)
+        return None
+
+    def upcoming(self, now: dt.datetime, count: int) -> list[dt.datetime]:
+        times: list[dt.datetime] = []
+        previous = None
+        while len(times) < count:
+            moment = self.get_next_fire_time(previous, now)
+            if moment is None:
+                break
+            times.append(moment)
+            previous = moment
+        return times
+
+
+def trigger_for(config: Config) -> DailyIssueTrigger:
+    s = config.schedule
+    return DailyIssueTrigger(s.time, config.newsletter.timezone, s.days)
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What a (re)starting scheduler owes: dates to report as skipped, and one to send now."""
+
+    skipped: tuple[dt.datetime, ...] = ()
+    due: dt.datetime | None = None
+
+
+def catch_up(
+    trigger: DailyIssueTrigger,
+    stored_next: dt.datetime | None,
+    now: dt.datetime,
+    grace: dt.timedelta,
+) -> CatchUp:
+    """Coalesce the runs missed while the scheduler was down into at most one send.
+
+    `stored_next` is the job's next run time as the job store remembered it.
+    """
+    if stored_next is None or stored_next > now:
+        return CatchUp()
+    missed = [stored_next, *trigger.fire_times(stored_next, now)]
+    late = [t for t in missed if now - t <= grace]
+    due = late[-1] if late else None
+    skipped = tuple(t for t in missed if t is not due)
+    return CatchUp(skipped, due)
+
+
+# The running service, for the job function: a persistent job store keeps a
+# reference to an importable function, not to an object.
+_service: SchedulerService | None = None
+
+
+def run_scheduled_issue() -> None:
+    """The daily job, as stored in the job store."""
+    if _service is not None:
+        _service.run_latest()
+
+
+def run_retry(scheduled_iso: str) -> None:
+    if _service is not None:
+        _service.run_issue(dt.datetime.fromisoformat(scheduled_iso))
+
+
+@dataclass
+class SchedulerService:
+    """Runs the daily send on time, once, and says so when it cannot."""
+
+    config_path: Path
+    environ: Mapping[str, str]
+    list_name: str | None = None
+    transport: str | None = None
+    clock: Callable[[], dt.datetime] = system_clock
+    sleep: Callable[[float], None] = time.sleep
+    stopping: threading.Event = field(default_factory=threading.Event)
+    idle: threading.Event = field(default_factory=threading.Event)
+    scheduler: BlockingScheduler | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def config(self) -> Config:
+        return load_config(self.config_path, self.environ)
+
+    def list_for(self, config: Config) -> str:
+        return self.list_name or config.schedule.list
+
+    # -- one run -------------------------------------------------------------------
+
+    def run_latest(self) -> None:
+        config = self.config()
+        latest = trigger_for(config).latest(self.clock())
+        if latest is not None:
+            self.run_issue(latest)
+
+    def run_issue(self, scheduled: dt.datetime) -> SendReport | None:
+        """Send the issue of `scheduled`'s date if it is still in time; report either way."""
+        if self.stopping.is_set():
+            return None
+        self.idle.clear()
+        try:
+            return self._run(scheduled)
+        finally:
+            self.idle.set()
+
+    def _run(self, scheduled: dt.datetime) -> SendReport | None:
+        config = self.config()
+        list_name = self.list_for(config)
+        date = scheduled.astimezone(config.newsletter.tz).date()
+        started = time.monotonic()
+        now = self.clock()
+        grace = config.schedule.misfire_grace
+        if now - scheduled > grace and not self._partly_sent(config, list_name, date, now):
+            self.record_skip(config, scheduled, now, "it could not start in time")
+            return None
+        event: dict[str, Any] = {"event": "run", "list": list_name, "date": date.isoformat()}
+        log_event(
+            logging.INFO, f"run started for {list_name} {date}", {**event, "phase": "started"}
+        )
+        request = SendRequest(list_name=list_name, date=date, transport=self.transport)
+        retry = False
+        report: SendReport | None = None
+        try:
+            with App(config, clock=self.clock) as app:
+                sending = Sending(app, should_stop=self.stopping.is_set, sleep=self.sleep)
+                report = sending.send(request, confirm=lambda _: True)
+            outcome = report.outcome
+            retry = outcome == "busy" or (outcome == "failed" and not report.permanent)
+            error = "; ".join(report.errors) or report.detail or None
+        except BatchFailure as exc:  # before any batch: e.g. the suppression sync
+            outcome, error = "failed", str(exc)
+            retry = not isinstance(exc, PermanentFailure)
+        except NewsletterError as exc:
+            outcome, error = "failed", str(exc)
+        fields = {
+            **event,
+            "phase": "finished",
+            "outcome": outcome,
+            "stories": report.stories if report else None,
+            "recipients": report.recipients if report else 0,
+            "submitted": report.submitted if report else 0,
+            "batches": report.batches if report else 0,
+            "duration": round(time.monotonic() - started, 3),
+            "error": error,
+        }
+        level = logging.ERROR if outcome == "failed" else logging.INFO
+        summary = f"run finished for {list_name} {date}: {outcome}"
+        if outcome == "busy":
+            summary += " (the issue is claimed by another sender)"
+        if error:
+            summary += f": {error}"
+        if retry:
+            retry_at = self.clock() + config.schedule.retry_every
+            if retry_at - scheduled <= grace or self._partly_sent(
+                config, list_name, date, retry_at
+            ):
+                fields["retry_at"] = retry_at.isoformat()
+                summary += f"; trying again at {retry_at.astimezone(config.newsletter.tz):%H:%M}"
+                self._schedule_retry(scheduled, retry_at)
+            else:
+                summary += "; no time left to try again (misfire_grace)"
+                retry = False
+        log_event(level, summary, fields)
+        if outcome == "failed" and not retry:
+            self.tell_admin(config, f"scheduled issue {date} for list {list_name} failed", summary)
+        return report
+
+    def _partly_sent(self, config: Config, list_name: str, date: dt.date, now: dt.datetime) -> bool:
+        """A started issue is finished on its own date, grace or not: half a list is worse."""
+        if now.astimezone(config.newsletter.tz).date() != date:
+            return False
+        with Ledger(config.database_url) as ledger:
+            issue = ledger.issue(list_name, date)
+            if issue is None or issue.status not in ("failed", "stopped", "sending"):
+                return False
+            return "submitted" in ledger.batch_counts(issue.id)
+
+    def _schedule_retry(self, scheduled: dt.datetime, when: dt.datetime) -> None:
+        if self.scheduler is None:
+            return
+        self.scheduler.add_job(
+            run_retry,
+            DateTrigger(run_date=when),
+            args=[scheduled.isoformat()],
+            id=f"retry-{scheduled.date().isoformat()}",
+            jobstore="retries",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    def record_skip(
+        self, config: Config, scheduled: dt.datetime, now: dt.datetime, why: str
+    ) -> None:
+        list_name = self.list_for(config)
+        tz = config.newsletter.tz
+        date = scheduled.astimezone(tz).date()
+        reason = (
+            f"skipped: the {scheduled.astimezone(tz):%H:%M %Z} run was missed ({why}); "
+            f"it is now {now.astimezone(tz):%Y-%m-%d %H:%M}, past misfire_grace "
+            f"({config.schedule.misfire_grace})"
+        )
+        with Ledger(config.database_url) as ledger:
+            new = ledger.record_skipped(list_name, date, reason)
+        if new:
+            fields = {"event": "run", "phase": "skipped", "list": list_name, "date": date.isoformat(), "outcome": "skipped", "error": reason}  # fmt: skip
+            log_event(logging.WARNING, f"issue {date} for {list_name} {reason}", fields)
+            self.tell_admin(config, f"scheduled issue {date} for list {list_name} skipped", reason)
+
+    def tell_admin(self, config: Config, subject: str, body: str) -> None:
+        """Optional: a plain email to the admin through the same transport."""
+        address = config.schedule.admin_email
+        if not address:
+            return
+        try:
+            with App(config, clock=self.clock) as app:
+                sending = Sending(app)
+                name = self.transport or config.delivery.transport
+                folder = config.outbox.path / "admin" if name == "outbox" else None
+                transport = sending.transport_factory(name, folder)()
+                message = Message(
+                    subject=f"[newsletter] {subject}",
+                    html=f"<p>{_escape(body)}</p>",
+                    text=body,
+                    from_email=config.sender.from_email,
+                    from_name=config.sender.from_name,
+                    reply_to=None,
+                    tokens=frozenset(),
+                    issue_id="admin",
+                    list_name="admin",
+                )
+                try:
+                    transport.send_batch(message, [Recipient(address, "", {})])
+                finally:
+                    transport.close()
+        except NewsletterError as exc:
+            log.error("could not email the admin (%s): %s", address, exc)
+
+    # -- the service ---------------------------------------------------------------
+
+    def build_scheduler(self, config: Config, ledger: Ledger) -> BlockingScheduler:
+        scheduler = BlockingScheduler(
+            jobstores={
+                "default": SQLAlchemyJobStore(engine=ledger.engine, tablename=JOB_TABLE),
+                "retries": MemoryJobStore(),
+            },
+            executors={"default": {"type": "threadpool", "max_workers": 1}},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone=config.newsletter.tz,
+        )
+        scheduler.add_listener(self._missed, EVENT_JOB_MISSED)
+        return scheduler
+
+    def _missed(self, event: JobExecutionEvent) -> None:
+        config = self.config()
+        self.record_skip(
+            config, event.scheduled_run_time, self.clock(), "the scheduler was busy or asleep"
+        )
+
+    def prepare(
+        self, scheduler: BlockingScheduler, config: Config, stored_next: dt.datetime | None
+    ) -> CatchUp:
+        """Report what was missed since the job store's last word, (re)install the job,
+        and queue the one run still owed, if any."""
+        trigger = trigger_for(config)
+        now = self.clock()
+        owed = catch_up(trigger, stored_next, now, config.schedule.misfire_grace)
+        for moment in owed.skipped:
+            self.record_skip(config, moment, now, "the scheduler was not running")
+        scheduler.add_job(
+            run_scheduled_issue,
+            trigger,
+            id=JOB_ID,
+            name="daily issue",
+            jobstore="default",
+            replace_existing=True,
+            misfire_grace_time=int(config.schedule.misfire_grace.total_seconds()),
+        )
+        due = owed.due
+        latest = trigger.latest(now)
+        if due is None and latest is not None:
+            # a run that failed or was stopped (SIGTERM) resumes on the next start
+            list_name = self.list_for(config)
+            date = latest.astimezone(config.newsletter.tz).date()
+            with Ledger(config.database_url) as ledger:
+                issue = ledger.issue(list_name, date)
+            if issue is not None and issue.status in ("failed", "stopped", "sending"):
+                due = latest
+        if due is not None:
+            scheduler.add_job(
+                run_retry,
+                DateTrigger(run_date=now),
+                args=[due.isoformat()],
+                id=f"retry-{due.date().isoformat()}",
+                jobstore="retries",
+                replace_existing=True,
+                misfire_grace_time=None,
+            )
+        return CatchUp(owed.skipped, due)
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; a send in progress finishes its batch first. Exit 0."""
+        global _service
+        config = self.config()
+        tz = config.newsletter.tz
+        with Ledger(config.database_url) as ledger:
+            stored_next = next_run(ledger)  # before the job is replaced
+            scheduler = self.build_scheduler(config, ledger)
+            self.scheduler = scheduler
+            _service = self
+            self.prepare(scheduler, config, stored_next)
+            upcoming = trigger_for(config).upcoming(self.clock(), 1)
+            if upcoming:
+                first = upcoming[0]
+                log_event(
+                    logging.INFO,
+                    f"scheduler started; next run {first.astimezone(tz):%Y-%m-%d %H:%M %Z} "
+                    f"({first.astimezone(dt.UTC):%H:%M} UTC)",
+                    {"event": "scheduler", "phase": "started", "next_run": first.isoformat()},
+                )
+            handlers = {
+                sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+            }
+            try:
+                scheduler.start()  # blocks until a signal shuts it down
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+                self.idle.wait()  # the batch in flight is recorded before we leave
+                _service = None
+            log_event(logging.INFO, "scheduler stopped", {"event": "scheduler", "phase": "stopped"})
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.stopping.is_set():
+            raise KeyboardInterrupt  # a second signal: stop now
+        log.info(
+            "%s received: finishing the current batch, then stopping", signal.Signals(signum).name
+        )
+        self.stopping.set()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+
+def next_run(ledger: Ledger) -> dt.datetime | None:
+    """The daily job's next run as the job store has it (None: no scheduler ever ran)."""
+    store = SQLAlchemyJobStore(engine=ledger.engine, tablename=JOB_TABLE)
+    store.start(None, "default")  # type: ignore[arg-type]
+    try:
+        job = store.lookup_job(JOB_ID)
+    except Exception as exc:  # a job stored by an incompatible version
+        log.warning("cannot read the stored schedule (%s); starting afresh", exc)
+        return None
+    return job.next_run_time if job is not None else None
+
+
+def _escape(text: str) -> str:
+    return html.escape(text)
+
+
+def log_event(level: int, message: str, fields: dict[str, Any]) -> None:
+    """One line per event; the JSON formatter turns `fields` into keys."""
+    log.log(level, message, extra={"fields": fields})
