@@ -251,6 +251,12 @@ class SchedulerService:
         }
         level = logging.ERROR if outcome == "failed" else logging.INFO
         summary = f"run finished for {list_name} {date}: {outcome}"
+        if report is not None and outcome in ("sent", "failed", "stopped"):
+            stories = f"{report.stories} stories, " if report.stories is not None else ""
+            summary += (
+                f" ({stories}{report.submitted:,} of {report.recipients:,} recipients, "
+                f"{report.batches} batches, {fields['duration']:.1f}s)"
+            )
         if outcome == "busy":
             summary += " (the issue is claimed by another sender)"
         if error:
@@ -439,10 +445,10 @@ class SchedulerService:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stopping.is_set():
             raise KeyboardInterrupt  # a second signal: stop now
+        self.stopping.set()
         log.info(
             "%s received: finishing the current batch, then stopping", signal.Signals(signum).name
         )
-        self.stopping.set()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
