@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
@@ -180,7 +181,7 @@ class SchedulerService:
     sleep: Callable[[float], None] = time.sleep
     stopping: threading.Event = field(default_factory=threading.Event)
     idle: threading.Event = field(default_factory=threading.Event)
-    scheduler: BlockingScheduler | None = None
+    scheduler: BaseScheduler | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -349,8 +350,10 @@ class SchedulerService:
 
     # -- the service ---------------------------------------------------------------
 
-    def build_scheduler(self, config: Config, ledger: Ledger) -> BlockingScheduler:
-        scheduler = BlockingScheduler(
+    def build_scheduler(
+        self, config: Config, ledger: Ledger, kind: type[BaseScheduler] = BlockingScheduler
+    ) -> BaseScheduler:
+        scheduler = kind(
             jobstores={
                 "default": SQLAlchemyJobStore(engine=ledger.engine, tablename=JOB_TABLE),
                 "retries": MemoryJobStore(),
@@ -369,7 +372,7 @@ class SchedulerService:
         )
 
     def prepare(
-        self, scheduler: BlockingScheduler, config: Config, stored_next: dt.datetime | None
+        self, scheduler: BaseScheduler, config: Config, stored_next: dt.datetime | None
     ) -> CatchUp:
         """Report what was missed since the job store's last word, (re)install the job,
         and queue the one run still owed, if any."""
@@ -386,6 +389,7 @@ class SchedulerService:
             jobstore="default",
             replace_existing=True,
             misfire_grace_time=int(config.schedule.misfire_grace.total_seconds()),
+            next_run_time=trigger.get_next_fire_time(None, now),
         )
         due = owed.due
         latest = trigger.latest(now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +100,36 @@ def site(tmp_path: Path) -> Site:
 
 # the local SendGrid emulator, one per test that asks for it
 from tests.support.fixtures import SENDGRID_TEST_API_KEY, sendgrid_emulator  # noqa: E402, F401
+
+# -- the state database: SQLite always, PostgreSQL where .ci/run (or you) provides one ----------
+
+PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL")
+REQUIRE_PG = os.environ.get("NEWSLETTER_REQUIRE_POSTGRES") == "1"
+
+
+def _reset_postgres(url: str) -> None:
+    """Every test starts from an empty database: our tables and APScheduler's dropped."""
+    import sqlalchemy as sa
+
+    from newsletter.ledger import metadata
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS apscheduler_jobs"))
+        metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A state database URL: a fresh SQLite file, then the shared PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    if not PG_URL:
+        if REQUIRE_PG:
+            pytest.fail("NEWSLETTER_TEST_DATABASE_URL is not set but .ci/run requires PostgreSQL")
+        pytest.skip("set NEWSLETTER_TEST_DATABASE_URL to a PostgreSQL URL (.ci/run does)")
+    _reset_postgres(PG_URL)
+    return PG_URL
