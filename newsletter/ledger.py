@@ -9,10 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import socket
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +25,29 @@ from newsletter.stories.feed import CachedFeed
 
 metadata = sa.MetaData()
 
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """A moment stored as UTC and read back aware in UTC, on every database.
+
+    SQLite keeps only the wall time of what it is given (an offset is dropped,
+    so 07:00-04:00 would come back as 07:00 UTC); PostgreSQL answers in the
+    session's time zone. Converting on the way in and out makes both agree.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(dt.UTC)
+        return value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: object
+    ) -> dt.datetime | None:
+        return _aware(value)
+
+
 feed_cache = sa.Table(
     "feed_cache",
     metadata,
@@ -30,7 +56,7 @@ feed_cache = sa.Table(
     sa.Column("last_modified", sa.String(128)),
     sa.Column("content_type", sa.String(256), nullable=False, default=""),
     sa.Column("body", sa.LargeBinary, nullable=False),
-    sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("fetched_at", UTCDateTime(), nullable=False),
 )
 
 # One row per (list, date): claimed atomically by the unique constraint. The
@@ -43,9 +69,9 @@ issues = sa.Table(
     sa.Column("issue_date", sa.Date, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("claimed_by", sa.String(255)),
-    sa.Column("heartbeat", sa.DateTime(timezone=True)),
-    sa.Column("window_start", sa.DateTime(timezone=True)),
-    sa.Column("window_end", sa.DateTime(timezone=True)),
+    sa.Column("heartbeat", UTCDateTime()),
+    sa.Column("window_start", UTCDateTime()),
+    sa.Column("window_end", UTCDateTime()),
     sa.Column("subject", sa.Text),
     sa.Column("html", sa.Text),
     sa.Column("text", sa.Text),
@@ -54,8 +80,8 @@ issues = sa.Table(
     sa.Column("transport", sa.String(16)),
     sa.Column("recipients", sa.Integer, nullable=False, default=0),
     sa.Column("error", sa.Text),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime()),
     sa.UniqueConstraint("list_name", "issue_date", name="uq_issue_per_list_and_date"),
 )
 
@@ -71,7 +97,7 @@ batches = sa.Table(
     sa.Column("message_id", sa.String(255)),
     sa.Column("error", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("issue_id", "seq", name="uq_batch_seq"),
 )
 sa.Index("ix_batches_issue_status", batches.c.issue_id, batches.c.status)
@@ -82,7 +108,7 @@ suppressions = sa.Table(
     sa.Column("email", sa.String(320), primary_key=True),  # lower-cased
     sa.Column("reason", sa.String(16), nullable=False),
     sa.Column("source", sa.String(64), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 issue_stories = sa.Table(
@@ -155,9 +181,10 @@ class Ledger:
             self.engine = sa.create_engine(url, future=True)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot open the state database: {_safe(exc)}") from None
+            _create_schema(self.engine)
+        except (SQLAlchemyError, ValueError, ImportError) as exc:
+            # a bad port is a ValueError, a missing driver an ImportError: all the user's to fix
+            raise LedgerError(f"cannot open the state database: {_safe(exc, url)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -521,17 +548,39 @@ class Ledger:
             return dict(conn.execute(sa.select(suppressions.c.email, suppressions.c.reason)).all())
 
 
+def _create_schema(engine: sa.Engine, attempts: int = 10) -> None:
+    """Create missing tables; processes opening a new database at once all succeed.
+
+    Two creators race: the loser's CREATE fails ("already exists", or on
+    PostgreSQL a unique violation in its catalogue) once the winner has made
+    the table, so look again and create only what is still missing.
+    """
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except SQLAlchemyError as exc:
+            lost_race = isinstance(exc, sa.exc.IntegrityError) or "already exists" in str(exc)
+            if not lost_race or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL may wait for a lock
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
-def _safe(exc: Exception) -> str:
+def _safe(exc: Exception, url: str | None = None) -> str:
     """A database error without the URL's password in it."""
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    text = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
+    match = re.search(r"://[^/@:]*:([^/@]+)@", url or "")
+    if match:
+        for secret in {match.group(1), unquote(match.group(1))}:
+            text = text.replace(secret, "***")
     return text
 
 
@@ -543,7 +592,9 @@ def _aware(moment: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     if moment is None:
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
 
 
 def _issue_row(row: sa.Row) -> IssueRow:  # type: ignore[type-arg]
