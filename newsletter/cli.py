@@ -392,9 +392,12 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
             else:
                 out.print("No issue has been sent yet.")
             for row in rows:
+                what = row.subject or ""
+                if row.status in ("skipped", "failed", "stopped") and row.error:
+                    what = f"{what}  ({row.error})" if what else row.error
                 out.print(
                     f"{row.issue_date}  {row.list_name:<10} {row.status:<8} "
-                    f"{row.recipients:>9,} recipients  {row.subject or ''}"
+                    f"{row.recipients:>9,} recipients  {what}"
                 )
             return
         name = list_name or app.config.schedule.list

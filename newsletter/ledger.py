@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -568,8 +569,17 @@ def _create_schema(engine: sa.Engine, attempts: int = 10) -> None:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL may wait for a lock
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    # Switching to WAL needs the file to itself and can answer "database is
+    # locked" at once, without waiting, while another connection opens it.
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.01)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
