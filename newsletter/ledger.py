@@ -526,9 +526,21 @@ class Ledger:
                 for e, r in wanted.items()
                 if e not in existing
             ]
-            for i in range(0, len(rows), 500):
-                conn.execute(sa.insert(suppressions), rows[i : i + 500])
-            added = len(rows)
+            try:
+                with conn.begin_nested():
+                    for i in range(0, len(rows), 500):
+                        conn.execute(sa.insert(suppressions), rows[i : i + 500])
+                added = len(rows)
+            except sa.exc.IntegrityError:
+                # someone (a webhook, another send) suppressed one of them meanwhile
+                added = 0
+                for row in rows:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(sa.insert(suppressions), row)
+                        added += 1
+                    except sa.exc.IntegrityError:
+                        continue
         return added
 
     def unsuppress(self, email: str) -> bool:
