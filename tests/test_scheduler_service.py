@@ -325,3 +325,29 @@ def test_sigterm_mid_send_finishes_the_batch_and_the_next_start_resumes(
     assert finished["recipients"] == 1000 and finished["submitted"] == 1000 - done
     assert {"time", "level", "message", "batches", "duration"} <= finished.keys()
     assert collections.Counter(sendgrid_emulator.recipients()) == collections.Counter(emails)
+
+
+def test_dry_run_lists_the_next_runs_in_local_time_and_utc(site: Site) -> None:
+    site.write_config(
+        site.config_path.read_text().replace('time = "07:00"', 'time = "07:00"\ndays = "mon-fri"')
+    )
+    result = newsletter(site, "schedule", "--dry-run", "--count", "7")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert (
+        lines[0]
+        == "DailyIssueTrigger(07:00 Europe/London, days='mon-fri'), list 'main', misfire_grace 2:00:00"
+    )
+    runs = lines[1:]
+    assert len(runs) == 7
+    for line in runs:
+        local, utc_part = line.split("  (")
+        assert local[:3] in {"Mon", "Tue", "Wed", "Thu", "Fri"} and local.endswith(
+            ("07:00 GMT", "07:00 BST")
+        )
+        assert utc_part.endswith(("07:00 UTC)", "06:00 UTC)"))
+    status = newsletter(site, "status")
+    assert (
+        "Scheduler: not started yet" in status.stdout
+        and "No issue has been sent yet." in status.stdout
+    )
