@@ -258,6 +258,10 @@ def test_the_scheduler_sends_on_time_once_and_stops_cleanly(
     )
     assert "scheduler stopped" in err and "Traceback" not in err
     assert collections.Counter(sendgrid_emulator.recipients()) == collections.Counter(emails)
+    status = newsletter(site, "status").stdout
+    tomorrow = (dt.datetime.now(LONDON) + dt.timedelta(days=1)).date()
+    assert f"Next scheduled run: {tomorrow}" in status
+    assert "Last issue: " in status and "(main) sent" in status
 
     second = start_scheduler(site)  # the same database: the day's issue is done
     processes.append(second)
