@@ -11,8 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from newsletter.config import Config, FeedSourceSettings, MarkdownSourceSettings, load_config
 from newsletter.ledger import Ledger
@@ -20,9 +19,11 @@ from newsletter.models import Issue, RenderedEmail, Window, local_time_on
 from newsletter.preview import PreviewPage
 from newsletter.render import Renderer
 from newsletter.stories import StorySource, gather
-from newsletter.stories.feed import FeedCache, FeedSource
-from newsletter.stories.markdown import MarkdownFolderSource
+from newsletter.stories.cache import FeedCache
 from newsletter.tokens import Personaliser
+
+if TYPE_CHECKING:
+    import httpx
 
 Clock = Callable[[], dt.datetime]
 
@@ -72,6 +73,8 @@ class App:
         return Renderer(self.config)
 
     def _http(self) -> httpx.Client:
+        import httpx  # only newsletters with feeds pay for it
+
         if self.http is None:
             self.http = httpx.Client()
             self._owned.append(self.http)
@@ -105,6 +108,9 @@ class App:
         return Window(end - span if span is not None else None, end)
 
     def sources(self) -> list[StorySource]:
+        from newsletter.stories.feed import FeedSource
+        from newsletter.stories.markdown import MarkdownFolderSource
+
         sources: list[StorySource] = []
         for settings in self.config.sources:
             if isinstance(settings, MarkdownSourceSettings):

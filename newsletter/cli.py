@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -22,9 +23,7 @@ from newsletter.app import App, empty_issue_message, preview_page
 from newsletter.config import Config, find_config, load_config
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.ledger import SUPPRESSION_REASONS
-from newsletter.preview import PreviewState, Watcher, make_server
 from newsletter.progress import RichProgress
-from newsletter.scheduler import SchedulerService, next_run, trigger_for
 from newsletter.send import Sending, SendPreview, SendReport, SendRequest
 from newsletter.subscribers import (
     ImportReport,
@@ -35,6 +34,7 @@ from newsletter.subscribers import (
     read_list,
     remove_addresses,
 )
+from newsletter.timings import Timings
 
 # markup off: messages carry data (subjects, addresses, API errors) that may contain [brackets]
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -164,6 +164,8 @@ def preview(
         )
         return
 
+    from newsletter.preview import PreviewState, Watcher, make_server
+
     state = PreviewState(build)
     page = state.rebuild()
     if page.error:
@@ -191,10 +193,11 @@ def preview(
 # -- sending -------------------------------------------------------------------------
 
 
-def _confirm(yes: bool) -> Callable[[SendPreview], bool]:
+def _confirm(yes: bool) -> Callable[[SendPreview], bool] | None:
+    if yes:
+        return None  # no question, and no counting the list to ask it
+
     def confirm(preview: SendPreview) -> bool:
-        if yes:
-            return True
         what = (
             f"{'Resume sending' if preview.resuming else 'Send'} {preview.subject!r} to "
             f"{preview.recipients:,} subscribers of list {preview.list_name!r} via {preview.transport}?"
@@ -240,6 +243,11 @@ def _confirm(yes: bool) -> Callable[[SendPreview], bool]:
     "--skip-ambiguous", is_flag=True, help="Count such batches as submitted (checked in SendGrid)."
 )
 @click.option("--skip-invalid", is_flag=True, help="Send without list rows that are not valid.")
+@click.option(
+    "--timings",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write seconds spent per phase (render, list, ledger, send) to FILE as JSON.",
+)
 @click.pass_obj
 def send(
     opts: Options,
@@ -254,6 +262,7 @@ def send(
     resend_ambiguous: bool,
     skip_ambiguous: bool,
     skip_invalid: bool,
+    timings: Path | None,
 ) -> None:
     """Send the day's issue to a list, exactly once; `--list test` or `--to` for a test send.
 
@@ -274,9 +283,14 @@ def send(
         skip_ambiguous=skip_ambiguous,
         skip_invalid=skip_invalid,
     )
+    phases = Timings()
     with App(opts.config()) as app, stop_on_signal() as stopping:
-        sending = Sending(app, progress=RichProgress(err), should_stop=stopping.is_set)
+        sending = Sending(
+            app, progress=RichProgress(err), should_stop=stopping.is_set, timings=phases
+        )
         report = sending.send(request, _confirm(yes))
+    if timings is not None:
+        timings.write_text(json.dumps(phases.rounded(), indent=2) + "\n", encoding="utf-8")
     _print_report(report)
     if not report.ok:
         sys.exit(1)
@@ -376,6 +390,8 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
         ledger = app.ledger
         if date is None:
             tz = app.config.newsletter.tz
+            from newsletter.scheduler import next_run
+
             upcoming = next_run(ledger)
             if upcoming is None:
                 out.print("Scheduler: not started yet (`newsletter schedule`).")
@@ -441,6 +457,8 @@ def schedule(
     The schedule is kept in the state database: after a restart, a run missed
     within misfire_grace goes out late, older ones are reported as skipped.
     """
+    from newsletter.scheduler import SchedulerService, trigger_for
+
     config = opts.config()
     if dry_run:
         tz = config.newsletter.tz

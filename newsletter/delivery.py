@@ -114,14 +114,12 @@ class UnsubscribeLinks:
         self.base_url = base_url
         self.list_name = list_name
         self.mailto = mailto
+        self._mailto = f", <mailto:{mailto}?subject=unsubscribe>" if mailto else ""
 
     def for_address(self, email: str) -> tuple[str, dict[str, str]]:
         url = unsubscribe_url(self.base_url, self.signer.sign("unsubscribe", self.list_name, email))
-        targets = f"<{url}>"
-        if self.mailto:
-            targets += f", <mailto:{self.mailto}?subject=unsubscribe>"
         return url, {
-            "List-Unsubscribe": targets,
+            "List-Unsubscribe": f"<{url}>{self._mailto}",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
 
@@ -134,20 +132,23 @@ def build_recipients(
 ) -> tuple[list[Recipient], int]:
     """Recipients of a stored batch, minus anyone suppressed since it was planned."""
     recipients: list[Recipient] = []
+    append = recipients.append
     dropped = 0
     extra = columns[2:]
     for row in rows:
-        email = row[0]
-        if email.lower() in suppressed:
+        email, name = row[0], row[1]
+        if suppressed and email.lower() in suppressed:
             dropped += 1
             continue
-        values = dict(zip(extra, row[2:], strict=True))
+        values = dict(zip(extra, row[2:], strict=True)) if extra else {}
         values["email"] = email
-        values["name"] = row[1]
-        headers: dict[str, str] = {}
-        if links is not None:
-            values["unsubscribe_url"], headers = links.for_address(email)
-        recipients.append(Recipient(email=email, name=row[1], values=values, headers=headers))
+        values["name"] = name
+        if links is None:
+            append(Recipient(email, name, values))
+        else:
+            url, headers = links.for_address(email)
+            values["unsubscribe_url"] = url
+            append(Recipient(email, name, values, headers))
     return recipients, dropped
 
 

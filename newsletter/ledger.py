@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import LedgerError
-from newsletter.stories.feed import CachedFeed
+from newsletter.stories.cache import CachedFeed
 
 metadata = sa.MetaData()
 

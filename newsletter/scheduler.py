@@ -230,7 +230,7 @@ class SchedulerService:
         try:
             with App(config, clock=self.clock) as app:
                 sending = Sending(app, should_stop=self.stopping.is_set, sleep=self.sleep)
-                report = sending.send(request, confirm=lambda _: True)
+                report = sending.send(request)
             outcome = report.outcome
             retry = outcome == "busy" or (outcome == "failed" and not report.permanent)
             error = "; ".join(report.errors) or report.detail or None

@@ -36,9 +36,10 @@ from newsletter.subscribers import (
     check_address,
     column_token,
     list_path,
+    read_header,
     read_list,
-    read_table,
 )
+from newsletter.timings import Timings
 from newsletter.transports.base import BatchFailure, Message, Transport
 from newsletter.transports.outbox import OutboxTransport
 from newsletter.transports.sendgrid import SendGridTransport
@@ -123,7 +124,9 @@ class Sending:
         progress: Progress | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         sleep: Callable[[float], None] = time.sleep,
+        timings: Timings | None = None,
     ) -> None:
+        self.timings = timings or Timings()
         self.app = app
         self.config = app.config
         self.progress = progress or NoProgress()
@@ -214,8 +217,7 @@ class Sending:
     def check_columns(self, list_name: str, tokens: frozenset[str]) -> None:
         """A token the list has no column for would be sent empty: refuse before sending."""
         path = self.list_file(list_name)
-        header, _ = read_table(path) if path.exists() else ([], [])
-        have = {column_token(h) for h in header}
+        have = {column_token(h) for h in read_header(path)} if path.exists() else set()
         missing = sorted(set(tokens) - BUILT_IN_TOKENS - have)
         if missing:
             names = ", ".join(f"{{{{ subscriber.{m} }}}}" for m in missing)
@@ -282,7 +284,9 @@ class Sending:
 
     # -- use cases -----------------------------------------------------------------------
 
-    def send(self, request: SendRequest, confirm: Callable[[SendPreview], bool]) -> SendReport:
+    def send(
+        self, request: SendRequest, confirm: Callable[[SendPreview], bool] | None = None
+    ) -> SendReport:
         list_name = request.list_name or self.config.schedule.list
         if request.to or list_name == TEST_LIST or request.sandbox:
             return self.send_test(request, list_name)
@@ -303,13 +307,15 @@ class Sending:
         outbox = self.outbox_folder(list_name, date, test=False) if transport == "outbox" else None
         factory = self.transport_factory(transport, outbox)
         links = self.unsubscribe_links(list_name, transport)
-        if not request.dry_run:
-            self.sync_suppressions(transport)
-        suppressed = ledger.suppressed()
+        with self.timings.phase("suppressions"):
+            if not request.dry_run:
+                self.sync_suppressions(transport)
+            suppressed = ledger.suppressed()
 
         built: BuiltIssue | None = None
         if existing is None or not existing.planned:
-            built = self.app.build_issue(date, list_name)
+            with self.timings.phase("gather and render"):
+                built = self.app.build_issue(date, list_name)
             for problem in built.issue.problems:
                 log.warning("story source problem: %s", problem)
             if built.issue.is_empty and not request.allow_empty:
@@ -323,17 +329,18 @@ class Sending:
 
         if request.dry_run:
             return self._dry_run(report, built, existing, suppressed, request)
-        preview = SendPreview(
-            list_name,
-            date,
-            report.subject,
-            self._count(list_name, suppressed, built, existing),
-            transport,
-            resuming=existing is not None,
-        )
-        if not confirm(preview):
-            report.outcome = "cancelled"
-            return report
+        if confirm is not None:  # None: confirmed already (--yes, the scheduler)
+            preview = SendPreview(
+                list_name,
+                date,
+                report.subject,
+                self._count(list_name, suppressed, built, existing),
+                transport,
+                resuming=existing is not None,
+            )
+            if not confirm(preview):
+                report.outcome = "cancelled"
+                return report
 
         owner = process_owner()
         claim = ledger.claim(list_name, date, owner, self.config.delivery.stale_claim)
@@ -354,6 +361,7 @@ class Sending:
                     built = self.app.build_issue(date, list_name)
                 list_report = ListReport(self.list_file(list_name))
                 skipped: list[str] = []
+                plan_started = time.perf_counter()
                 ledger.save_plan(
                     issue_row.id,
                     subject=built.email.subject,
@@ -364,13 +372,20 @@ class Sending:
                     window_start=built.issue.window.start,
                     window_end=built.issue.window.end,
                     transport=transport,
-                    batches_of_recipients=plan_batches(
-                        self.subscribers(list_name, request.skip_invalid, list_report),
-                        suppressed,
-                        built.email.tokens,
-                        self.config.delivery.batch_size,
-                        skipped,
+                    batches_of_recipients=self.timings.timed(
+                        "load list and plan",
+                        plan_batches(
+                            self.subscribers(list_name, request.skip_invalid, list_report),
+                            suppressed,
+                            built.email.tokens,
+                            self.config.delivery.batch_size,
+                            skipped,
+                        ),
                     ),
+                )
+                self.timings.add(
+                    "ledger writes",
+                    time.perf_counter() - plan_started - self.timings.phases["load list and plan"],
                 )
                 report.suppressed, report.duplicates = len(skipped), list_report.duplicates
                 issue_row = ledger.issue(list_name, date) or issue_row
@@ -416,14 +431,15 @@ class Sending:
             list_name=report.list_name,
             sandbox=False,
         )
-        outcome = self.deliverer(factory, transport).deliver(
-            issue_row.id,
-            message,
-            links,
-            suppressed,
-            owner,
-            resend_ambiguous=request.resend_ambiguous,
-        )
+        with self.timings.phase("send"):
+            outcome = self.deliverer(factory, transport).deliver(
+                issue_row.id,
+                message,
+                links,
+                suppressed,
+                owner,
+                resend_ambiguous=request.resend_ambiguous,
+            )
         counts = ledger.batch_counts(issue_row.id)
         report.batches = sum(n for n, _ in counts.values())
         report.submitted = outcome.submitted_recipients

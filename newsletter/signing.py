@@ -15,12 +15,17 @@ import hmac
 from newsletter.errors import ConfigError
 
 UNSUBSCRIBE = "unsubscribe"
+_BLOCK = 64  # SHA-256's block size
 # Used only when an outbox send has no secret: its links are never delivered.
 DEVELOPMENT_SECRET = "development-only-secret-not-for-delivery"
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """URL-safe base64 without padding (binascii directly: signing runs per recipient)."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -31,11 +36,21 @@ class Signer:
     def __init__(self, secret: str) -> None:
         if len(secret) < 16:
             raise ConfigError("the signing secret must be at least 16 characters long")
-        self._key = secret.encode("utf-8")
+        key = secret.encode("utf-8")
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        # HMAC (RFC 2104) with its two padded-key states hashed once: each signature then
+        # costs two small hash updates, a third of hmac.new's time (one per recipient)
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def _mac(self, purpose: str, payload: str) -> str:
-        digest = hmac.new(self._key, f"{purpose}\n{payload}".encode(), hashlib.sha256).digest()
-        return _b64(digest[:18])
+        inner = self._inner.copy()
+        inner.update(f"{purpose}\n{payload}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return _b64(outer.digest()[:18])
 
     def sign(self, purpose: str, list_name: str, email: str) -> str:
         payload = _b64(f"{list_name}\n{email.lower()}".encode())

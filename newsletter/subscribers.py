@@ -183,6 +183,12 @@ def read_list(
             yield rows.subscriber(row, email)
 
 
+def read_header(path: Path) -> list[str]:
+    """The columns of a list file, without reading its rows."""
+    with _open_rows(path) as rows:
+        return rows.header
+
+
 def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows, for editing a list file (which keeps every column)."""
     if not path.exists():

@@ -78,13 +78,3 @@ class Personaliser:
             out.append(value if is_text else html.escape(value, quote=True))
             out.append(texts[index])
         return "".join(out)
-
-
-def substitutions(values: Mapping[str, str], names: frozenset[str]) -> dict[str, str]:
-    """The same filling as a token -> value table, for services that substitute themselves."""
-    table: dict[str, str] = {}
-    for name in names:
-        value = values.get(name, "")
-        table[html_token(name)] = html.escape(value, quote=True)
-        table[text_token(name)] = value
-    return table

@@ -20,7 +20,8 @@ from newsletter.errors import SourceError
 from newsletter.ledger import Ledger
 from newsletter.models import SourceProblem, Window
 from newsletter.stories.base import gather
-from newsletter.stories.feed import FeedCache, FeedSource, MemoryFeedCache
+from newsletter.stories.cache import FeedCache, MemoryFeedCache
+from newsletter.stories.feed import FeedSource
 
 FEEDS = Path(__file__).parent / "fixtures" / "feeds"
 RSS = (FEEDS / "rss2.xml").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import csv
 import datetime as dt
 import os
 import signal
@@ -18,6 +19,7 @@ from .conftest import SENDGRID_TEST_API_KEY, Site
 from .support.sendgrid_emulator import Fault, SendGridEmulator, group_key
 
 SECRET = "a-test-signing-secret-of-some-length"
+TRICKY_NAME = 'Zoë "Z" O\'Brien & <Co>\\ \u2603'  # quotes, backslash, markup, non-ASCII
 DATE = "2024-03-05"
 
 
@@ -59,8 +61,11 @@ def setup_site(
     emails = [f"reader{n:05d}@example.com" for n in range(subscribers)]
     folder = site.root / "subscribers"
     folder.mkdir(exist_ok=True)
-    lines = ["email,name,source"] + [f"{e},Reader {n},test" for n, e in enumerate(emails)]
-    (folder / "main.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with (folder / "main.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["email", "name", "source"])
+        for n, e in enumerate(emails):
+            writer.writerow([e, TRICKY_NAME if n == 7 else f"Reader {n}", "test"])
     (folder / "test.csv").write_text("email,name\neditor@example.com,Ed\n", encoding="utf-8")
     return emails
 
@@ -114,6 +119,7 @@ def test_a_list_goes_out_in_batches_of_1000_each_reader_once(
     assert max(counts.values()) == 1
 
     body = requests[0].body
+    assert body["personalizations"][7]["to"] == [{"email": emails[7], "name": TRICKY_NAME}]
     assert body["subject"] == "The Test Times: Tuesday, 5 March 2024"
     assert body["from"] == {"email": "news@example.com", "name": "The Test Times"}
     assert body["reply_to"] == {"email": "editor@example.com"}

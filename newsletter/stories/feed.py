@@ -7,8 +7,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import feedparser
 import httpx
@@ -17,6 +16,7 @@ from newsletter import __version__
 from newsletter.errors import SourceError
 from newsletter.models import SourceProblem, Story
 from newsletter.stories.base import SourceResult
+from newsletter.stories.cache import CachedFeed, FeedCache
 from newsletter.stories.sanitize import clean_html, plain_text
 
 log = logging.getLogger(__name__)
@@ -24,36 +24,6 @@ log = logging.getLogger(__name__)
 TOTAL_TIME_FACTOR = 3  # a whole download may take this many times the per-read timeout
 FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5"
 USER_AGENT = f"newsletter/{__version__} (+https://pypi.org/project/newsletter/)"
-
-
-@dataclass(frozen=True)
-class CachedFeed:
-    """The last good answer for a feed, so a 304 Not Modified can be served from it."""
-
-    body: bytes
-    content_type: str = ""
-    etag: str | None = None
-    last_modified: str | None = None
-    final_url: str | None = None  # after redirects; not stored in the cache
-
-
-class FeedCache(Protocol):
-    def load(self, url: str) -> CachedFeed | None: ...
-
-    def save(self, url: str, feed: CachedFeed) -> None: ...
-
-
-class MemoryFeedCache:
-    """A FeedCache for one process (preview reloads); the ledger keeps one across runs."""
-
-    def __init__(self) -> None:
-        self._feeds: dict[str, CachedFeed] = {}
-
-    def load(self, url: str) -> CachedFeed | None:
-        return self._feeds.get(url)
-
-    def save(self, url: str, feed: CachedFeed) -> None:
-        self._feeds[url] = feed
 
 
 class FeedSource:

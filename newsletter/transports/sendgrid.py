@@ -8,20 +8,23 @@ filled by SendGrid's `substitutions`, per-recipient unsubscribe headers and
 from __future__ import annotations
 
 import email.utils
+import html
 import json
 import logging
+import re
 import time
 import urllib.error
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.client import HTTPException
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from newsletter.config import SendGridSettings
-from newsletter.tokens import substitutions
+from newsletter.tokens import html_token, text_token
 from newsletter.transports.base import (
     Message,
     PermanentFailure,
@@ -34,6 +37,24 @@ log = logging.getLogger(__name__)
 
 MAX_PERSONALIZATIONS = 1000
 SUPPRESSION_PAGE = 500
+# a charset makes python_http_client send our own JSON text instead of encoding a dict again
+JSON_UTF8 = {"Content-Type": "application/json; charset=utf-8"}
+_HTML_SPECIAL = re.compile(r"[&<>\"']")
+_q = encode_basestring  # a JSON string literal (C-accelerated), UTF-8 kept as is
+
+
+class _QuietBytes(bytes):
+    """python_http_client formats the whole payload into a debug message on every request,
+    even with debug logging off: 2.4 ms per 700 KB batch, and every recipient's address in
+    the log when it is on. The body it sends is unchanged; only its formatting is short."""
+
+    def __format__(self, spec: str) -> str:
+        return f"<{len(self)} bytes>"
+
+
+class _QuietBody(str):
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return _QuietBytes(super().encode(encoding, errors))
 
 
 class SendGridTransport:
@@ -52,28 +73,15 @@ class SendGridTransport:
         self.api = SendGridAPIClient(api_key=api_key, host=settings.api_url.rstrip("/"))
         self.api.client.timeout = settings.timeout
         self.clock = clock
+        self._common: tuple[Message, str, str, list[str]] | None = None
 
-    def request_body(self, message: Message, recipients: Sequence[Recipient]) -> dict[str, Any]:
-        if len(recipients) > MAX_PERSONALIZATIONS:
-            raise PermanentFailure(f"a batch has {len(recipients)} recipients; SendGrid takes 1000")
+    def common_fields(self, message: Message) -> dict[str, Any]:
+        """Everything in the request but the personalizations: the same for every batch."""
         s = self.settings
-        custom_args = {"issue_id": message.issue_id, "list": message.list_name}
-        personalizations = []
-        for r in recipients:
-            to: dict[str, str] = {"email": r.email}
-            if r.name:
-                to["name"] = r.name
-            p: dict[str, Any] = {"to": [to], "custom_args": custom_args}
-            if message.tokens:
-                p["substitutions"] = substitutions(r.values, message.tokens)
-            if r.headers:
-                p["headers"] = dict(r.headers)
-            personalizations.append(p)
         sender: dict[str, str] = {"email": message.from_email}
         if message.from_name:
             sender["name"] = message.from_name
         body: dict[str, Any] = {
-            "personalizations": personalizations,
             "from": sender,
             "subject": message.subject,
             "content": [
@@ -98,9 +106,60 @@ class SendGridTransport:
             body["mail_settings"] = {"sandbox_mode": {"enable": True}}
         return body
 
+    def request_json(self, message: Message, recipients: Sequence[Recipient]) -> str:
+        """The mail/send body as JSON text, written directly: a million recipients are a
+        million small objects, and building dicts only to encode them doubles the work."""
+        if len(recipients) > MAX_PERSONALIZATIONS:
+            raise PermanentFailure(f"a batch has {len(recipients)} recipients; SendGrid takes 1000")
+        if self._common is None or self._common[0] is not message:
+            self._common = (message, *self._prepare(message))
+        _, common, template, tokens = self._common
+        special = _HTML_SPECIAL.search
+        escape = html.escape
+        parts = []
+        append = parts.append
+        for address, name, values, headers in recipients:
+            fields = [_q(address), ',"name":' + _q(name) if name else ""]
+            for token in tokens:
+                value = values.get(token, "")
+                fields.append(_q(escape(value) if special(value) else value))
+                fields.append(_q(value))
+            fields.append(
+                ',"headers":{' + ",".join([_q(k) + ":" + _q(v) for k, v in headers.items()]) + "}"
+                if headers
+                else ""
+            )
+            append(template % tuple(fields))
+        return '{"personalizations":[' + ",".join(parts) + "]," + common + "}"
+
+    def _prepare(self, message: Message) -> tuple[str, str, list[str]]:
+        """Per message, once: the shared fields as JSON, and one %-template per recipient."""
+        common = json.dumps(self.common_fields(message), ensure_ascii=False)[1:-1]
+        tokens = sorted(message.tokens)
+        pairs = ",".join(
+            _q(html_token(t)).replace("%", "%%")
+            + ":%s,"
+            + _q(text_token(t)).replace("%", "%%")
+            + ":%s"
+            for t in tokens
+        )
+        substitutions = ',"substitutions":{' + pairs + "}" if tokens else ""
+        custom_args = json.dumps({"issue_id": message.issue_id, "list": message.list_name})
+        template = (
+            '{"to":[{"email":%s%s}]'
+            + substitutions
+            + "%s"
+            + ',"custom_args":'
+            + custom_args.replace("%", "%%")
+            + "}"
+        )
+        return common, template, tokens
+
     def send_batch(self, message: Message, recipients: Sequence[Recipient]) -> Receipt:
-        body = self.request_body(message, recipients)
-        response = self._call(lambda: self.api.client.mail.send.post(request_body=body))
+        body = _QuietBody(self.request_json(message, recipients))
+        response = self._call(
+            lambda: self.api.client.mail.send.post(request_body=body, request_headers=JSON_UTF8)
+        )
         return Receipt(message_id=response.headers.get("X-Message-Id"))
 
     def _call(self, request: Callable[[], Any]) -> Any:

@@ -1,0 +1,310 @@
+"""Benchmark of the whole send path: `newsletter send` to N subscribers through the local
+SendGrid emulator, as a separate process, with the time split by phase.
+
+    python bench/send.py                          # 100,000 and 1,000,000 recipients, 3 runs each
+    python bench/send.py --recipients 100000 --runs 1
+
+Prints one JSON line per list size (medians of the runs) and one for the naive way
+(render and inline per recipient, one API call each), measured on a sample and
+scaled. Not a test: figures go to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+EMULATOR = REPO / "tests" / "support" / "sendgrid_emulator.py"
+DIGEST = REPO / "tests" / "fixtures" / "digest-2023-11-09.txt"
+API_KEY = "SG.bench-key"
+SECRET = "bench-signing-secret-0123456789"
+DATE = "2024-03-05"
+SUPPRESSED_SHARE = 100  # one subscriber in this many has unsubscribed
+
+
+def write_newsletter(folder: Path, recipients: int, api_url: str, workers: int = 4) -> None:
+    """A newsletter with ten stories and a deterministic list of `recipients` subscribers."""
+    (folder / "stories").mkdir(parents=True, exist_ok=True)
+    (folder / "subscribers").mkdir(exist_ok=True)
+    paragraphs = [
+        p.strip() for p in DIGEST.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 80
+    ]
+    for n in range(10):
+        body = "\n\n".join(paragraphs[(n + k) % len(paragraphs)] for k in range(3))
+        (folder / "stories" / f"story-{n}.md").write_text(
+            f"---\ntitle: Story number {n} of the day\ndate: 2024-03-05 0{n % 7}:0{n % 6}:00+00:00\n"
+            f"url: https://example.com/2024/03/05/story-{n}\nauthor: Desk\ntags: [News]\n---\n{body}\n",
+            encoding="utf-8",
+        )
+    (folder / "config.toml").write_text(
+        f"""
+[newsletter]
+name = "The Bench Times"
+timezone = "UTC"
+postal_address = "1 Benchmark Road\\nTestville"
+archive_url = "https://example.com/archive"
+
+[sender]
+from_email = "news@example.com"
+from_name = "The Bench Times"
+
+[schedule]
+time = "07:00"
+
+[issue]
+window = "24h"
+
+[[sources]]
+kind = "markdown"
+path = "stories"
+
+[delivery]
+transport = "sendgrid"
+batch_size = 1000
+workers = {workers}
+
+[unsubscribe]
+mode = "hosted"
+base_url = "https://example.com/n"
+
+[sendgrid]
+api_url = "{api_url}"
+timeout = 60
+""",
+        encoding="utf-8",
+    )
+    with (folder / "subscribers" / "main.csv").open("w", encoding="utf-8") as out:
+        out.write("email,name\n")
+        step = 50_000
+        for start in range(0, recipients, step):
+            end = min(recipients, start + step)
+            out.write("".join(f"reader{n:07d}@example.com,Reader {n}\n" for n in range(start, end)))
+            # and one former subscriber per hundred, who unsubscribed: the send must skip them
+            out.write(
+                "".join(
+                    f"gone{n:07d}@example.com,Gone {n}\n"
+                    for n in range(start, end, SUPPRESSED_SHARE)
+                )
+            )
+
+
+def seed_state(folder: Path, recipients: int) -> int:
+    """A fresh state database in which the former subscribers are suppressed."""
+    for stale in folder.glob("newsletter.db*"):
+        stale.unlink()
+    from newsletter.ledger import Ledger
+
+    gone = [
+        (f"gone{n:07d}@example.com", "unsubscribed") for n in range(0, recipients, SUPPRESSED_SHARE)
+    ]
+    with Ledger(f"sqlite:///{folder / 'newsletter.db'}") as ledger:
+        ledger.suppress(gone, source="bench")
+    return len(gone)
+
+
+class Emulator:
+    """The SendGrid emulator in its own process, validating the first request and 1 in 100."""
+
+    def __init__(self, stats: Path) -> None:
+        self.stats = stats
+        self.process = subprocess.Popen(
+            [sys.executable, str(EMULATOR), "--port", "0", "--api-key", API_KEY,
+             "--validate", "sample:100", "--no-bodies", "--stats-file", str(stats)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+
+    def stop(self) -> dict[str, Any]:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        return json.loads(self.stats.read_text())
+
+
+def run_send(folder: Path) -> dict[str, Any]:
+    """One `newsletter send` process: wall, CPU and peak RSS of that process alone."""
+    timings = folder / "timings.json"
+    env = {**os.environ, "SENDGRID_API_KEY": API_KEY, "NEWSLETTER_SECRET": SECRET}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(folder / "config.toml"),
+         "send", "--yes", "--date", DATE, "--timings", str(timings)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    out = process.stdout.read().decode() if process.stdout else ""
+    err = process.stderr.read().decode() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0 or "Sent " not in out:
+        raise SystemExit(f"send failed:\n{out}\n{err}")
+    phases = json.loads(timings.read_text())
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "phases": phases,
+        "startup_and_rest_s": wall - sum(phases.values()),
+    }
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ["wall_s", "cpu_s", "peak_rss_mb", "startup_and_rest_s"]
+    result = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+    names = runs[0]["phases"].keys()
+    result["phases_s"] = {
+        n: round(statistics.median(r["phases"][n] for r in runs), 3) for n in names
+    }
+    result["wall_s_each"] = [round(r["wall_s"], 3) for r in runs]
+    return result
+
+
+def render_once(folder: Path, repeats: int = 7) -> dict[str, float]:
+    """Render and inline the ten-story issue in this process: the first (cold) and the median."""
+    from newsletter.app import App
+    from newsletter.config import load_config
+
+    config = load_config(folder / "config.toml", {})
+    with App(config) as app:
+        issue = app.gather_issue(dt.date.fromisoformat(DATE))
+        assert len(issue.stories) == 10, len(issue.stories)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            app.renderer.render(issue)
+            times.append(time.perf_counter() - start)
+    return {
+        "render_cold_ms": round(times[0] * 1000, 1),
+        "render_median_ms": round(statistics.median(times) * 1000, 1),
+    }
+
+
+def naive(folder: Path, api_url: str, sample: int) -> dict[str, float]:
+    """The way to avoid: render and inline per recipient, one API request each."""
+    from sendgrid import SendGridAPIClient
+
+    from newsletter.app import App
+    from newsletter.config import load_config
+    from newsletter.render import Renderer
+    from newsletter.tokens import Personaliser
+
+    config = load_config(folder / "config.toml", {})
+    with App(config) as app:
+        issue = app.gather_issue(dt.date.fromisoformat(DATE))
+        renderer = Renderer(config)
+        client = SendGridAPIClient(api_key=API_KEY, host=api_url)
+        client.client.timeout = 60
+        start = time.perf_counter()
+        for n in range(sample):
+            email = renderer.render(issue)  # Jinja and Premailer for every single reader
+            values = {
+                "email": f"reader{n:07d}@example.com",
+                "unsubscribe_url": "https://example.com/n/u",
+            }
+            html, text = (
+                Personaliser(email.html).fill(values),
+                Personaliser(email.text).fill(values),
+            )
+            client.client.mail.send.post(
+                request_body={
+                    "personalizations": [{"to": [{"email": values["email"]}]}],
+                    "from": {"email": "news@example.com"},
+                    "subject": email.subject,
+                    "content": [
+                        {"type": "text/plain", "value": text},
+                        {"type": "text/html", "value": html},
+                    ],
+                }
+            )
+        elapsed = time.perf_counter() - start
+    return {
+        "naive_sample": sample,
+        "naive_sample_s": round(elapsed, 3),
+        "naive_per_recipient_ms": round(elapsed / sample * 1000, 2),
+    }
+
+
+def point_at(folder: Path, api_url: str) -> None:
+    config = folder / "config.toml"
+    text = config.read_text(encoding="utf-8")
+    start = text.index('api_url = "')
+    end = text.index('"', start + len('api_url = "'))
+    config.write_text(text[:start] + f'api_url = "{api_url}' + text[end:], encoding="utf-8")
+
+
+def one_run(work: Path, folder: Path, recipients: int) -> dict[str, Any]:
+    """A fresh emulator and state database, one send, and what the emulator received."""
+    suppressed = seed_state(folder, recipients)
+    emulator = Emulator(work / "emulator-stats.json")
+    try:
+        point_at(folder, emulator.url)
+        result = run_send(folder)
+    finally:
+        stats = emulator.stop()
+    if stats["recipients"] != recipients or stats["validation_failures"]:
+        raise SystemExit(
+            f"the emulator saw {stats['recipients']} recipients, expected {recipients}: {stats}"
+        )
+    return {**result, "suppressed": suppressed, "requests": stats["requests"], "bytes_sent": stats["bytes_received"], "validated": stats["validated"]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--naive-sample", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=4, help="[delivery] workers")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="newsletter-bench-"))
+    folder = work / "paper"
+    try:
+        results = []
+        for recipients in args.recipients:
+            write_newsletter(folder, recipients, "http://127.0.0.1:9", args.workers)
+            runs = []
+            for run in range(args.runs):
+                print(
+                    f"{recipients:,} recipients, run {run + 1} of {args.runs} ...", file=sys.stderr
+                )
+                runs.append(one_run(work, folder, recipients))
+            first = runs[0]
+            results.append(
+                {
+                    "recipients": recipients,
+                    "suppressed_skipped": first["suppressed"],
+                    "requests": first["requests"],
+                    "bytes_sent": first["bytes_sent"],
+                    "requests_validated": first["validated"],
+                    "runs": args.runs,
+                    **median_run(runs),
+                }
+            )
+        render = render_once(folder)
+        emulator = Emulator(work / "emulator-stats.json")
+        try:
+            slow = naive(folder, emulator.url, args.naive_sample)
+        finally:
+            emulator.stop()
+        for result in results:
+            naive_s = slow["naive_per_recipient_ms"] / 1000 * result["recipients"]
+            result["naive_scaled_s"] = round(naive_s, 1)
+            result["speedup_vs_naive"] = round(naive_s / result["wall_s"], 1)
+            print(json.dumps(result))
+        print(json.dumps({**render, **slow}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
