@@ -90,15 +90,16 @@ def plan_batches(
     columns = [*FIXED_COLUMNS, *extra]
     rows: list[list[str]] = []
     for subscriber in subscribers:
-        if subscriber.key in suppressed:
+        email = subscriber[0]
+        if suppressed and email.lower() in suppressed:
             if skipped is not None:
-                skipped.append(subscriber.email)
+                skipped.append(email)
             continue
         if extra:
             values = subscriber.values()
-            rows.append([subscriber.email, subscriber.name, *(values.get(c, "") for c in extra)])
+            rows.append([email, subscriber[1], *(values.get(c, "") for c in extra)])
         else:
-            rows.append([subscriber.email, subscriber.name])
+            rows.append([email, subscriber[1]])
         if len(rows) == batch_size:
             yield columns, rows
             rows = []

@@ -29,6 +29,7 @@ STANDARD_COLUMNS = ("email", "name", "first_name", "subscribed_at", "source")
 # reject a whole request for one address; `import` and `add` check fully.
 _PLAUSIBLE = re.compile(r"^[^@\s,;<>()\[\]\"\\]+@[^@\s,;<>()\[\]\"\\]+\.[^@\s,;<>()\[\]\"\\.]+$")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NO_FIELDS: dict[str, str] = {}  # shared by every row without extra columns; never written
 
 
 def column_token(column: str) -> str:
@@ -122,15 +123,6 @@ class _Rows:
                 "(save it as 'CSV UTF-8')"
             ) from None
 
-    def subscriber(self, row: list[str], email: str) -> Subscriber:
-        fields = {token: row[i] for i, token in self.extra} if self.extra else {}
-        return Subscriber(
-            email=email,
-            name=row[self.name_index].strip() if self.name_index is not None else "",
-            first_name=row[self.first_index].strip() if self.first_index is not None else "",
-            fields=fields,
-        )
-
 
 @contextlib.contextmanager
 def _open_rows(path: Path) -> Iterator[_Rows]:
@@ -157,30 +149,61 @@ def read_list(
     """
     report = report if report is not None else ListReport(path)
     seen: set[str] = set()
+    add, plausible = seen.add, _PLAUSIBLE.match
     with _open_rows(path) as rows:
         width = len(rows.header)
-        for line, row in rows:
-            if len(row) != width:
-                report.problems.append(
-                    RowProblem(line, f"expected {width} fields like the header, found {len(row)}")
-                )
-                continue
-            email = row[rows.email_index].strip()
-            if full_check:
-                try:
-                    email = check_address(email)
-                except SubscriberError as exc:
-                    report.problems.append(RowProblem(line, f"{email!r}: {exc}"))
+        at, name_at, first_at, extra = (
+            rows.email_index,
+            rows.name_index,
+            rows.first_index,
+            rows.extra,
+        )
+        reader = rows.reader
+        # the loop is written out (no helper generator, no method calls): it runs per row
+        try:
+            start = reader.line_num + 1
+            for row in reader:
+                line, start = start, reader.line_num + 1
+                if len(row) != width:
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        continue  # blank lines are harmless
+                    report.problems.append(
+                        RowProblem(
+                            line, f"expected {width} fields like the header, found {len(row)}"
+                        )
+                    )
                     continue
-            elif not _PLAUSIBLE.match(email):
-                report.problems.append(RowProblem(line, f"not a valid email address: {email!r}"))
-                continue
-            key = email.lower()
-            if key in seen:
-                report.duplicates += 1
-                continue
-            seen.add(key)
-            yield rows.subscriber(row, email)
+                email = row[at].strip()
+                if full_check:
+                    try:
+                        email = check_address(email)
+                    except SubscriberError as exc:
+                        report.problems.append(RowProblem(line, f"{email!r}: {exc}"))
+                        continue
+                elif not plausible(email):
+                    if width == 1 and not email:
+                        continue  # a blank line in a one-column file
+                    report.problems.append(
+                        RowProblem(line, f"not a valid email address: {email!r}")
+                    )
+                    continue
+                key = email.lower()
+                if key in seen:
+                    report.duplicates += 1
+                    continue
+                add(key)
+                yield Subscriber(
+                    email,
+                    row[name_at].strip() if name_at is not None else "",
+                    row[first_at].strip() if first_at is not None else "",
+                    {token: row[i] for i, token in extra} if extra else _NO_FIELDS,
+                )
+        except csv.Error as exc:
+            raise SubscriberError(f"{path}: line {reader.line_num}: {exc}") from None
+        except UnicodeDecodeError:
+            raise SubscriberError(
+                f"{path}: not UTF-8 text near line {reader.line_num + 1} (save it as 'CSV UTF-8')"
+            ) from None
 
 
 def read_header(path: Path) -> list[str]:
