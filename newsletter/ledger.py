@@ -243,22 +243,7 @@ class Ledger:
         `stale_after` is taken over; a failed or stopped issue is resumed.
         """
         now = utcnow()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    sa.insert(issues).values(
-                        list_name=list_name,
-                        issue_date=date,
-                        status="sending",
-                        claimed_by=owner,
-                        heartbeat=now,
-                        recipients=0,
-                        created_at=now,
-                    )
-                )
-        except sa.exc.IntegrityError:
-            pass
-        else:
+        if self._insert_issue(list_name, date, status="sending", claimed_by=owner, heartbeat=now):
             issue = self.issue(list_name, date)
             assert issue is not None
             return Claim("new", issue)
@@ -289,18 +274,21 @@ class Ledger:
 
     def record_skipped(self, list_name: str, date: dt.date, reason: str) -> bool:
         """Say that a scheduled issue did not go out, unless something already happened to it."""
-        now = utcnow()
+        return self._insert_issue(
+            list_name, date, status="skipped", error=reason, finished_at=utcnow()
+        )
+
+    def _insert_issue(self, list_name: str, date: dt.date, **values: object) -> bool:
+        """A new issue row; False if (list, date) has one already: the unique key decides."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(
                     sa.insert(issues).values(
                         list_name=list_name,
                         issue_date=date,
-                        status="skipped",
-                        error=reason,
                         recipients=0,
-                        created_at=now,
-                        finished_at=now,
+                        created_at=utcnow(),
+                        **values,
                     )
                 )
         except sa.exc.IntegrityError:

@@ -289,17 +289,8 @@ class SchedulerService:
             return "submitted" in ledger.batch_counts(issue.id)
 
     def _schedule_retry(self, scheduled: dt.datetime, when: dt.datetime) -> None:
-        if self.scheduler is None:
-            return
-        self.scheduler.add_job(
-            run_retry,
-            DateTrigger(run_date=when),
-            args=[scheduled.isoformat()],
-            id=f"retry-{scheduled.date().isoformat()}",
-            jobstore="retries",
-            replace_existing=True,
-            misfire_grace_time=None,
-        )
+        if self.scheduler is not None:
+            queue_run(self.scheduler, scheduled, when)
 
     def record_skip(
         self, config: Config, scheduled: dt.datetime, now: dt.datetime, why: str
@@ -402,15 +393,7 @@ class SchedulerService:
             if issue is not None and issue.status in ("failed", "stopped", "sending"):
                 due = latest
         if due is not None:
-            scheduler.add_job(
-                run_retry,
-                DateTrigger(run_date=now),
-                args=[due.isoformat()],
-                id=f"retry-{due.date().isoformat()}",
-                jobstore="retries",
-                replace_existing=True,
-                misfire_grace_time=None,
-            )
+            queue_run(scheduler, due, now)
         return CatchUp(owed.skipped, due)
 
     def serve(self) -> int:
@@ -455,6 +438,20 @@ class SchedulerService:
         )
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+
+
+def queue_run(scheduler: BaseScheduler, scheduled: dt.datetime, when: dt.datetime) -> None:
+    """One extra run of `scheduled`'s issue at `when` (a late start, a retry), in memory:
+    after a restart the ledger, not the job store, says what is still owed."""
+    scheduler.add_job(
+        run_retry,
+        DateTrigger(run_date=when),
+        args=[scheduled.isoformat()],
+        id=f"retry-{scheduled.date().isoformat()}",
+        jobstore="retries",
+        replace_existing=True,
+        misfire_grace_time=None,
+    )
 
 
 def next_run(ledger: Ledger) -> dt.datetime | None:
