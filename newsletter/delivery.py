@@ -119,7 +119,17 @@ class UnsubscribeLinks:
 
     def for_address(self, email: str) -> tuple[str, dict[str, str]]:
         url = unsubscribe_url(self.base_url, self.signer.sign("unsubscribe", self.list_name, email))
-        return url, {
+        return url, self.headers(url)
+
+    def urls(self, emails: Sequence[str]) -> list[str]:
+        """Everyone's unsubscribe URL in one go (the signing loop is the costly part)."""
+        base = unsubscribe_url(self.base_url, "")
+        return [
+            base + token for token in self.signer.sign_many("unsubscribe", self.list_name, emails)
+        ]
+
+    def headers(self, url: str) -> dict[str, str]:
+        return {
             "List-Unsubscribe": f"<{url}>{self._mailto}",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
@@ -132,25 +142,24 @@ def build_recipients(
     suppressed: Set[str],
 ) -> tuple[list[Recipient], int]:
     """Recipients of a stored batch, minus anyone suppressed since it was planned."""
-    recipients: list[Recipient] = []
-    append = recipients.append
-    dropped = 0
+    rows = list(rows)
+    kept = [row for row in rows if row[0].lower() not in suppressed] if suppressed else rows
     extra = columns[2:]
-    for row in rows:
-        email, name = row[0], row[1]
-        if suppressed and email.lower() in suppressed:
-            dropped += 1
-            continue
-        values = dict(zip(extra, row[2:], strict=True)) if extra else {}
-        values["email"] = email
-        values["name"] = name
-        if links is None:
-            append(Recipient(email, name, values))
-        else:
-            url, headers = links.for_address(email)
-            values["unsubscribe_url"] = url
-            append(Recipient(email, name, values, headers))
-    return recipients, dropped
+    values = [
+        {**dict(zip(extra, row[2:], strict=True)), "email": row[0], "name": row[1]}
+        if extra
+        else {"email": row[0], "name": row[1]}
+        for row in kept
+    ]
+    if links is None:
+        recipients = [Recipient(row[0], row[1], v) for row, v in zip(kept, values, strict=True)]
+    else:
+        urls = links.urls([row[0] for row in kept])
+        recipients = []
+        for row, v, url in zip(kept, values, urls, strict=True):
+            v["unsubscribe_url"] = url
+            recipients.append(Recipient(row[0], row[1], v, links.headers(url)))
+    return recipients, len(rows) - len(kept)
 
 
 def with_retries(

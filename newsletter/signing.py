@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Iterable
 
 from newsletter.errors import ConfigError
 
@@ -55,6 +56,27 @@ class Signer:
     def sign(self, purpose: str, list_name: str, email: str) -> str:
         payload = _b64(f"{list_name}\n{email.lower()}".encode())
         return f"{payload}.{self._mac(purpose, payload)}"
+
+    def sign_many(self, purpose: str, list_name: str, emails: Iterable[str]) -> list[str]:
+        """`sign` for a whole batch, with the loop's lookups hoisted (a million per send)."""
+        inner_base, outer_base = self._inner, self._outer
+        b2a, safe = binascii.b2a_base64, _URLSAFE
+        prefix, head = f"{list_name}\n", f"{purpose}\n"
+        tokens = []
+        for email in emails:
+            payload = (
+                b2a((prefix + email.lower()).encode(), newline=False)
+                .translate(safe)
+                .rstrip(b"=")
+                .decode()
+            )
+            inner = inner_base.copy()
+            inner.update((head + payload).encode())
+            outer = outer_base.copy()
+            outer.update(inner.digest())
+            mac = b2a(outer.digest()[:18], newline=False).translate(safe).decode()
+            tokens.append(payload + "." + mac)
+        return tokens
 
     def verify(self, purpose: str, token: str) -> tuple[str, str] | None:
         """(list, address) if the token is genuine, else None."""
