@@ -21,6 +21,7 @@ from newsletter.ledger import BatchRow, Ledger, unpack_recipients
 from newsletter.models import Subscriber
 from newsletter.signing import Signer, unsubscribe_url
 from newsletter.transports.base import (
+    Batch,
     BatchFailure,
     Message,
     PermanentFailure,
@@ -134,32 +135,34 @@ class UnsubscribeLinks:
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
 
+    def header_columns(self, urls: Sequence[str]) -> dict[str, list[str | None]]:
+        """`headers` for a whole batch, as columns."""
+        mailto = self._mailto
+        return {
+            "List-Unsubscribe": [f"<{url}>{mailto}" for url in urls],
+            "List-Unsubscribe-Post": ["List-Unsubscribe=One-Click"] * len(urls),
+        }
 
-def build_recipients(
+
+def build_batch(
     columns: Sequence[str],
-    rows: Iterable[Sequence[str]],
+    rows: Sequence[Sequence[str]],
     links: UnsubscribeLinks | None,
     suppressed: Set[str],
-) -> tuple[list[Recipient], int]:
-    """Recipients of a stored batch, minus anyone suppressed since it was planned."""
-    rows = list(rows)
+) -> tuple[Batch, int]:
+    """A stored batch as columns, minus anyone suppressed since it was planned."""
     kept = [row for row in rows if row[0].lower() not in suppressed] if suppressed else rows
-    extra = columns[2:]
-    values = [
-        {**dict(zip(extra, row[2:], strict=True)), "email": row[0], "name": row[1]}
-        if extra
-        else {"email": row[0], "name": row[1]}
-        for row in kept
-    ]
-    if links is None:
-        recipients = [Recipient(row[0], row[1], v) for row, v in zip(kept, values, strict=True)]
-    else:
-        urls = links.urls([row[0] for row in kept])
-        recipients = []
-        for row, v, url in zip(kept, values, urls, strict=True):
-            v["unsubscribe_url"] = url
-            recipients.append(Recipient(row[0], row[1], v, links.headers(url)))
-    return recipients, len(rows) - len(kept)
+    emails = [row[0] for row in kept]
+    names = [row[1] for row in kept]
+    values: dict[str, list[str]] = {"email": emails, "name": names}
+    for index, column in enumerate(columns[2:], start=2):
+        values[column] = [row[index] for row in kept]
+    headers: dict[str, list[str | None]] = {}
+    if links is not None:
+        urls = links.urls(emails)
+        values["unsubscribe_url"] = urls
+        headers = links.header_columns(urls)
+    return Batch(emails, names, values, headers), len(rows) - len(kept)
 
 
 def with_retries(
@@ -194,7 +197,7 @@ def send_with_retries(
 ) -> Receipt:
     """One batch, retried on temporary failures; never resends recipients already done."""
     rng = rng or random.Random()
-    remaining = list(recipients)
+    remaining = recipients
     rejected: list[tuple[str, str]] = []
     attempt = 0
     while True:
@@ -277,7 +280,7 @@ class Deliverer:
         suppressed: Set[str],
     ) -> BatchResult:
         columns, rows = unpack_recipients(blob)
-        recipients, dropped = build_recipients(columns, rows, links, suppressed)
+        recipients, dropped = build_batch(columns, rows, links, suppressed)
         result = BatchResult(dropped=dropped)
         if not recipients:
             return result
@@ -290,7 +293,7 @@ class Deliverer:
             result.failure = exc
             result.sent = exc.done
             if exc.done:  # keep only the ones still owed, so a rerun cannot repeat the rest
-                owed = {r.email for r in recipients[exc.done :]}
+                owed = set(recipients.emails[exc.done :])
                 result.remaining = (columns, [row for row in rows if row[0] in owed])
         return result
 

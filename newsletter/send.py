@@ -22,7 +22,7 @@ from newsletter.delivery import (
     Progress,
     RetryPolicy,
     UnsubscribeLinks,
-    build_recipients,
+    build_batch,
     plan_batches,
     send_with_retries,
     with_retries,
@@ -572,7 +572,7 @@ class Sending:
         self.progress.start(report.recipients, report.batches)
         try:
             for columns, rows in batches:
-                recipients, _ = build_recipients(columns, rows, links, suppressed)
+                recipients, _ = build_batch(columns, rows, links, suppressed)
                 receipt = send_with_retries(
                     transport_obj, message, recipients, policy, sleep=self.sleep
                 )

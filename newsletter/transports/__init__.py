@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from newsletter.transports.base import (
+    Batch,
     Message,
     PermanentFailure,
     Receipt,
@@ -11,4 +12,12 @@ from newsletter.transports.base import (
     Transport,
 )
 
-__all__ = ["Message", "PermanentFailure", "Receipt", "Recipient", "TemporaryFailure", "Transport"]
+__all__ = [
+    "Batch",
+    "Message",
+    "PermanentFailure",
+    "Receipt",
+    "Recipient",
+    "TemporaryFailure",
+    "Transport",
+]

@@ -9,9 +9,9 @@ delivery module's job, the same for every transport.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, overload
 
 from newsletter.errors import TransportError
 
@@ -42,6 +42,59 @@ class Recipient(NamedTuple):
     name: str
     values: Mapping[str, str]
     headers: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Batch(Sequence[Recipient]):
+    """The recipients of one request, column by column.
+
+    A send builds a million recipients; lists per field cost a fraction of a
+    million small objects, and a service that takes JSON (SendGrid) writes the
+    columns straight out. Transports that send one message at a time (SMTP,
+    outbox) just iterate it as Recipients. `None` in a header column: no header.
+    """
+
+    emails: list[str]
+    names: list[str]
+    values: Mapping[str, list[str]]
+    headers: Mapping[str, list[str | None]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, recipients: Sequence[Recipient]) -> Batch:
+        if isinstance(recipients, Batch):
+            return recipients
+        tokens = sorted({t for r in recipients for t in r.values})
+        headers = sorted({h for r in recipients for h in r.headers})
+        return cls(
+            [r.email for r in recipients],
+            [r.name for r in recipients],
+            {t: [r.values.get(t, "") for r in recipients] for t in tokens},
+            {h: [r.headers.get(h) for r in recipients] for h in headers},
+        )
+
+    def __len__(self) -> int:
+        return len(self.emails)
+
+    @overload
+    def __getitem__(self, index: int) -> Recipient: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Batch: ...
+
+    def __getitem__(self, index: int | slice) -> Recipient | Batch:
+        if isinstance(index, slice):
+            return Batch(
+                self.emails[index],
+                self.names[index],
+                {k: v[index] for k, v in self.values.items()},
+                {k: v[index] for k, v in self.headers.items()},
+            )
+        return Recipient(
+            self.emails[index],
+            self.names[index],
+            {k: v[index] for k, v in self.values.items()},
+            {k: value for k, v in self.headers.items() if (value := v[index]) is not None},
+        )
 
 
 @dataclass(frozen=True)
