@@ -226,7 +226,8 @@ class DeliverySettings(Settings):
 
 class UnsubscribeSettings(Settings):
     mode: Literal["hosted", "sendgrid"] | None = None
-    base_url: str | None = None
+    # no characters that HTML would need escaped: the link is written into emails as is
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s&<>\"']+$")] | None = None
     mailto: str | None = None
     secret_env: str = "NEWSLETTER_SECRET"
 

@@ -33,6 +33,7 @@ from newsletter.transports.base import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_RANDOM = random.Random()  # retry jitter; seeding one per batch costs more than the batch
 
 FIXED_COLUMNS = ("email", "name")
 BUILT_IN_TOKENS = frozenset({"email", "name", "first_name", "unsubscribe_url"})
@@ -173,7 +174,7 @@ def with_retries(
     rng: random.Random | None = None,
 ) -> T:
     """Any idempotent call to the service (reads), retried on temporary failures."""
-    rng = rng or random.Random()
+    rng = rng or _RANDOM
     for attempt in range(1, policy.attempts + 1):
         try:
             return action()
@@ -196,7 +197,7 @@ def send_with_retries(
     rng: random.Random | None = None,
 ) -> Receipt:
     """One batch, retried on temporary failures; never resends recipients already done."""
-    rng = rng or random.Random()
+    rng = rng or _RANDOM
     remaining = recipients
     rejected: list[tuple[str, str]] = []
     attempt = 0
@@ -322,9 +323,9 @@ class Deliverer:
                 if self.should_stop() or outcome.permanent or outcome.failed_batches:
                     outcome.stopped = outcome.stopped or self.should_stop()
                     break
-                if not self.ledger.mark_submitting(batch.id, sendable):
+                blob = self.ledger.take_batch(batch.id, sendable)
+                if blob is None:
                     continue  # someone else moved it: not ours to send
-                blob = self.ledger.batch_blob(batch.id)
                 future = pool.submit(self._work, message, blob, links, suppressed)
                 in_flight[future] = batch
                 self._collect(in_flight, outcome, block=False)

@@ -428,6 +428,18 @@ class Ledger:
         with self.engine.connect() as conn:
             return [BatchRow(*row) for row in conn.execute(query)]
 
+    def take_batch(self, batch_id: int, from_statuses: Sequence[str]) -> bytes | None:
+        """pending/failed -> submitting, and its recipients, in one statement; None if
+        another sender moved it first. From here a crash leaves the batch ambiguous."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.update(batches)
+                .where(batches.c.id == batch_id, batches.c.status.in_(from_statuses))
+                .values(status="submitting", attempts=batches.c.attempts + 1, updated_at=utcnow())
+                .returning(batches.c.recipients)
+            ).first()
+        return row[0] if row is not None else None
+
     def batch_blob(self, batch_id: int) -> bytes:
         """The batch's recipients, packed; unpack where the work happens."""
         with self.engine.connect() as conn:

@@ -1,7 +1,9 @@
 """Per-recipient values in a once-rendered email: fixed tokens, filled late.
 
 The HTML part carries ``%%name%%`` and the text part ``%%name:text%%``, so the
-HTML value can be escaped while the text value stays as typed. Tokens have no
+HTML value can be escaped while the text value stays as typed. Values the tool
+makes itself and that never need escaping (the unsubscribe URL) use one token
+in both parts: a million recipients send it once, not twice. Tokens have no
 spaces: Premailer (lxml >= 5) mangles ``{{ x }}`` inside ``href``. Story text
 cannot forge a token: ``defang`` breaks every ``%%`` that did not come from
 a template.
@@ -18,6 +20,7 @@ from markupsafe import Markup
 TOKEN_RE = re.compile(r"%%([a-z][a-z0-9_]*)(:text)?%%")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 WORD_JOINER = "\u2060"  # invisible, and not a line-break opportunity
+HTML_SAFE = frozenset({"unsubscribe_url"})  # made by the tool from URL-safe characters only
 
 
 def html_token(name: str) -> str:
@@ -25,7 +28,7 @@ def html_token(name: str) -> str:
 
 
 def text_token(name: str) -> str:
-    return f"%%{name}:text%%"
+    return html_token(name) if name in HTML_SAFE else f"%%{name}:text%%"
 
 
 def defang(text: str) -> str:
@@ -75,6 +78,6 @@ class Personaliser:
         out = [texts[0]]
         for index, (name, is_text) in enumerate(self._slots, start=1):
             value = values.get(name, "")
-            out.append(value if is_text else html.escape(value, quote=True))
+            out.append(value if is_text or name in HTML_SAFE else html.escape(value, quote=True))
             out.append(texts[index])
         return "".join(out)

@@ -24,7 +24,7 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from newsletter.config import SendGridSettings
-from newsletter.tokens import html_token, text_token
+from newsletter.tokens import HTML_SAFE, html_token, text_token
 from newsletter.transports.base import (
     Batch,
     Message,
@@ -141,6 +141,10 @@ class SendGridTransport:
             for token in tokens:
                 raw = batch.values.get(token) or [""] * count
                 quoted = quoted_emails if raw is batch.emails else list(map(_q, raw))
+                if token in HTML_SAFE:  # one key serves both parts
+                    columns.append(quoted)
+                    pairs.append(_literal(_q(html_token(token))) + ":%s")
+                    continue
                 if any(map(_HTML_SPECIAL.search, raw)):
                     escaped = [
                         _q(html.escape(v)) if _HTML_SPECIAL.search(v) else x
