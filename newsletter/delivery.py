@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Protocol, TypeVar
 
 from newsletter.ledger import BatchRow, Ledger, unpack_recipients
@@ -90,23 +91,30 @@ def plan_batches(
     """
     extra = value_columns(tokens)
     columns = [*FIXED_COLUMNS, *extra]
-    rows: list[list[str]] = []
-    for subscriber in subscribers:
-        email = subscriber[0]
-        if suppressed and email.lower() in suppressed:
-            if skipped is not None:
-                skipped.append(email)
-            continue
-        if extra:
-            values = subscriber.values()
-            rows.append([email, subscriber[1], *(values.get(c, "") for c in extra)])
+    pending: list[list[str]] = []
+    people = iter(subscribers)
+    # a chunk at a time through list comprehensions: this runs once per subscriber
+    while chunk := list(islice(people, batch_size)):
+        if suppressed:
+            kept = [s for s in chunk if s[0].lower() not in suppressed]
+            if skipped is not None and len(kept) < len(chunk):
+                skipped.extend(s[0] for s in chunk if s[0].lower() in suppressed)
         else:
-            rows.append([email, subscriber[1]])
-        if len(rows) == batch_size:
-            yield columns, rows
-            rows = []
-    if rows:
-        yield columns, rows
+            kept = chunk
+        if extra:
+            pending += [_row_with_values(s, extra) for s in kept]
+        else:
+            pending += [[s[0], s[1]] for s in kept]
+        while len(pending) >= batch_size:
+            yield columns, pending[:batch_size]
+            pending = pending[batch_size:]
+    if pending:
+        yield columns, pending
+
+
+def _row_with_values(subscriber: Subscriber, extra: Sequence[str]) -> list[str]:
+    values = subscriber.values()
+    return [subscriber[0], subscriber[1], *(values.get(column, "") for column in extra)]
 
 
 class UnsubscribeLinks:
@@ -352,6 +360,7 @@ class Deliverer:
         if not in_flight:
             return
         done, _ = wait(list(in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        submitted: list[tuple[int, str | None, str | None]] = []
         for future in done:
             batch = in_flight.pop(future)
             try:
@@ -381,7 +390,10 @@ class Deliverer:
             if receipt is not None and receipt.rejected:
                 notes.append(f"{len(receipt.rejected)} refused by the server")
                 outcome.rejected.extend(receipt.rejected)
-            self.ledger.mark_submitted(
-                batch.id, receipt.message_id if receipt else None, "; ".join(notes) or None
+            submitted.append(
+                (batch.id, receipt.message_id if receipt else None, "; ".join(notes) or None)
             )
             outcome.submitted_batches += 1
+        # what finished together is recorded together: one write, and no batch waits
+        # for one that is still in flight
+        self.ledger.mark_submitted_many(submitted)

@@ -474,7 +474,24 @@ class Ledger:
     def mark_submitted(
         self, batch_id: int, message_id: str | None, note: str | None = None
     ) -> None:
-        self._set_batch(batch_id, status="submitted", message_id=message_id, error=note)
+        self.mark_submitted_many([(batch_id, message_id, note)])
+
+    def mark_submitted_many(self, accepted: Sequence[tuple[int, str | None, str | None]]) -> None:
+        """(batch id, message id, note) for batches the service accepted, in one write."""
+        if not accepted:
+            return
+        statement = (
+            sa.update(batches)
+            .where(batches.c.id == sa.bindparam("batch_id"))
+            .values(
+                status="submitted",
+                message_id=sa.bindparam("mid"),
+                error=sa.bindparam("note"),
+                updated_at=utcnow(),
+            )
+        )
+        with self.engine.begin() as conn:
+            conn.execute(statement, [{"batch_id": b, "mid": m, "note": n} for b, m, n in accepted])
 
     def mark_failed(self, batch_id: int, error: str) -> None:
         self._set_batch(batch_id, status="failed", error=error)

@@ -145,7 +145,7 @@ class SendGridTransport:
                     columns.append(quoted)
                     pairs.append(_literal(_q(html_token(token))) + ":%s")
                     continue
-                if any(map(_HTML_SPECIAL.search, raw)):
+                if _HTML_SPECIAL.search("\n".join(raw)):  # one search, not one per recipient
                     escaped = [
                         _q(html.escape(v)) if _HTML_SPECIAL.search(v) else x
                         for v, x in zip(raw, quoted, strict=True)
