@@ -30,8 +30,11 @@ class OutboxTransport:
             path = self.folder / f"{safe}.eml"
             try:
                 # exclusive: one file per recipient per issue, so a duplicate cannot hide
+                data = self._builder.build_bytes(recipient, eight_bit=True)
                 with path.open("xb") as handle:
-                    handle.write(self._builder.build(recipient).as_bytes())
+                    handle.write(
+                        data if data is not None else self._builder.build(recipient).as_bytes()
+                    )
             except FileExistsError:
                 raise PermanentFailure(
                     f"{path} already exists: {recipient.email} would get the issue twice",
