@@ -167,7 +167,7 @@ class Renderer:
             {**context, "subject": subject, "preheader": preheader},
             Recipient(False, used),
         )
-        html = inline_css(html)
+        html = wrap_long_lines(inline_css(html))
         if self.config.unsubscribe.mode == "sendgrid":
             # SendGrid's own tag, filled from the ASM group; it is not ours to fill
             html = html.replace(html_token("unsubscribe_url"), SENDGRID_UNSUBSCRIBE_TAG)
@@ -234,6 +234,54 @@ class Renderer:
         except Exception as exc:
             where = _template_frame(exc) or name
             raise RenderError(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+def wrap_long_lines(html: str, limit: int = 500) -> str:
+    """Break lines longer than `limit` at a space where a newline means the same.
+
+    Mail lines may be at most 998 octets; short lines let local transports send
+    the HTML as it is (8bit) instead of quoted-printable. Spaces are changed only
+    in text and between attributes, never inside quotes, <pre> or <style>.
+    """
+    if all(len(line.encode()) <= limit for line in html.split("\n")):
+        return html
+    out = list(html)
+    in_tag = False
+    quote = ""
+    raw_until = ""  # inside <pre> or <style>: the closing tag to wait for
+    column = 0
+    last_space = -1
+    lowered = html.lower()
+    for i, char in enumerate(html):
+        if char == "\n":
+            column, last_space = 0, -1
+            continue
+        column += 1 if char < "\x80" else len(char.encode())  # the limit is in octets
+        if raw_until:
+            if char == "<" and lowered.startswith(raw_until, i):
+                raw_until = ""
+                in_tag = True
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif in_tag:
+            if char in "\"'":
+                quote = char
+            elif char == ">":
+                in_tag = False
+            elif char == " ":
+                last_space = i
+        elif char == "<":
+            in_tag = True
+            for name in ("pre", "style"):
+                if lowered.startswith(f"<{name}", i) and not lowered[i + len(name) + 1].isalnum():
+                    raw_until = f"</{name}"
+        elif char == " ":
+            last_space = i
+        if column > limit and last_space >= 0:
+            out[last_space] = "\n"
+            column, last_space = len("".join(out[last_space + 1 : i + 1]).encode()), -1
+    return "".join(out)
 
 
 def _template_frame(exc: BaseException) -> str | None:

@@ -154,6 +154,8 @@ def test_default_paths_resolve_against_the_config_folder(
 
 
 def test_an_unsubscribe_base_url_needing_html_escapes_is_refused(site: Site) -> None:
-    site.write_config(extra='[unsubscribe]\nmode = "hosted"\nbase_url = "https://x.example.com/u?a=1&b=2"\n')
+    site.write_config(
+        extra='[unsubscribe]\nmode = "hosted"\nbase_url = "https://x.example.com/u?a=1&b=2"\n'
+    )
     with pytest.raises(ConfigError, match=r"unsubscribe.base_url: String should match pattern"):
         site.config()

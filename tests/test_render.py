@@ -98,7 +98,7 @@ def test_theme_has_the_parts_of_a_real_newsletter(two_stories: Site) -> None:
     assert not brief.xpath(".//a")
     preheader = doc.xpath("//div[contains(@class,'preheader')]")[0]
     assert "display: none" in preheader.get("style")
-    assert preheader.text_content().startswith("Lead story & more · A brief")
+    assert " ".join(preheader.text_content().split()).startswith("Lead story & more · A brief")
     footer = doc.xpath("//td[contains(@class,'footer')]")[0].text_content()
     assert "1 Fixture Lane" in footer and "Unsubscribe" in footer and "View in browser" in footer
     assert "You are receiving this email because you subscribed to The Test Times." in footer
@@ -224,3 +224,26 @@ def test_sendgrid_unsubscribe_mode_uses_sendgrids_own_link(two_stories: Site) ->
 def test_an_empty_issue_still_renders_a_footer(site: Site) -> None:
     email = build(site).email
     assert "No new stories today." in email.html and "1 Fixture Lane" in email.html
+
+
+def test_long_lines_are_broken_only_where_a_newline_means_a_space() -> None:
+    from newsletter.render import wrap_long_lines
+
+    words = " ".join(f"word{n}" for n in range(300))
+    pre = "<pre>" + "keep  these   spaces " * 40 + "</pre>"
+    style = "<style>p { font-family: 'Segoe UI', sans-serif; } " * 20 + "</style>"
+    quoted = '<a title="' + "a b " * 200 + '" href="https://x">link</a>'
+    html = f"<p>{words}</p>{pre}{style}{quoted}"
+    wrapped = wrap_long_lines(html, limit=100)
+    assert wrapped.replace("\n", " ") == html  # only spaces became newlines
+    assert pre in wrapped
+    assert style in wrapped
+    assert 'title="' + "a b " * 200 + '"' in wrapped  # the attribute's value untouched
+    text_lines = wrapped.split("<pre>")[0].split("\n")
+    assert len(text_lines) > 10 and max(len(line) for line in text_lines) <= 100
+    assert wrap_long_lines("<p>short</p>") == "<p>short</p>"
+
+
+def test_rendered_html_lines_fit_in_a_mail_line(two_stories: Site) -> None:
+    html = build(two_stories).email.html
+    assert max(len(line.encode()) for line in html.split("\n")) <= 998
