@@ -22,6 +22,7 @@ from premailer import Premailer
 from newsletter.config import Config
 from newsletter.errors import RenderError
 from newsletter.htmltext import html_to_text
+from newsletter.lines import wrap_long_lines
 from newsletter.models import Issue, RenderedEmail, Story
 from newsletter.stories.sanitize import plain_text
 from newsletter.tokens import Recipient, defang, defang_url, html_token, text_token
@@ -234,54 +235,6 @@ class Renderer:
         except Exception as exc:
             where = _template_frame(exc) or name
             raise RenderError(f"{where}: {type(exc).__name__}: {exc}") from None
-
-
-def wrap_long_lines(html: str, limit: int = 500) -> str:
-    """Break lines longer than `limit` at a space where a newline means the same.
-
-    Mail lines may be at most 998 octets; short lines let local transports send
-    the HTML as it is (8bit) instead of quoted-printable. Spaces are changed only
-    in text and between attributes, never inside quotes, <pre> or <style>.
-    """
-    if all(len(line.encode()) <= limit for line in html.split("\n")):
-        return html
-    out = list(html)
-    in_tag = False
-    quote = ""
-    raw_until = ""  # inside <pre> or <style>: the closing tag to wait for
-    column = 0
-    last_space = -1
-    lowered = html.lower()
-    for i, char in enumerate(html):
-        if char == "\n":
-            column, last_space = 0, -1
-            continue
-        column += 1 if char < "\x80" else len(char.encode())  # the limit is in octets
-        if raw_until:
-            if char == "<" and lowered.startswith(raw_until, i):
-                raw_until = ""
-                in_tag = True
-        elif quote:
-            if char == quote:
-                quote = ""
-        elif in_tag:
-            if char in "\"'":
-                quote = char
-            elif char == ">":
-                in_tag = False
-            elif char == " ":
-                last_space = i
-        elif char == "<":
-            in_tag = True
-            for name in ("pre", "style"):
-                if lowered.startswith(f"<{name}", i) and not lowered[i + len(name) + 1].isalnum():
-                    raw_until = f"</{name}"
-        elif char == " ":
-            last_space = i
-        if column > limit and last_space >= 0:
-            out[last_space] = "\n"
-            column, last_space = len("".join(out[last_space + 1 : i + 1]).encode()), -1
-    return "".join(out)
 
 
 def _template_frame(exc: BaseException) -> str | None:

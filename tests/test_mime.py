@@ -53,12 +53,27 @@ def test_a_well_formed_personalised_message(eight_bit: bool) -> None:
 
 
 def test_lines_too_long_for_8bit_fall_back_to_quoted_printable() -> None:
-    long_message = Message("s", "<p>" + "word " * 400 + "</p>", "t", "news@example.com", None, None, frozenset(), "1", "main")  # fmt: skip
+    unbreakable = "<p>" + "x" * 1200 + "</p>"  # no space to break at
+    long_message = Message("s", unbreakable, "t", "news@example.com", None, None, frozenset(), "1", "main")  # fmt: skip
     data = MimeBuilder(long_message).build_bytes(Recipient("a@example.com", "", {}), eight_bit=True)
     assert data is not None
     mail = parse(data)
     assert [p["Content-Transfer-Encoding"] for p in mail.iter_parts()] == ["quoted-printable"] * 2
-    assert mail.get_body(("html",)).get_content() == "<p>" + "word " * 400 + "</p>"
+    assert mail.get_body(("html",)).get_content() == unbreakable
+
+
+def test_the_html_travels_in_few_long_lines() -> None:
+    data = MimeBuilder(MESSAGE).build_bytes(ANN, eight_bit=True)
+    assert data is not None
+    html_part = data.split(b"Content-Type: text/html")[1]
+    assert len(html_part.split(b"\r\n")) < 20  # 200 source lines, joined
+    html = parse(data).get_body(("html",)).get_content()
+    assert " ".join(html.split()) == " ".join(
+        HTML.replace("%%name%%", "Ann &quot;A&quot; &amp; &lt;Co&gt; Zoë")
+        .replace("%%unsubscribe_url%%", URL)
+        .replace("%%email%%", "ann@example.com")
+        .split()
+    )
 
 
 def test_a_non_ascii_address_is_left_to_the_email_package() -> None:

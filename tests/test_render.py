@@ -227,7 +227,7 @@ def test_an_empty_issue_still_renders_a_footer(site: Site) -> None:
 
 
 def test_long_lines_are_broken_only_where_a_newline_means_a_space() -> None:
-    from newsletter.render import wrap_long_lines
+    from newsletter.lines import wrap_long_lines
 
     words = " ".join(f"word{n}" for n in range(300))
     pre = "<pre>" + "keep  these   spaces " * 40 + "</pre>"
@@ -237,11 +237,15 @@ def test_long_lines_are_broken_only_where_a_newline_means_a_space() -> None:
     wrapped = wrap_long_lines(html, limit=100)
     assert wrapped.replace("\n", " ") == html  # only spaces became newlines
     assert pre in wrapped
-    assert style in wrapped
+    assert wrapped.count("'Segoe UI'") == 20  # CSS breaks between words, never inside a string
     assert 'title="' + "a b " * 200 + '"' in wrapped  # the attribute's value untouched
     text_lines = wrapped.split("<pre>")[0].split("\n")
     assert len(text_lines) > 10 and max(len(line) for line in text_lines) <= 100
     assert wrap_long_lines("<p>short</p>") == "<p>short</p>"
+    joined = wrap_long_lines(
+        "<p>a\nb</p>\n<pre>x\ny</pre>\n<style>/* it's */ p {}\n</style>", 500, join=True
+    )
+    assert joined == "<p>a b</p> <pre>x\ny</pre> <style>/* it's */ p {} </style>"
 
 
 def test_rendered_html_lines_fit_in_a_mail_line(two_stories: Site) -> None:

@@ -17,6 +17,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 
+from newsletter.lines import wrap_long_lines
 from newsletter.tokens import Personaliser
 from newsletter.transports.base import Message, Recipient
 
@@ -24,6 +25,7 @@ from newsletter.transports.base import Message, Recipient
 # readable as `<https://...>` (RFC 2047 encoded words would break it).
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 MAX_LINE = 998  # octets, RFC 5322
+WIRE_LINE = 800  # leaves room on a line for the values its tokens become
 
 
 class MimeBuilder:
@@ -31,12 +33,13 @@ class MimeBuilder:
 
     def __init__(self, message: Message) -> None:
         self.message = message
-        self.html = Personaliser(message.html)
+        # newlines where a space means the same are joined: the fewest lines on the wire
+        self.html = Personaliser(wrap_long_lines(message.html, WIRE_LINE, join=True))
         self.text = Personaliser(message.text)
         self.domain = message.from_email.rpartition("@")[2]
         # "=_" never occurs in quoted-printable text, and the random part never in 8bit text
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
-        self._longest = max(_longest_line(message.html), _longest_line(message.text))
+        self._longest = max(WIRE_LINE, _longest_line(message.html), _longest_line(message.text))
         self._head = "".join(
             [
                 _header("Subject", message.subject),
