@@ -488,7 +488,11 @@ def verify(run: Run, expected_html: str | None) -> str:
     message = email.message_from_bytes(
         Path(sink["sample"]).read_bytes(), policy=email.policy.default
     )
-    address, name = subscriber(1)
+    # with several connections the first message to arrive may be anyone's: check it
+    # against the subscriber it is addressed to
+    address = message["To"].addresses[0].addr_spec
+    index = int(address.removeprefix("reader").split("@")[0])
+    name = subscriber(index)[1]
     html_part = message.get_body(preferencelist=("html",))
     if html_part is None:
         raise SystemExit(f"{run.contender}: the first message has no HTML part")
@@ -504,6 +508,11 @@ def verify(run: Run, expected_html: str | None) -> str:
     failed = [what for what, ok in checks.items() if not ok]
     if failed:
         raise SystemExit(f"{run.contender}: the first message fails: {', '.join(failed)}")
+    # the same document for the same reader; line breaks may differ (a local transport
+    # joins lines where a newline and a space mean the same)
+    html = " ".join(
+        html.replace(address, "<reader>").replace(expected_url, "<unsubscribe>").split()
+    )
     if expected_html is not None and html != expected_html:
         raise SystemExit(f"{run.contender}: its HTML differs from the other contender's")
     return html
