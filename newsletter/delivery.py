@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import compress
 from typing import Protocol, TypeVar
 
 from newsletter.ledger import BatchRow, Ledger, unpack_recipients
 from newsletter.models import Subscriber
 from newsletter.signing import Signer, unsubscribe_url
+from newsletter.subscribers import Chunk
 from newsletter.transports.base import (
     Batch,
     BatchFailure,
@@ -79,32 +80,35 @@ def value_columns(tokens: Set[str]) -> list[str]:
 
 
 def plan_batches(
-    subscribers: Iterable[Subscriber],
+    chunks: Iterable[Chunk],
     suppressed: Set[str],
     tokens: Set[str],
     batch_size: int,
     skipped: list[str] | None = None,
-) -> Iterator[tuple[list[str], list[list[str]]]]:
+) -> Iterator[tuple[list[str], list[Sequence[str]]]]:
     """Batches of recipient rows (columns, rows), suppressed addresses left out.
 
-    Streams: at most one batch is held at a time, whatever the list's size.
+    Streams: a list's chunk and one batch are held at a time, whatever its size.
     """
     extra = value_columns(tokens)
     columns = [*FIXED_COLUMNS, *extra]
-    pending: list[list[str]] = []
-    people = iter(subscribers)
-    # a chunk at a time through list comprehensions: this runs once per subscriber
-    while chunk := list(islice(people, batch_size)):
-        if suppressed:
-            kept = [s for s in chunk if s[0].lower() not in suppressed]
-            if skipped is not None and len(kept) < len(chunk):
-                skipped.extend(s[0] for s in chunk if s[0].lower() in suppressed)
-        else:
-            kept = chunk
+    pending: list[Sequence[str]] = []
+    for chunk in chunks:
+        keep = None
+        if suppressed and not suppressed.isdisjoint(chunk.keys):
+            keep = [key not in suppressed for key in chunk.keys]
+            if skipped is not None:
+                skipped.extend(e for e, k in zip(chunk.emails, keep, strict=True) if not k)
         if extra:
-            pending += [_row_with_values(s, extra) for s in kept]
+            people = chunk.subscribers()
+            rows = [
+                _row_with_values(s, extra) for s in (compress(people, keep) if keep else people)
+            ]
+        elif keep:
+            rows = list(compress(zip(chunk.emails, chunk.names, strict=True), keep))
         else:
-            pending += [[s[0], s[1]] for s in kept]
+            rows = list(zip(chunk.emails, chunk.names, strict=True))
+        pending += rows
         while len(pending) >= batch_size:
             yield columns, pending[:batch_size]
             pending = pending[batch_size:]

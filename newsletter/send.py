@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +32,12 @@ from newsletter.ledger import IssueRow, process_owner
 from newsletter.models import Subscriber
 from newsletter.signing import DEVELOPMENT_SECRET, Signer
 from newsletter.subscribers import (
+    Chunk,
     ListReport,
     check_address,
     column_token,
     list_path,
+    read_chunks,
     read_header,
     read_list,
 )
@@ -227,9 +229,10 @@ class Sending:
 
     def subscribers(
         self, list_name: str, skip_invalid: bool, report: ListReport
-    ) -> Iterator[Subscriber]:
-        """The list's subscribers; afterwards, invalid rows stop the send unless skipped."""
-        yield from read_list(self.list_file(list_name), report)
+    ) -> Iterator[Chunk]:
+        """The list's subscribers, a chunk at a time; afterwards, invalid rows stop the
+        send unless skipped."""
+        yield from read_chunks(self.list_file(list_name), report)
         if report.problems and not skip_invalid:
             report.raise_if_problems(
                 "\nfix these rows (or pass --skip-invalid to send without them)"
@@ -539,7 +542,7 @@ class Sending:
         report.subject = prefix + subject
         suppressed = self.app.ledger.suppressed()
         if request.to:
-            people: Iterable[Subscriber] = [Subscriber(email=check_address(a)) for a in request.to]
+            people = [Chunk.of([Subscriber(email=check_address(a)) for a in request.to])]
         else:
             self.check_columns(list_name, tokens)
             list_report = ListReport(self.list_file(list_name))

@@ -13,9 +13,9 @@ import fcntl
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -143,6 +143,37 @@ def _open_rows(path: Path) -> Iterator[_Rows]:
 CHUNK_ROWS = 2000
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A few thousand rows of a list file, column by column: planning a send reads
+    columns, and a million Subscriber tuples would cost more than the reading."""
+
+    emails: list[str]
+    keys: list[str]  # the addresses lower-cased: one person, one key
+    names: list[str]
+    firsts: list[str]
+    fields: list[Mapping[str, str]]
+
+    @classmethod
+    def of(cls, subscribers: Sequence[Subscriber]) -> Chunk:
+        return cls(
+            [s.email for s in subscribers],
+            [s.key for s in subscribers],
+            [s.name for s in subscribers],
+            [s.first_name for s in subscribers],
+            [s.fields for s in subscribers],
+        )
+
+    def __len__(self) -> int:
+        return len(self.emails)
+
+    def subscribers(self) -> list[Subscriber]:
+        return list(map(Subscriber, self.emails, self.names, self.firsts, self.fields))
+
+
+CHUNK_ROWS = 2000
+
+
 def read_list(
     path: Path, report: ListReport | None = None, *, full_check: bool = False
 ) -> Iterator[Subscriber]:
@@ -151,12 +182,13 @@ def read_list(
     Rows with problems are skipped and recorded in `report`; the caller decides
     whether that stops a send (it does, unless told otherwise).
     """
-    return chain.from_iterable(read_chunks(path, report, full_check=full_check))
+    for chunk in read_chunks(path, report, full_check=full_check):
+        yield from chunk.subscribers()
 
 
 def read_chunks(
     path: Path, report: ListReport | None = None, *, full_check: bool = False
-) -> Iterator[list[Subscriber]]:
+) -> Iterator[Chunk]:
     """`read_list` a few thousand rows at a time: a chunk without problems (nearly all
     of them) is checked with C-level set and map calls instead of a loop per row."""
     report = report if report is not None else ListReport(path)
@@ -166,14 +198,11 @@ def read_chunks(
         try:
             while True:
                 first_line = reader.line_num + 1
-                chunk = list(islice(reader, CHUNK_ROWS))
-                if not chunk:
+                block = list(islice(reader, CHUNK_ROWS))
+                if not block:
                     return
-                emails = None if full_check else _clean_emails(chunk, rows, seen)
-                if emails is not None:
-                    yield _subscribers(chunk, emails, rows)
-                else:
-                    yield _checked(chunk, first_line, rows, seen, report, full_check)
+                clean = None if full_check else _clean(block, rows, seen)
+                yield clean or _checked(block, first_line, rows, seen, report, full_check)
         except csv.Error as exc:
             raise SubscriberError(f"{path}: line {reader.line_num}: {exc}") from None
         except UnicodeDecodeError:
@@ -182,46 +211,48 @@ def read_chunks(
             ) from None
 
 
-def _clean_emails(chunk: list[list[str]], rows: _Rows, seen: set[str]) -> list[str] | None:
-    """The chunk's addresses if every row is well formed, plausible and new; else None
+def _clean(block: list[list[str]], rows: _Rows, seen: set[str]) -> Chunk | None:
+    """The block as a Chunk if every row is well formed, plausible and new; else None
     (and `seen` untouched), for the row-by-row path to say what is wrong."""
-    if set(map(len, chunk)) != {len(rows.header)}:
+    if set(map(len, block)) != {len(rows.header)}:
         return None
     at = rows.email_index
-    emails = [row[at].strip() for row in chunk]
+    emails = [row[at].strip() for row in block]
     if not all(map(_PLAUSIBLE.match, emails)):
         return None
     keys = list(map(str.lower, emails))
     if len(set(keys)) != len(keys) or not seen.isdisjoint(keys):
         return None
     seen.update(keys)
-    return emails
+    return _chunk(block, emails, keys, rows)
 
 
-def _subscribers(chunk: list[list[str]], emails: list[str], rows: _Rows) -> list[Subscriber]:
-    count = len(chunk)
+def _chunk(block: list[list[str]], emails: list[str], keys: list[str], rows: _Rows) -> Chunk:
+    count = len(block)
     name_at, first_at, extra = rows.name_index, rows.first_index, rows.extra
-    names = [row[name_at].strip() for row in chunk] if name_at is not None else [""] * count
-    firsts = [row[first_at].strip() for row in chunk] if first_at is not None else [""] * count
+    names = [row[name_at].strip() for row in block] if name_at is not None else [""] * count
+    firsts = [row[first_at].strip() for row in block] if first_at is not None else [""] * count
     fields = (
-        [{token: row[i] for i, token in extra} for row in chunk] if extra else [_NO_FIELDS] * count
+        [{token: row[i] for i, token in extra} for row in block] if extra else [_NO_FIELDS] * count
     )
-    return list(map(Subscriber, emails, names, firsts, fields))
+    return Chunk(emails, keys, names, firsts, fields)
 
 
 def _checked(
-    chunk: list[list[str]],
+    block: list[list[str]],
     first_line: int,
     rows: _Rows,
     seen: set[str],
     report: ListReport,
     full_check: bool,
-) -> list[Subscriber]:
+) -> Chunk:
     """Row by row, naming the line of every problem (a quoted field may span lines)."""
     width = len(rows.header)
-    kept: list[Subscriber] = []
+    kept: list[list[str]] = []
+    emails: list[str] = []
+    keys: list[str] = []
     line = first_line
-    for row in chunk:
+    for row in block:
         row_line, line = line, line + 1 + sum(field.count("\n") for field in row)
         if len(row) != width:
             if not row or (len(row) == 1 and not row[0].strip()):
@@ -247,8 +278,10 @@ def _checked(
             report.duplicates += 1
             continue
         seen.add(key)
-        kept.extend(_subscribers([row], [email], rows))
-    return kept
+        kept.append(row)
+        emails.append(email)
+        keys.append(key)
+    return _chunk(kept, emails, keys, rows)
 
 
 def read_header(path: Path) -> list[str]:
