@@ -412,6 +412,9 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
                 what = row.subject or ""
                 if row.status in ("skipped", "failed", "stopped") and row.error:
                     what = f"{what}  ({row.error})" if what else row.error
+                events = ledger.event_counts(row.id)
+                if events:
+                    what = f"{what}  [{_event_summary(events, short=True)}]"
                 out.print(
                     f"{row.issue_date}  {row.list_name:<10} {row.status:<8} "
                     f"{row.recipients:>9,} recipients  {what}"
@@ -433,11 +436,73 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
             "batches: "
             + ", ".join(f"{n} {s} ({size:,} recipients)" for s, (n, size) in sorted(counts.items()))
         )
+        events = ledger.event_counts(row.id)
+        out.print(
+            "events reported by SendGrid: "
+            + (_event_summary(events) if events else "none yet (see `newsletter serve`)")
+        )
         for batch in ledger.batches(row.id):
             note = f"  {batch.error}" if batch.error else ""
             out.print(
                 f"  #{batch.seq:<5} {batch.status:<10} {batch.size:>5}  {batch.message_id or '-'}{note}"
             )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--transport",
+    type=click.Choice(["sendgrid", "smtp", "outbox"]),
+    help="How confirmation emails leave (default: delivery.transport).",
+)
+@click.pass_obj
+def serve(opts: Options, host: str, port: int, transport: str | None) -> None:
+    """Run the subscriber web app: sign-up, unsubscribe, SendGrid events, archive.
+
+    Put it behind a reverse proxy that terminates TLS; see README.md.
+    """
+    import uvicorn
+
+    from newsletter.web import create_app, web_parts
+
+    config = opts.config()
+    root = logging.getLogger()
+    root.setLevel(min(root.level, logging.INFO))  # the access log is what a server is read by
+    with App(config) as app:
+        asgi = create_app(web_parts(app, transport))
+        out.print(f"Serving {config.newsletter.name} on http://{host}:{port} (Ctrl+C stops)")
+        uvicorn.run(
+            asgi,
+            host=host,
+            port=port,
+            log_config=None,  # our handlers and redaction
+            access_log=False,  # ours leaves tokens and addresses out
+            proxy_headers=True,
+            forwarded_allow_ips=config.serve.forwarded_allow_ips,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+
+
+# SendGrid event name -> how `status` says it
+EVENT_WORDS = {
+    "delivered": "delivered",
+    "open": "opens",
+    "click": "clicks",
+    "bounce": "bounces",
+    "dropped": "dropped",
+    "deferred": "deferred",
+    "spamreport": "spam reports",
+    "unsubscribe": "unsubscribes",
+    "group_unsubscribe": "group unsubscribes",
+}
+
+
+def _event_summary(counts: dict[str, int], short: bool = False) -> str:
+    shown = ("delivered", "open", "click") if short else tuple(EVENT_WORDS)
+    parts = [f"{counts[e]:,} {EVENT_WORDS[e]}" for e in shown if counts.get(e)]
+    return ", ".join(parts) or "no deliveries yet"
 
 
 @cli.command()
@@ -575,10 +640,10 @@ def subscribers_list(opts: Options, list_name: str) -> None:
 def subscribers_count(opts: Options, list_name: str | None) -> None:
     """How many subscribers each list has, and how many of them would be emailed."""
     with App(opts.config()) as app:
-        suppressed = app.ledger.suppressed()
         folder = app.config.subscribers.path
         paths = [_list_file(app, list_name)] if list_name else sorted(folder.glob("*.csv"))
         for path in paths:
+            suppressed = app.ledger.suppressed(path.stem)
             people = [s.key for s in read_list(path)]
             active = sum(1 for key in people if key not in suppressed)
             out.print(f"{path.stem}: {len(people):,} subscribers, {active:,} not suppressed")

@@ -241,6 +241,31 @@ class SendGridSettings(Settings):
     ip_pool_name: str | None = None
     click_tracking: bool = False
     open_tracking: bool = False
+    # the Signed Event Webhook's verification key (public, so it may live here)
+    webhook_public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/=\s]+$")] | None = None
+    webhook_max_age: Duration = timedelta(minutes=10)
+
+
+LIST_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+ListName = Annotated[str, Field(pattern=LIST_NAME_PATTERN)]
+
+
+class ServeSettings(Settings):
+    """`newsletter serve`: sign-up, unsubscribe, mail events, archive."""
+
+    # list -> how the sign-up form names it (default: the scheduled list, by the newsletter's name)
+    lists: dict[ListName, NonEmpty] = {}
+    # lists whose sent issues are in the public archive (default: the scheduled list)
+    archive_lists: list[ListName] | None = None
+    # what a subscriber agrees to; stored with each confirmation, with its version
+    consent: str = ""
+    confirm_within: Duration = timedelta(hours=48)
+    signups_per_ip: int = Field(default=5, ge=1)
+    signup_period: Duration = timedelta(hours=1)
+    max_form_bytes: int = Field(default=16_384, ge=1024)
+    max_webhook_bytes: int = Field(default=8_000_000, ge=1024)
+    # proxies whose X-Forwarded-For / -Proto are believed (uvicorn's forwarded_allow_ips)
+    forwarded_allow_ips: str = "127.0.0.1"
 
 
 class SmtpSettings(Settings):
@@ -269,6 +294,7 @@ class Config(Settings):
     delivery: DeliverySettings = DeliverySettings()
     unsubscribe: UnsubscribeSettings = UnsubscribeSettings()
     sendgrid: SendGridSettings = SendGridSettings()
+    serve: ServeSettings = ServeSettings()
     smtp: SmtpSettings = SmtpSettings()
     outbox: OutboxSettings = OutboxSettings()
 
@@ -301,6 +327,26 @@ class Config(Settings):
         if not url:
             return f"sqlite:///{self.root / 'newsletter.db'}"
         return _resolve_sqlite_url(url, self.root)
+
+    @property
+    def signup_lists(self) -> dict[str, str]:
+        """The lists open to sign-up, with the names the form shows."""
+        return dict(self.serve.lists) or {self.schedule.list: self.newsletter.name}
+
+    @property
+    def archive_lists(self) -> list[str]:
+        return (
+            self.serve.archive_lists
+            if self.serve.archive_lists is not None
+            else [self.schedule.list]
+        )
+
+    @property
+    def consent_wording(self) -> str:
+        return self.serve.consent or (
+            f"Send me {self.newsletter.name} by email. "
+            "I can unsubscribe at any time with the link in every email."
+        )
 
     def secret(self, env_name: str) -> str | None:
         """A secret from the environment, or None; the value never enters the config."""

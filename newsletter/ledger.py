@@ -112,6 +112,46 @@ suppressions = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
+# An unsubscribe from one list: the address may still read the others.
+list_suppressions = sa.Table(
+    "list_suppressions",
+    metadata,
+    sa.Column("list_name", sa.String(64), primary_key=True),
+    sa.Column("email", sa.String(320), primary_key=True),  # lower-cased
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# One row per SendGrid event applied: the id makes a redelivered event a no-op,
+# and the rows are the per-issue counts that `newsletter status` shows.
+mail_events = sa.Table(
+    "mail_events",
+    metadata,
+    sa.Column("event_id", sa.String(128), primary_key=True),  # SendGrid's sg_event_id
+    sa.Column("issue_id", sa.Integer),  # from the custom_args sent with each recipient
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("occurred_at", UTCDateTime()),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+)
+sa.Index("ix_mail_events_issue", mail_events.c.issue_id, mail_events.c.event)
+
+# Proof of a double opt-in: who confirmed, when, from where, agreeing to which words.
+consents = sa.Table(
+    "consents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("list_name", sa.String(64), nullable=False),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("signed_up_at", UTCDateTime(), nullable=False),
+    sa.Column("confirmed_at", UTCDateTime(), nullable=False),
+    sa.Column("ip", sa.String(64)),
+    sa.Column("user_agent", sa.String(512)),
+    sa.Column("form_version", sa.String(32), nullable=False),
+    sa.Column("wording", sa.Text, nullable=False),
+)
+sa.Index("ix_consents_email", consents.c.email)
+
 issue_stories = sa.Table(
     "issue_stories",
     metadata,
@@ -516,66 +556,200 @@ class Ledger:
 
     # -- suppressions --------------------------------------------------------------
 
-    def suppress(self, entries: Iterable[tuple[str, str]], source: str) -> int:
-        """Record (address, reason) pairs; an address already suppressed keeps its first reason."""
-        now = utcnow()
-        wanted: dict[str, str] = {}
-        for email, reason in entries:
-            if reason not in SUPPRESSION_REASONS:
-                raise LedgerError(f"unknown suppression reason {reason!r}")
-            wanted.setdefault(email.strip().lower(), reason)
-        if not wanted:
-            return 0
-        added = 0
+    def suppress(
+        self, entries: Iterable[tuple[str, str]], source: str, list_name: str | None = None
+    ) -> int:
+        """Record (address, reason) pairs, for every list or only `list_name`.
+
+        An address already suppressed keeps its first reason; returns how many are new.
+        """
         with self.engine.begin() as conn:
-            existing: set[str] = set()
-            keys = list(wanted)
-            for i in range(0, len(keys), 500):
-                existing.update(
+            return _suppress(conn, entries, source, list_name, utcnow())
+
+    def unsuppress(self, email: str, list_name: str | None = None) -> bool:
+        """Lift the suppression for every list, and the one of `list_name` (or of all lists)."""
+        key = email.strip().lower()
+        with self.engine.begin() as conn:
+            lifted = conn.execute(sa.delete(suppressions).where(suppressions.c.email == key))
+            scoped = sa.delete(list_suppressions).where(list_suppressions.c.email == key)
+            if list_name is not None:
+                scoped = scoped.where(list_suppressions.c.list_name == list_name)
+            return bool(lifted.rowcount + conn.execute(scoped).rowcount)
+
+    def suppressed(self, list_name: str | None = None) -> frozenset[str]:
+        """Every address suppressed for all lists (and for `list_name`), lower-cased."""
+        with self.engine.connect() as conn:
+            found = set(conn.execute(sa.select(suppressions.c.email)).scalars())
+            if list_name is not None:
+                found.update(
                     conn.execute(
-                        sa.select(suppressions.c.email).where(
-                            suppressions.c.email.in_(keys[i : i + 500])
+                        sa.select(list_suppressions.c.email).where(
+                            list_suppressions.c.list_name == list_name
                         )
                     ).scalars()
                 )
-            rows = [
-                {"email": e, "reason": r, "source": source, "created_at": now}
-                for e, r in wanted.items()
-                if e not in existing
-            ]
-            try:
-                with conn.begin_nested():
-                    for i in range(0, len(rows), 500):
-                        conn.execute(sa.insert(suppressions), rows[i : i + 500])
-                added = len(rows)
-            except sa.exc.IntegrityError:
-                # someone (a webhook, another send) suppressed one of them meanwhile
-                added = 0
-                for row in rows:
-                    try:
-                        with conn.begin_nested():
-                            conn.execute(sa.insert(suppressions), row)
-                        added += 1
-                    except sa.exc.IntegrityError:
-                        continue
-        return added
-
-    def unsuppress(self, email: str) -> bool:
-        with self.engine.begin() as conn:
-            return bool(
-                conn.execute(
-                    sa.delete(suppressions).where(suppressions.c.email == email.strip().lower())
-                ).rowcount
-            )
-
-    def suppressed(self) -> frozenset[str]:
-        """Every suppressed address, lower-cased: checked against each recipient."""
-        with self.engine.connect() as conn:
-            return frozenset(conn.execute(sa.select(suppressions.c.email)).scalars())
+        return frozenset(found)
 
     def suppression_reasons(self) -> dict[str, str]:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(suppressions.c.email, suppressions.c.reason)).all())
+
+    # -- sign-ups and mail events (`newsletter serve`) ---------------------------
+
+    def record_consent(
+        self,
+        *,
+        list_name: str,
+        email: str,
+        signed_up_at: dt.datetime,
+        confirmed_at: dt.datetime,
+        ip: str | None,
+        user_agent: str | None,
+        form_version: str,
+        wording: str,
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(consents).values(
+                    list_name=list_name,
+                    email=email.strip().lower(),
+                    signed_up_at=signed_up_at,
+                    confirmed_at=confirmed_at,
+                    ip=ip,
+                    user_agent=(user_agent or "")[:512] or None,
+                    form_version=form_version,
+                    wording=wording,
+                )
+            )
+
+    def consents(self, email: str) -> list[dict[str, object]]:
+        query = (
+            sa.select(consents)
+            .where(consents.c.email == email.strip().lower())
+            .order_by(consents.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def apply_mail_events(self, events: Sequence[MailEvent], source: str = "webhook") -> int:
+        """Record events not seen before and their suppressions, in one transaction.
+
+        Either all of a delivery is recorded or none of it, so an acknowledged
+        batch is never half applied and a redelivered one changes nothing.
+        Returns how many events were new.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            rows = {
+                e.event_id: {
+                    "event_id": e.event_id,
+                    "issue_id": e.issue_id,
+                    "event": e.event,
+                    "occurred_at": e.occurred_at,
+                    "received_at": now,
+                }
+                for e in events
+            }
+            fresh = set(_insert_missing(conn, mail_events, mail_events.c.event_id, rows))
+            for event in events:
+                if event.event_id in fresh and event.suppress is not None:
+                    _suppress(conn, [(event.email, event.suppress)], source, event.list_name, now)
+        return len(fresh)
+
+    def event_counts(self, issue_id: int) -> dict[str, int]:
+        query = (
+            sa.select(mail_events.c.event, sa.func.count())
+            .where(mail_events.c.issue_id == issue_id)
+            .group_by(mail_events.c.event)
+        )
+        with self.engine.connect() as conn:
+            return {event: int(n) for event, n in conn.execute(query)}
+
+    def sent_issues(self, list_names: Sequence[str], limit: int = 100) -> list[IssueRow]:
+        """Issues that went out to these lists, newest first (the public archive)."""
+        query = (
+            sa.select(issues)
+            .where(issues.c.status == "sent", issues.c.list_name.in_(list(list_names)))
+            .order_by(issues.c.issue_date.desc(), issues.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_issue_row(r) for r in conn.execute(query)]
+
+    def ping(self) -> None:
+        """A round trip to the database, for the health check."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+
+@dataclass(frozen=True)
+class MailEvent:
+    """One event reported by the mail service, and the suppression it calls for."""
+
+    event_id: str
+    event: str
+    email: str
+    issue_id: int | None
+    list_name: str | None  # the suppression's scope; None for every list
+    occurred_at: dt.datetime | None
+    suppress: str | None  # a SUPPRESSION_REASONS value, or None
+
+
+def _suppress(
+    conn: sa.Connection,
+    entries: Iterable[tuple[str, str]],
+    source: str,
+    list_name: str | None,
+    now: dt.datetime,
+) -> int:
+    wanted: dict[str, dict[str, object]] = {}
+    for email, reason in entries:
+        if reason not in SUPPRESSION_REASONS:
+            raise LedgerError(f"unknown suppression reason {reason!r}")
+        key = email.strip().lower()
+        row = {"email": key, "reason": reason, "source": source, "created_at": now}
+        wanted.setdefault(key, row if list_name is None else {**row, "list_name": list_name})
+    if list_name is None:
+        return len(_insert_missing(conn, suppressions, suppressions.c.email, wanted))
+    scope = list_suppressions.c.list_name == list_name
+    return len(_insert_missing(conn, list_suppressions, list_suppressions.c.email, wanted, scope))
+
+
+def _insert_missing(
+    conn: sa.Connection,
+    table: sa.Table,
+    key: sa.Column[str],
+    rows: dict[str, dict[str, object]],
+    scope: sa.ColumnElement[bool] | None = None,
+) -> list[str]:
+    """Insert the rows whose key is not there yet; returns the keys inserted.
+
+    Portable "insert or ignore": look first, then insert in a savepoint; if
+    another writer got in between, go row by row.
+    """
+    existing: set[str] = set()
+    keys = list(rows)
+    for i in range(0, len(keys), 500):
+        query = sa.select(key).where(key.in_(keys[i : i + 500]))
+        if scope is not None:
+            query = query.where(scope)
+        existing.update(conn.execute(query).scalars())
+    new = [k for k in keys if k not in existing]
+    try:
+        with conn.begin_nested():
+            for i in range(0, len(new), 500):
+                conn.execute(sa.insert(table), [rows[k] for k in new[i : i + 500]])
+        return new
+    except sa.exc.IntegrityError:
+        inserted = []
+        for k in new:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(table), rows[k])
+                inserted.append(k)
+            except sa.exc.IntegrityError:
+                continue
+        return inserted
 
 
 def _create_schema(engine: sa.Engine, attempts: int = 10) -> None:

@@ -182,6 +182,11 @@ class Sending:
             raise ConfigError(
                 f'{self.config.path.name}: unsubscribe.mode = "hosted" needs unsubscribe.base_url'
             )
+        return UnsubscribeLinks(self.signer(transport), u.base_url, list_name, u.mailto)
+
+    def signer(self, transport: str) -> Signer:
+        """Signs (and checks) subscriber links with the secret named by unsubscribe.secret_env."""
+        u = self.config.unsubscribe
         secret = self.config.secret(u.secret_env)
         if not secret:
             if transport != "outbox":
@@ -193,7 +198,7 @@ class Sending:
                 "%s is not set: outbox links are signed with a development secret", u.secret_env
             )
             secret = DEVELOPMENT_SECRET
-        return UnsubscribeLinks(Signer(secret), u.base_url, list_name, u.mailto)
+        return Signer(secret)
 
     def sync_suppressions(self, transport: str) -> int:
         """Before a SendGrid send, learn who SendGrid already refuses to deliver to."""
@@ -313,7 +318,7 @@ class Sending:
         with self.timings.phase("suppressions"):
             if not request.dry_run:
                 self.sync_suppressions(transport)
-            suppressed = ledger.suppressed()
+            suppressed = ledger.suppressed(list_name)
 
         built: BuiltIssue | None = None
         if existing is None or not existing.planned:
@@ -540,7 +545,7 @@ class Sending:
             "" if request.sandbox and not request.to and list_name != TEST_LIST else TEST_PREFIX
         )
         report.subject = prefix + subject
-        suppressed = self.app.ledger.suppressed()
+        suppressed = self.app.ledger.suppressed(list_name)
         if request.to:
             people = [Chunk.of([Subscriber(email=check_address(a)) for a in request.to])]
         else:

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from newsletter.errors import ConfigError
 
 UNSUBSCRIBE = "unsubscribe"
+CONFIRM = "confirm"
+CSRF = "csrf"
 _BLOCK = 64  # SHA-256's block size
 # Used only when an outbox send has no secret: its links are never delivered.
 DEVELOPMENT_SECRET = "development-only-secret-not-for-delivery"
@@ -54,8 +56,24 @@ class Signer:
         return _b64(outer.digest()[:18])
 
     def sign(self, purpose: str, list_name: str, email: str) -> str:
-        payload = _b64(f"{list_name}\n{email.lower()}".encode())
+        return self.sign_text(purpose, f"{list_name}\n{email.lower()}")
+
+    def sign_text(self, purpose: str, text: str) -> str:
+        """A token carrying `text` (readable, not secret) that only this secret can make."""
+        payload = _b64(text.encode())
         return f"{payload}.{self._mac(purpose, payload)}"
+
+    def verify_text(self, purpose: str, token: str) -> str | None:
+        """The text of a genuine token for this purpose, else None."""
+        if not token.isascii():  # compare_digest takes ASCII text only
+            return None
+        payload, _, mac = token.partition(".")
+        if not payload or not mac or not hmac.compare_digest(mac, self._mac(purpose, payload)):
+            return None
+        try:
+            return _unb64(payload).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
 
     def sign_many(self, purpose: str, list_name: str, emails: Iterable[str]) -> list[str]:
         """`sign` for a whole batch, with the loop's lookups hoisted (a million per send)."""
@@ -80,13 +98,10 @@ class Signer:
 
     def verify(self, purpose: str, token: str) -> tuple[str, str] | None:
         """(list, address) if the token is genuine, else None."""
-        payload, _, mac = token.partition(".")
-        if not payload or not mac or not hmac.compare_digest(mac, self._mac(purpose, payload)):
+        text = self.verify_text(purpose, token)
+        if text is None:
             return None
-        try:
-            list_name, _, email = _unb64(payload).decode("utf-8").partition("\n")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return None
+        list_name, _, email = text.partition("\n")
         return (list_name, email) if email else None
 
 

@@ -47,6 +47,11 @@ def list_path(folder: Path, name: str) -> Path:
     return folder / f"{name}.csv"
 
 
+def list_name(path: Path) -> str:
+    """The list a list file holds: its name without `.csv`."""
+    return path.stem
+
+
 def check_address(address: str) -> str:
     """The normalised address, or SubscriberError with the reason (syntax only, no DNS)."""
     try:
@@ -459,9 +464,9 @@ def count(path: Path) -> int:
 
 
 class SuppressionStore(Protocol):
-    def suppressed(self) -> frozenset[str]: ...
+    def suppressed(self, list_name: str | None = None) -> frozenset[str]: ...
 
-    def unsuppress(self, email: str) -> bool: ...
+    def unsuppress(self, email: str, list_name: str | None = None) -> bool: ...
 
 
 def import_subscribers(
@@ -472,9 +477,9 @@ def import_subscribers(
     report = merge_rows(
         target,
         rows,
-        store.suppressed(),
+        store.suppressed(list_name(target)),
         resubscribe=resubscribe,
-        on_resubscribe=store.unsuppress,
+        on_resubscribe=lambda email: store.unsuppress(email, list_name(target)),
     )
     report.rejected = sorted(problems + report.rejected, key=lambda p: p.line)
     return report
@@ -494,7 +499,7 @@ def add_subscriber(
     return merge_rows(
         target,
         [(0, values)],
-        store.suppressed(),
+        store.suppressed(list_name(target)),
         resubscribe=resubscribe,
-        on_resubscribe=store.unsuppress,
+        on_resubscribe=lambda email: store.unsuppress(email, list_name(target)),
     )

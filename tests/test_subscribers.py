@@ -106,10 +106,10 @@ class Suppressions:
         self.addresses = {a.lower() for a in addresses}
         self.lifted: list[str] = []
 
-    def suppressed(self) -> frozenset[str]:
+    def suppressed(self, list_name: str | None = None) -> frozenset[str]:
         return frozenset(self.addresses)
 
-    def unsuppress(self, email: str) -> bool:
+    def unsuppress(self, email: str, list_name: str | None = None) -> bool:
         self.lifted.append(email)
         found = email.lower() in self.addresses
         self.addresses.discard(email.lower())
@@ -597,8 +597,8 @@ from pathlib import Path
 from newsletter.subscribers import add_subscriber
 
 class NoSuppressions:
-    def suppressed(self): return frozenset()
-    def unsuppress(self, email): return False
+    def suppressed(self, list_name=None): return frozenset()
+    def unsuppress(self, email, list_name=None): return False
 
 target, prefix, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 (go.parent / f"ready-{prefix}").touch()

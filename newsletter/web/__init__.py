@@ -1,0 +1,59 @@
+"""`newsletter serve`: sign-up, unsubscribe, SendGrid events and the public archive."""
+
+from __future__ import annotations
+
+from newsletter.app import App
+from newsletter.errors import ConfigError
+from newsletter.send import Sending
+from newsletter.web.events import SignatureChecker
+from newsletter.web.guards import Csrf, RateLimiter
+from newsletter.web.server import WebParts, create_app
+from newsletter.web.subscriptions import Subscriptions, transport_mailer
+
+# one address gets at most this many confirmation emails an hour, whoever asks
+CONFIRMATIONS_PER_ADDRESS = 3
+
+
+def web_parts(app: App, transport: str | None = None) -> WebParts:
+    """Everything the web app uses, from the same config, lists and ledger as the CLI."""
+    config = app.config
+    public_url = config.unsubscribe.base_url
+    if not public_url:
+        raise ConfigError(
+            f"{config.path.name}: `serve` needs unsubscribe.base_url, the public address "
+            "it is reached at (links in emails point there)"
+        )
+    sending = Sending(app)
+    name = transport or config.delivery.transport
+    folder = config.outbox.path / "confirmations" if name == "outbox" else None
+    signer = sending.signer(name)
+    webhook = None
+    if config.sendgrid.webhook_public_key:
+        webhook = SignatureChecker(
+            config.sendgrid.webhook_public_key, config.sendgrid.webhook_max_age
+        )
+    templates = app.renderer.env
+    return WebParts(
+        config=config,
+        ledger=app.ledger,
+        subscriptions=Subscriptions(
+            config,
+            app.ledger,
+            signer,
+            transport_mailer(sending.transport_factory(name, folder)),
+            templates,
+            public_url,
+        ),
+        templates=templates,
+        public_url=public_url.rstrip("/"),
+        clock=app.clock,
+        webhook=webhook,
+        signup_limiter=RateLimiter(
+            config.serve.signups_per_ip, config.serve.signup_period.total_seconds()
+        ),
+        address_limiter=RateLimiter(CONFIRMATIONS_PER_ADDRESS, 3600),
+        csrf=Csrf(signer),
+    )
+
+
+__all__ = ["WebParts", "create_app", "web_parts"]

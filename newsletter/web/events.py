@@ -1,0 +1,133 @@
+"""SendGrid's Event Webhook: check the signature, then read the events into MailEvents.
+
+SendGrid signs `timestamp + raw body` with ECDSA (P-256, SHA-256) and retries any
+answer that is not 2xx for 24 hours, so a batch is either rejected whole (bad
+signature, stale, malformed) or applied whole, once, by `sg_event_id`.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import json
+import re
+from typing import Any
+
+from sendgrid.helpers.eventwebhook import EventWebhook
+
+from newsletter.config import LIST_NAME_PATTERN
+from newsletter.errors import ConfigError
+from newsletter.ledger import MailEvent
+
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+# dropped because the address itself is bad: never send there again
+_DROPPED = {
+    "Invalid": "invalid",
+    "Bounced Address": "bounced",
+    "Spam Reporting Address": "spam",
+    "Unsubscribed Address": "unsubscribed",
+}
+
+
+class Rejected(Exception):
+    """The request is not a genuine, fresh, well-formed event batch; `status` says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class SignatureChecker:
+    def __init__(self, public_key: str, max_age: dt.timedelta) -> None:
+        try:
+            self._verifier = EventWebhook("".join(public_key.split()))
+        except ValueError:
+            raise ConfigError(
+                "sendgrid.webhook_public_key is not a valid public key (paste the "
+                "verification key from SendGrid's Event Webhook settings)"
+            ) from None
+        self.max_age = max_age
+
+    def check(
+        self, body: bytes, signature: str | None, timestamp: str | None, now: dt.datetime
+    ) -> None:
+        """Raise Rejected unless SendGrid signed exactly this body, recently."""
+        if not signature or not timestamp:
+            raise Rejected(401, "missing signature headers")
+        try:
+            sent = dt.datetime.fromtimestamp(int(timestamp), dt.UTC)
+        except (ValueError, OverflowError, OSError):
+            raise Rejected(403, "bad timestamp") from None
+        if abs(now - sent) > self.max_age:
+            raise Rejected(403, "stale timestamp")
+        try:
+            genuine = self._verifier.verify_signature(body.decode("utf-8"), signature, timestamp)
+        except (UnicodeDecodeError, binascii.Error, ValueError):
+            genuine = False
+        if not genuine:
+            raise Rejected(403, "bad signature")
+
+
+def parse_events(body: bytes) -> list[MailEvent]:
+    """Every event of a batch, or Rejected(400) naming the first that is malformed."""
+    try:
+        items = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise Rejected(400, "body is not JSON") from None
+    if not isinstance(items, list):
+        raise Rejected(400, "body is not a JSON array of events")
+    return [_event(i, item) for i, item in enumerate(items)]
+
+
+def _event(index: int, item: Any) -> MailEvent:
+    if not isinstance(item, dict):
+        raise Rejected(400, f"event {index} is not an object")
+    event_id, kind, email = item.get("sg_event_id"), item.get("event"), item.get("email")
+    for name, value, limit in (("sg_event_id", event_id, 128), ("event", kind, 32), ("email", email, 320)):  # fmt: skip
+        if not isinstance(value, str) or not value or len(value) > limit:
+            raise Rejected(400, f"event {index}: {name} missing or malformed")
+    stamp = item.get("timestamp")
+    occurred = None
+    if isinstance(stamp, int) and not isinstance(stamp, bool):
+        try:
+            occurred = dt.datetime.fromtimestamp(stamp, dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            occurred = None
+    list_name = item.get("list")
+    reason = _suppression(kind, item)
+    scoped = kind == "group_unsubscribe" and isinstance(list_name, str) and _is_list_name(list_name)
+    return MailEvent(
+        event_id=event_id,
+        event=kind,
+        email=email,
+        issue_id=_issue_id(item.get("issue_id")),
+        list_name=list_name if scoped else None,
+        occurred_at=occurred,
+        suppress=reason,
+    )
+
+
+def _suppression(kind: str, item: dict[str, Any]) -> str | None:
+    if kind == "bounce":
+        # "blocked" is a temporary refusal (a full mailbox, a greylist); only hard bounces stick
+        return None if item.get("type") == "blocked" else "bounced"
+    if kind == "dropped":
+        return _DROPPED.get(str(item.get("reason", "")))
+    if kind == "spamreport":
+        return "spam"
+    if kind in ("unsubscribe", "group_unsubscribe"):
+        return "unsubscribed"
+    return None
+
+
+def _is_list_name(name: str) -> bool:
+    return re.fullmatch(LIST_NAME_PATTERN, name) is not None
+
+
+def _issue_id(value: Any) -> int | None:
+    """The ledger id sent in custom_args; anything else (a test send's "test") matches none."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10:
+        return int(value)
+    return None

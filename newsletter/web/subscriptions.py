@@ -1,0 +1,213 @@
+"""The ways in and out, as plain use cases: sign up, confirm, unsubscribe.
+
+The web layer only parses requests and renders pages; everything that
+changes a list or the ledger happens here, with the clock and the mailer
+passed in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from newsletter.config import Config
+from newsletter.ledger import Ledger
+from newsletter.signing import CONFIRM, UNSUBSCRIBE, Signer
+from newsletter.subscribers import add_subscriber, list_path
+from newsletter.transports.base import Message, Recipient, Transport
+
+log = logging.getLogger(__name__)
+
+Mailer = Callable[[Message, Recipient], None]
+
+
+class LinkInvalid(Exception):
+    """The token was not made by this server (tampered, truncated, another secret)."""
+
+
+class LinkExpired(Exception):
+    """A genuine confirmation link, older than serve.confirm_within."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A sign-up waiting for its confirmation click; carried inside the signed link."""
+
+    list_name: str
+    email: str
+    name: str
+    signed_up_at: dt.datetime
+    form_version: str
+
+    def encode(self) -> str:
+        fields = {
+            "l": self.list_name,
+            "e": self.email,
+            "n": self.name,
+            "t": int(self.signed_up_at.timestamp()),
+            "v": self.form_version,
+        }
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def decode(cls, text: str) -> Pending:
+        try:
+            data = json.loads(text)
+            return cls(
+                list_name=_text(data["l"]),
+                email=_text(data["e"]),
+                name=_text(data["n"]),
+                signed_up_at=dt.datetime.fromtimestamp(int(data["t"]), dt.UTC),
+                form_version=_text(data["v"]),
+            )
+        except (ValueError, KeyError, TypeError, OverflowError, OSError):
+            raise LinkInvalid("malformed confirmation token") from None
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected text")
+    return value
+
+
+def transport_mailer(make_transport: Callable[[], Transport]) -> Mailer:
+    """One message through a fresh transport (sign-ups are rare; no connection is kept)."""
+
+    def send(message: Message, recipient: Recipient) -> None:
+        transport = make_transport()
+        try:
+            transport.send_batch(message, [recipient])
+        finally:
+            transport.close()
+
+    return send
+
+
+class Subscriptions:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        signer: Signer,
+        mailer: Mailer,
+        templates: jinja2.Environment,
+        public_url: str,
+    ) -> None:
+        self.config, self.ledger, self.signer = config, ledger, signer
+        self.mailer, self.templates = mailer, templates
+        self.public_url = public_url.rstrip("/")
+
+    @property
+    def lists(self) -> dict[str, str]:
+        return self.config.signup_lists
+
+    @property
+    def form_version(self) -> str:
+        """Changes whenever the consent wording does, so each record names what was agreed."""
+        return hashlib.sha256(self.config.consent_wording.encode()).hexdigest()[:12]
+
+    def confirm_url(self, pending: Pending) -> str:
+        return f"{self.public_url}/confirm?token={self.signer.sign_text(CONFIRM, pending.encode())}"
+
+    # -- sign up ---------------------------------------------------------------------
+
+    def request(self, email: str, name: str, list_name: str, now: dt.datetime) -> None:
+        """Email a confirmation link; nothing is added until it is followed."""
+        pending = Pending(list_name, email, name, now, self.form_version)
+        label = self.lists[list_name]
+        context = {
+            "newsletter": self.config.newsletter,
+            "accent": self.config.theme.accent_color,
+            "list_label": label,
+            "confirm_url": self.confirm_url(pending),
+            "valid_hours": int(self.config.serve.confirm_within.total_seconds() // 3600),
+            "email": email,
+        }
+        message = Message(
+            subject=f"Confirm your subscription to {label}",
+            html=self.templates.get_template("web/confirm_email.html").render(context),
+            text=self.templates.get_template("web/confirm_email.txt").render(context),
+            from_email=self.config.sender.from_email,
+            from_name=self.config.sender.from_name,
+            reply_to=self.config.sender.reply_to,
+            tokens=frozenset(),
+            issue_id="confirm",
+            list_name=list_name,
+        )
+        self.mailer(message, Recipient(email, name, {}))
+        log.info("confirmation email sent for list %s", list_name)
+
+    def confirm(
+        self, token: str, now: dt.datetime, ip: str | None, user_agent: str | None
+    ) -> Pending:
+        """Add the confirmed address to its list, lift its suppressions, record the consent."""
+        text = self.signer.verify_text(CONFIRM, token)
+        if text is None:
+            raise LinkInvalid("confirmation token does not verify")
+        pending = Pending.decode(text)
+        if pending.list_name not in self.lists:
+            raise LinkInvalid("the list is no longer open to sign-up")
+        age = now - pending.signed_up_at
+        if age > self.config.serve.confirm_within or age < -dt.timedelta(minutes=5):
+            raise LinkExpired(pending.email)
+        add_subscriber(
+            self.list_file(pending.list_name),
+            pending.email,
+            self.ledger,
+            name=pending.name,
+            resubscribe=True,
+            source="signup",
+            subscribed_at=now.isoformat(timespec="seconds"),
+        )
+        # on the list already but unsubscribed: this click is the consent to come back
+        self.ledger.unsuppress(pending.email, pending.list_name)
+        self.ledger.record_consent(
+            list_name=pending.list_name,
+            email=pending.email,
+            signed_up_at=pending.signed_up_at,
+            confirmed_at=now,
+            ip=ip,
+            user_agent=user_agent,
+            form_version=pending.form_version,
+            wording=self.config.consent_wording
+            if pending.form_version == self.form_version
+            else f"(wording version {pending.form_version})",
+        )
+        log.info("subscription confirmed for list %s", pending.list_name)
+        return pending
+
+    # -- unsubscribe -----------------------------------------------------------------
+
+    def reader_of(self, token: str) -> tuple[str, str]:
+        """(list, address) of a genuine unsubscribe link, else LinkInvalid."""
+        found = self.signer.verify(UNSUBSCRIBE, token)
+        if found is None:
+            raise LinkInvalid("unsubscribe token does not verify")
+        return found
+
+    def unsubscribe(self, token: str, every_list: bool = False) -> tuple[str, list[str]]:
+        """Suppress the link's address for its list (or every list); recorded before returning."""
+        list_name, email = self.reader_of(token)
+        lists = self.all_lists() if every_list else [list_name]
+        for name in lists:
+            self.ledger.suppress([(email, "unsubscribed")], source="link", list_name=name)
+        log.info("unsubscribed from %s", ", ".join(lists))
+        return email, lists
+
+    def all_lists(self) -> list[str]:
+        folder = self.config.subscribers.path
+        names = {p.stem for p in folder.glob("*.csv")} | set(self.lists)
+        return sorted(names)
+
+    def label(self, list_name: str) -> str:
+        return self.lists.get(list_name, list_name)
+
+    def list_file(self, list_name: str) -> Path:
+        return list_path(self.config.subscribers.path, list_name)
