@@ -101,6 +101,9 @@ def site(tmp_path: Path) -> Site:
 # the local SendGrid emulator, one per test that asks for it
 from tests.support.fixtures import SENDGRID_TEST_API_KEY, sendgrid_emulator  # noqa: E402, F401
 
+# `newsletter serve` under uvicorn, with a clock the test moves
+from tests.support.web import web  # noqa: E402, F401
+
 # -- the state database: SQLite always, PostgreSQL where .ci/run (or you) provides one ----------
 
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL")

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from .conftest import REPO, Site
-
-
-def run(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "SENDGRID_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, env={**clean, **env},
-    )  # fmt: skip
-
-
-def read(path: Path) -> email.message.EmailMessage:
-    return email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[return-value]
+from .support.cli import read, run
 
 
 def test_the_readme_main_job_on_a_copy_of_the_example(tmp_path: Path) -> None:

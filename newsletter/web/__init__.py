@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+
 from newsletter.app import App
 from newsletter.errors import ConfigError
 from newsletter.send import Sending
+from newsletter.transports.base import Transport
 from newsletter.web.events import SignatureChecker
 from newsletter.web.guards import Csrf, RateLimiter
 from newsletter.web.server import WebParts, create_app
@@ -25,8 +28,16 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
         )
     sending = Sending(app)
     name = transport or config.delivery.transport
-    folder = config.outbox.path / "confirmations" if name == "outbox" else None
     signer = sending.signer(name)
+    if name == "outbox":
+        # a folder per message: the outbox refuses to write one address twice
+        folder = config.outbox.path / "confirmations"
+
+        def make_transport() -> Transport:
+            unique = f"{app.clock():%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+            return sending.transport_factory(name, folder / unique)()
+    else:
+        make_transport = sending.transport_factory(name, None)
     webhook = None
     if config.sendgrid.webhook_public_key:
         webhook = SignatureChecker(
@@ -40,7 +51,7 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
             config,
             app.ledger,
             signer,
-            transport_mailer(sending.transport_factory(name, folder)),
+            transport_mailer(make_transport),
             templates,
             public_url,
         ),
