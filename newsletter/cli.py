@@ -472,6 +472,10 @@ def serve(opts: Options, host: str, port: int, transport: str | None) -> None:
     with App(config) as app:
         asgi = create_app(web_parts(app, transport))
         out.print(f"Serving {config.newsletter.name} on http://{host}:{port} (Ctrl+C stops)")
+        # uvicorn finishes the requests in flight, then raises the stop signal again for
+        # whatever handler was there before; this one makes that a clean exit 0
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, lambda *_: None)
         uvicorn.run(
             asgi,
             host=host,

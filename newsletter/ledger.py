@@ -6,6 +6,7 @@ share the work. The schema is created on first use.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -14,7 +15,7 @@ import socket
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -229,6 +230,19 @@ class Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[sa.Connection]:
+        """A transaction that savepoints cannot end early, on SQLite too.
+
+        Python's sqlite3 opens a transaction only before a write, so a SAVEPOINT
+        issued first would start (and its RELEASE commit) one of its own. An
+        explicit BEGIN IMMEDIATE takes the write lock at once and keeps the block whole.
+        """
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
 
     def __enter__(self) -> Ledger:
         return self
@@ -563,7 +577,7 @@ class Ledger:
 
         An address already suppressed keeps its first reason; returns how many are new.
         """
-        with self.engine.begin() as conn:
+        with self._atomic() as conn:
             return _suppress(conn, entries, source, list_name, utcnow())
 
     def unsuppress(self, email: str, list_name: str | None = None) -> bool:
@@ -639,7 +653,7 @@ class Ledger:
         Returns how many events were new.
         """
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._atomic() as conn:
             rows = {
                 e.event_id: {
                     "event_id": e.event_id,

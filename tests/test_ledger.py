@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter.errors import LedgerError
-from newsletter.ledger import Claim, Ledger, feed_cache, issues
+from newsletter.ledger import Claim, Ledger, MailEvent, feed_cache, issues
 from newsletter.stories.feed import CachedFeed
 
 T = TypeVar("T")
@@ -569,6 +569,96 @@ def test_unsuppress(ledger: Ledger) -> None:
     assert ledger.suppressed() == {"bob@example.com"}
     assert ledger.suppress([("ann@example.com", "manual")], "cli") == 1
     assert ledger.suppression_reasons()["ann@example.com"] == "manual"
+
+
+def test_a_list_suppression_stops_that_list_only(ledger: Ledger) -> None:
+    assert ledger.suppress([("Ann@example.com", "unsubscribed")], "link", list_name="daily") == 1
+    assert ledger.suppress([("ann@example.com", "unsubscribed")], "link", list_name="daily") == 0
+    ledger.suppress([("bob@example.com", "bounced")], "webhook")
+    assert ledger.suppressed("daily") == {"ann@example.com", "bob@example.com"}
+    assert ledger.suppressed("weekly") == {"bob@example.com"}
+    assert ledger.suppressed() == {"bob@example.com"}
+
+    # coming back to one list (a confirmed sign-up) lifts the address's global suppression too
+    ledger.suppress([("ann@example.com", "unsubscribed")], "link", list_name="weekly")
+    assert ledger.unsuppress("ann@example.com", "daily")
+    assert "ann@example.com" not in ledger.suppressed("daily")
+    assert "ann@example.com" in ledger.suppressed("weekly")
+    # without a list (the CLI): every suppression of the address
+    assert ledger.unsuppress("ann@example.com")
+    assert "ann@example.com" not in ledger.suppressed("weekly")
+
+
+def mail_event(
+    n: int, kind: str = "delivered", suppress: str | None = None, **kw: object
+) -> MailEvent:
+    fields: dict[str, object] = {"event_id": f"ev{n}", "event": kind, "email": f"p{n}@example.com", "issue_id": 7, "list_name": None, "occurred_at": None, "suppress": suppress}  # fmt: skip
+    return MailEvent(**{**fields, **kw})  # type: ignore[arg-type]
+
+
+def test_mail_events_are_applied_once_with_their_suppressions(ledger: Ledger) -> None:
+    batch = [mail_event(1), mail_event(2, "open"), mail_event(3, "bounce", "bounced"),
+             mail_event(4, "group_unsubscribe", "unsubscribed", list_name="daily")]  # fmt: skip
+    assert ledger.apply_mail_events(batch) == 4
+    assert ledger.apply_mail_events([*batch, mail_event(5)]) == 1
+    assert ledger.event_counts(7) == {
+        "delivered": 2,
+        "open": 1,
+        "bounce": 1,
+        "group_unsubscribe": 1,
+    }
+    assert ledger.suppression_reasons() == {"p3@example.com": "bounced"}
+    assert ledger.suppressed("daily") == {"p3@example.com", "p4@example.com"}
+    assert ledger.event_counts(8) == {}
+
+
+def test_a_bad_event_applies_nothing_of_its_batch(ledger: Ledger) -> None:
+    with pytest.raises(LedgerError):
+        ledger.apply_mail_events(
+            [mail_event(1, "bounce", "bounced"), mail_event(2, suppress="annoyed")]
+        )
+    assert ledger.event_counts(7) == {}
+    assert ledger.suppressed() == frozenset()
+
+
+def test_concurrent_deliveries_of_one_event_batch_count_it_once(database_url: str) -> None:
+    """SendGrid retries a batch it timed out on while the first delivery is still running."""
+    batch = [mail_event(n, "bounce" if n % 10 == 0 else "delivered", "bounced" if n % 10 == 0 else None) for n in range(600)]  # fmt: skip
+    barrier = threading.Barrier(4)
+    new: list[int] = []
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        with Ledger(database_url) as ledger:
+            barrier.wait()
+            try:
+                new.append(ledger.apply_mail_events(batch))
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sum(new) == 600
+    with Ledger(database_url) as ledger:
+        assert ledger.event_counts(7) == {"delivered": 540, "bounce": 60}
+        assert len(ledger.suppressed()) == 60
+
+
+def test_consents_are_kept_per_confirmation(ledger: Ledger) -> None:
+    moment = dt.datetime(2024, 3, 5, 9, 0, tzinfo=dt.UTC)
+    for list_name in ("daily", "weekly"):
+        ledger.record_consent(list_name=list_name, email="Ann@Example.com", signed_up_at=moment,
+                              confirmed_at=moment + dt.timedelta(minutes=3), ip="203.0.113.9",
+                              user_agent="x" * 600, form_version="abc123", wording="Yes please.")  # fmt: skip
+    first, second = ledger.consents("ann@example.com")
+    assert (first["list_name"], second["list_name"]) == ("daily", "weekly")
+    assert first["confirmed_at"] == moment + dt.timedelta(minutes=3)
+    assert first["ip"] == "203.0.113.9" and len(first["user_agent"]) == 512
+    assert first["wording"] == "Yes please."
 
 
 # -- feed cache ------------------------------------------------------------------------
