@@ -690,6 +690,17 @@ class Ledger:
         with self.engine.connect() as conn:
             return [_issue_row(r) for r in conn.execute(query)]
 
+    def sent_issue(self, list_names: Sequence[str], date: dt.date) -> IssueRow | None:
+        """The issue of `date` as the first of these lists got it, if one was sent."""
+        query = sa.select(issues).where(
+            issues.c.status == "sent",
+            issues.c.issue_date == date,
+            issues.c.list_name.in_(list(list_names)),
+        )
+        with self.engine.connect() as conn:
+            rows = {row.list_name: _issue_row(row) for row in conn.execute(query)}
+        return next((rows[name] for name in list_names if name in rows), None)
+
     def ping(self) -> None:
         """A round trip to the database, for the health check."""
         with self.engine.connect() as conn:

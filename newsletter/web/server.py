@@ -358,13 +358,10 @@ class _Pages:
             date = dt.date.fromisoformat(request.path_params["date"])
         except ValueError:
             return await self.not_found(request, LookupError())
-        rows = await run_in_threadpool(
-            self.parts.ledger.sent_issues, self.config.archive_lists, 1000
-        )
-        for row in rows:
-            if row.issue_date == date:
-                return HTMLResponse(archived_html(row, self.parts.public_url))
-        return await self.not_found(request, LookupError())
+        row = await run_in_threadpool(self.parts.ledger.sent_issue, self.config.archive_lists, date)
+        if row is None:
+            return await self.not_found(request, LookupError())
+        return HTMLResponse(archived_html(row, self.parts.public_url))
 
     # -- health ------------------------------------------------------------------------
 
