@@ -629,8 +629,8 @@ class Ledger:
                     email=email.strip().lower(),
                     signed_up_at=signed_up_at,
                     confirmed_at=confirmed_at,
-                    ip=ip,
-                    user_agent=(user_agent or "")[:512] or None,
+                    ip=(ip or "")[:64] or None,
+                    user_agent=_printable(user_agent or "")[:512] or None,
                     form_version=form_version,
                     wording=wording,
                 )
@@ -705,6 +705,11 @@ class Ledger:
         """A round trip to the database, for the health check."""
         with self.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
+
+
+def _printable(text: str) -> str:
+    """Header text as every database stores it: no NUL, no lone surrogates."""
+    return text.replace("\0", "").encode("utf-8", "replace").decode("utf-8")
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def parse_events(body: bytes) -> list[MailEvent]:
     """Every event of a batch, or Rejected(400) naming the first that is malformed."""
     try:
         items = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, a 5,000-digit number, too deep
         raise Rejected(400, "body is not JSON") from None
     if not isinstance(items, list):
         raise Rejected(400, "body is not a JSON array of events")
@@ -86,7 +86,7 @@ def _event(index: int, item: Any) -> MailEvent:
         raise Rejected(400, f"event {index} is not an object")
     event_id, kind, email = item.get("sg_event_id"), item.get("event"), item.get("email")
     for name, value, limit in (("sg_event_id", event_id, 128), ("event", kind, 32), ("email", email, 320)):  # fmt: skip
-        if not isinstance(value, str) or not value or len(value) > limit:
+        if not _storable(value, limit):
             raise Rejected(400, f"event {index}: {name} missing or malformed")
     stamp = item.get("timestamp")
     occurred = None
@@ -120,6 +120,17 @@ def _suppression(kind: str, item: dict[str, Any]) -> str | None:
     if kind in ("unsubscribe", "group_unsubscribe"):
         return "unsubscribed"
     return None
+
+
+def _storable(value: Any, limit: int) -> bool:
+    """Text every database keeps as sent: UTF-8, no NUL, short enough even lower-cased."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape
+        return False
+    return len(value.lower()) <= limit
 
 
 def _is_list_name(name: str) -> bool:

@@ -161,8 +161,17 @@ class _Pages:
         return self.form(request)
 
     async def subscribe(self, request: Request) -> Response:
-        ip = _client_ip(request)
-        wait = self.parts.signup_limiter.hit(f"ip:{ip}")
+        # the body is read first (it is small, and bounded), so a client refused with
+        # 429 gets the answer instead of a reset connection
+        form: dict[str, str] | None = None
+        too_large = False
+        try:
+            form = parse_form(await _body(request, self.config.serve.max_form_bytes))
+        except TooLarge:
+            too_large = True
+        except BadForm:
+            pass
+        wait = self.parts.signup_limiter.hit(f"ip:{_client_ip(request)}")
         if wait is not None:
             response = self.message(
                 "Too many sign-ups",
@@ -171,11 +180,9 @@ class _Pages:
             )
             response.headers["retry-after"] = str(int(wait) + 1)
             return response
-        try:
-            form = parse_form(await _body(request, self.config.serve.max_form_bytes))
-        except TooLarge:
+        if too_large:
             return self.message("Too much data", "The form was too large.", status=413)
-        except BadForm:
+        if form is None:
             return self.message("Not a form", "Please use the sign-up form.", status=400)
         if not self.parts.csrf.check(request.cookies.get(Csrf.cookie), form.get(Csrf.field)):
             return self.form(
