@@ -220,7 +220,8 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self.engine = sa.create_engine(url, future=True)
+            # hide_parameters: an error message must not carry subscribers' addresses
+            self.engine = sa.create_engine(url, future=True, hide_parameters=True)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             _create_schema(self.engine)
@@ -580,15 +581,69 @@ class Ledger:
         with self._atomic() as conn:
             return _suppress(conn, entries, source, list_name, utcnow())
 
-    def unsuppress(self, email: str, list_name: str | None = None) -> bool:
-        """Lift the suppression for every list, and the one of `list_name` (or of all lists)."""
+    def unsuppress(self, email: str) -> bool:
+        """Lift every suppression of the address, for all lists (the CLI, with consent)."""
         key = email.strip().lower()
         with self.engine.begin() as conn:
             lifted = conn.execute(sa.delete(suppressions).where(suppressions.c.email == key))
-            scoped = sa.delete(list_suppressions).where(list_suppressions.c.email == key)
-            if list_name is not None:
-                scoped = scoped.where(list_suppressions.c.list_name == list_name)
-            return bool(lifted.rowcount + conn.execute(scoped).rowcount)
+            scoped = conn.execute(
+                sa.delete(list_suppressions).where(list_suppressions.c.email == key)
+            )
+            return bool(lifted.rowcount + scoped.rowcount)
+
+    def resubscribe(self, email: str, list_name: str, other_lists: Iterable[str]) -> bool:
+        """Lift the address's suppression for `list_name` only, with its consent.
+
+        A suppression for every list (a bounce, a complaint) becomes one for each
+        of `other_lists`, so coming back to one list brings back no other.
+        """
+        key = email.strip().lower()
+        now = utcnow()
+        with self._atomic() as conn:
+            found = conn.execute(
+                sa.select(suppressions.c.reason, suppressions.c.source).where(
+                    suppressions.c.email == key
+                )
+            ).first()
+            lifted = conn.execute(
+                sa.delete(list_suppressions).where(
+                    list_suppressions.c.email == key, list_suppressions.c.list_name == list_name
+                )
+            ).rowcount
+            if found is None:
+                return bool(lifted)
+            conn.execute(sa.delete(suppressions).where(suppressions.c.email == key))
+            for other in sorted(set(other_lists) - {list_name}):
+                _suppress(conn, [(key, found.reason)], found.source, other, now)
+            return True
+
+    def suppressed_since(self, email: str, list_name: str, moment: dt.datetime) -> bool:
+        """Whether the address was suppressed for `list_name` after `moment` (a later unsubscribe)."""
+        key = email.strip().lower()
+        with self.engine.connect() as conn:
+            broad = conn.execute(
+                sa.select(sa.func.count()).where(
+                    suppressions.c.email == key, suppressions.c.created_at > moment
+                )
+            ).scalar_one()
+            scoped = conn.execute(
+                sa.select(sa.func.count()).where(
+                    list_suppressions.c.email == key,
+                    list_suppressions.c.list_name == list_name,
+                    list_suppressions.c.created_at > moment,
+                )
+            ).scalar_one()
+        return bool(broad or scoped)
+
+    def has_consent(self, email: str, list_name: str, signed_up_at: dt.datetime) -> bool:
+        """Whether this very sign-up was confirmed already (its link followed before)."""
+        query = sa.select(sa.func.count()).where(
+            consents.c.email == email.strip().lower(),
+            consents.c.list_name == list_name,
+            consents.c.signed_up_at == signed_up_at,
+        )
+        with self.engine.connect() as conn:
+            return bool(conn.execute(query).scalar_one())
 
     def suppressed(self, list_name: str | None = None) -> frozenset[str]:
         """Every address suppressed for all lists (and for `list_name`), lower-cased."""

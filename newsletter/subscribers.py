@@ -13,7 +13,7 @@ import fcntl
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -21,10 +21,11 @@ from typing import Protocol, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 
+from newsletter.config import LIST_NAME_PATTERN
 from newsletter.errors import SubscriberError
 from newsletter.models import Subscriber
 
-LIST_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+LIST_NAME_RE = re.compile(LIST_NAME_PATTERN)
 STANDARD_COLUMNS = ("email", "name", "first_name", "subscribed_at", "source")
 # Cheap enough for a million rows, strict enough that the mail service will not
 # reject a whole request for one address; `import` and `add` check fully.
@@ -384,6 +385,8 @@ def merge_rows(
             key = email.lower()
             if key in existing:
                 report.already += 1
+                if resubscribe and key in suppressed:  # still in the file, unsubscribed
+                    report.resubscribed.append(email)
                 continue
             if key in suppressed:
                 if not resubscribe:
@@ -466,7 +469,12 @@ def count(path: Path) -> int:
 class SuppressionStore(Protocol):
     def suppressed(self, list_name: str | None = None) -> frozenset[str]: ...
 
-    def unsuppress(self, email: str, list_name: str | None = None) -> bool: ...
+    def resubscribe(self, email: str, list_name: str, other_lists: Iterable[str]) -> bool: ...
+
+
+def other_lists(target: Path) -> list[str]:
+    """The lists beside `target` in its folder."""
+    return sorted(p.stem for p in target.parent.glob("*.csv") if p.stem != target.stem)
 
 
 def import_subscribers(
@@ -479,7 +487,9 @@ def import_subscribers(
         rows,
         store.suppressed(list_name(target)),
         resubscribe=resubscribe,
-        on_resubscribe=lambda email: store.unsuppress(email, list_name(target)),
+        on_resubscribe=lambda email: store.resubscribe(
+            email, list_name(target), other_lists(target)
+        ),
     )
     report.rejected = sorted(problems + report.rejected, key=lambda p: p.line)
     return report
@@ -494,12 +504,16 @@ def add_subscriber(
     resubscribe: bool = False,
     source: str = "cli",
     subscribed_at: str = "",
+    also_lists: Iterable[str] = (),
 ) -> ImportReport:
+    """Add one address; `also_lists`: lists without a file yet that a lifted suppression keeps."""
     values = {"email": email, "name": name, "subscribed_at": subscribed_at, "source": source}
     return merge_rows(
         target,
         [(0, values)],
         store.suppressed(list_name(target)),
         resubscribe=resubscribe,
-        on_resubscribe=lambda email: store.unsuppress(email, list_name(target)),
+        on_resubscribe=lambda email: store.resubscribe(
+            email, list_name(target), [*other_lists(target), *also_lists]
+        ),
     )

@@ -579,11 +579,17 @@ def test_a_list_suppression_stops_that_list_only(ledger: Ledger) -> None:
     assert ledger.suppressed("weekly") == {"bob@example.com"}
     assert ledger.suppressed() == {"bob@example.com"}
 
-    # coming back to one list (a confirmed sign-up) lifts the address's global suppression too
+    # coming back to one list (a confirmed sign-up) lifts that list's suppression only
     ledger.suppress([("ann@example.com", "unsubscribed")], "link", list_name="weekly")
-    assert ledger.unsuppress("ann@example.com", "daily")
+    assert ledger.resubscribe("ann@example.com", "daily", ["daily", "weekly"])
     assert "ann@example.com" not in ledger.suppressed("daily")
     assert "ann@example.com" in ledger.suppressed("weekly")
+    # a suppression for every list stays one for every other list
+    assert ledger.resubscribe("bob@example.com", "daily", ["daily", "weekly", "test"])
+    assert "bob@example.com" not in ledger.suppressed("daily")
+    assert "bob@example.com" in ledger.suppressed("weekly")
+    assert "bob@example.com" in ledger.suppressed("test")
+    assert not ledger.resubscribe("cy@example.com", "daily", ["weekly"])
     # without a list (the CLI): every suppression of the address
     assert ledger.unsuppress("ann@example.com")
     assert "ann@example.com" not in ledger.suppressed("weekly")

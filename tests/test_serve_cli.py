@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from newsletter.ledger import Ledger
 from newsletter.signing import UNSUBSCRIBE, Signer
@@ -81,27 +83,59 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(site: Site) -> None:
 
 def test_serve_without_a_public_address_says_what_to_set(site: Site) -> None:
     site.write_config(extra='[delivery]\ntransport = "outbox"\n')
-    result = run(site.config_path, "serve", "--port", str(free_port()))
+    result = run(site.config_path, "serve", "--port", str(free_port()), NEWSLETTER_SECRET=SECRET)
     assert result.returncode != 0
     assert "`serve` needs unsubscribe.base_url" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_serve_with_a_bad_webhook_key_names_the_setting(site: Site) -> None:
+def test_serve_refuses_to_start_without_the_signing_secret(site: Site) -> None:
+    """Not even with the outbox: links checked with a known secret could be forged by anyone."""
     site.write_config(
         extra="""
         [unsubscribe]
         mode = "hosted"
         base_url = "https://news.example.com/n"
 
-        [sendgrid]
-        webhook_public_key = "bm90IGEga2V5"
-
         [delivery]
         transport = "outbox"
         """
     )
     result = run(site.config_path, "serve", "--port", str(free_port()))
+    assert result.returncode != 0
+    assert "set the environment variable NEWSLETTER_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def rsa_public_key() -> str:
+    """A valid public key of the wrong kind: SendGrid signs with elliptic curves."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    der = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return base64.b64encode(der).decode()
+
+
+@pytest.mark.parametrize("key", ["bm90IGEga2V5", rsa_public_key()], ids=["garbage", "rsa"])
+def test_serve_with_a_bad_webhook_key_names_the_setting(site: Site, key: str) -> None:
+    site.write_config(
+        extra=f"""
+        [unsubscribe]
+        mode = "hosted"
+        base_url = "https://news.example.com/n"
+
+        [sendgrid]
+        webhook_public_key = "{key}"
+
+        [delivery]
+        transport = "outbox"
+        """
+    )
+    result = run(site.config_path, "serve", "--port", str(free_port()), NEWSLETTER_SECRET=SECRET)
     assert result.returncode != 0
     assert "sendgrid.webhook_public_key is not a valid public key" in result.stderr
     assert "Traceback" not in result.stderr

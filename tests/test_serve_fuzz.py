@@ -599,8 +599,8 @@ raw_bodies = st.one_of(
 
 
 def check_signed_batch(web: Web, server: Server, body: bytes) -> int:
-    """Post `body` as SendGrid would: 200 with every event counted, or 400 with nothing
-    applied; never a 5xx (SendGrid would retry a 5xx for a day)."""
+    """Post `body` as SendGrid would: 200 with every event counted (malformed ones skipped),
+    or 400 with nothing applied; never a 5xx (SendGrid would retry a 5xx for a day)."""
     before, events_before = snapshot(web), mail_event_count(web)
     answer = server.post_signed(body)
     try:
@@ -616,10 +616,10 @@ def check_signed_batch(web: Web, server: Server, body: bytes) -> int:
         assert snapshot(web) == before
         return answer.status_code
     items = json.loads(body)
-    assert isinstance(items, list) and all(isinstance(i, dict) for i in items)
+    assert isinstance(items, list)
     result = answer.json()
     assert result["received"] == len(items)
-    assert 0 <= result["new"] <= len(items)
+    assert 0 <= result["new"] <= len(items) - result["skipped"]
     assert mail_event_count(web) == events_before + result["new"]
     return answer.status_code
 
@@ -635,7 +635,7 @@ def test_a_signed_batch_is_applied_whole_or_not_at_all(
 
 
 # Regressions: the property above found these genuinely signed bodies answered with a
-# 500 (now 400, nothing applied). Kept as plain examples so each stays checked.
+# 500 (now 400, or the bad event skipped). Kept as plain examples so each stays checked.
 @pytest.mark.parametrize(
     "body",
     [
@@ -664,7 +664,7 @@ def test_a_signed_batch_is_applied_whole_or_not_at_all(
     ],
 )
 def test_signed_bodies_that_once_crashed_the_webhook(web: Web, server: Server, body: bytes) -> None:
-    assert check_signed_batch(web, server, body) == 400
+    check_signed_batch(web, server, body)
 
 
 GENUINE_BATCH = json.dumps(

@@ -109,7 +109,7 @@ class Suppressions:
     def suppressed(self, list_name: str | None = None) -> frozenset[str]:
         return frozenset(self.addresses)
 
-    def unsuppress(self, email: str, list_name: str | None = None) -> bool:
+    def resubscribe(self, email: str, list_name: str = "", other_lists: object = ()) -> bool:
         self.lifted.append(email)
         found = email.lower() in self.addresses
         self.addresses.discard(email.lower())
@@ -333,10 +333,10 @@ def test_merge_rows_adds_new_columns_and_lifts_suppressions_only_when_asked(site
     ]
 
     kept_out = merge_rows(
-        main, incoming, store.suppressed(), resubscribe=False, on_resubscribe=store.unsuppress
+        main, incoming, store.suppressed(), resubscribe=False, on_resubscribe=store.resubscribe
     )
     back = merge_rows(
-        main, incoming, store.suppressed(), resubscribe=True, on_resubscribe=store.unsuppress
+        main, incoming, store.suppressed(), resubscribe=True, on_resubscribe=store.resubscribe
     )
 
     assert (kept_out.added, kept_out.suppressed) == (1, ["Gone@example.com"])
@@ -489,6 +489,28 @@ def test_suppress_and_unsuppress_change_what_count_reports(site: Site) -> None:
     assert one_list.stdout.splitlines() == ["main: 3 subscribers, 3 not suppressed"]
 
 
+def test_resubscribe_brings_back_a_reader_still_in_the_file_to_that_list_only(site: Site) -> None:
+    """Unsubscribing by link leaves the row in the file; --resubscribe must still lift it."""
+    write_list(site, "main", PEOPLE)
+    write_list(site, "weekly", "email\nann@example.com\n")
+    with Ledger(f"sqlite:///{site.root / 'newsletter.db'}") as ledger:
+        ledger.suppress([("ann@example.com", "unsubscribed")], "link", list_name="main")
+        ledger.suppress([("ann@example.com", "unsubscribed")], "link", list_name="weekly")
+    refused = run(site, "add", "ann@example.com", "--list", "main")
+    assert (
+        "ann@example.com" in run(site, "count", "--list", "main").stdout or refused.returncode == 0
+    )
+    assert run(site, "count", "--list", "main").stdout == "main: 3 subscribers, 2 not suppressed\n"
+
+    back = run(site, "add", "ann@example.com", "--list", "main", "--resubscribe")
+    assert back.returncode == 0, back.stderr
+    counts = run(site, "count").stdout.splitlines()
+    assert counts == [
+        "main: 3 subscribers, 3 not suppressed",
+        "weekly: 1 subscribers, 0 not suppressed",
+    ]
+
+
 # -- read_list at send time --------------------------------------------------------------
 
 
@@ -598,7 +620,7 @@ from newsletter.subscribers import add_subscriber
 
 class NoSuppressions:
     def suppressed(self, list_name=None): return frozenset()
-    def unsuppress(self, email, list_name=None): return False
+    def resubscribe(self, email, list_name, other_lists): return False
 
 target, prefix, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 (go.parent / f"ready-{prefix}").touch()

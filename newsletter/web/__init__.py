@@ -7,6 +7,7 @@ import secrets
 from newsletter.app import App
 from newsletter.errors import ConfigError
 from newsletter.send import Sending
+from newsletter.signing import Signer
 from newsletter.transports.base import Transport
 from newsletter.web.events import SignatureChecker
 from newsletter.web.guards import Csrf, RateLimiter
@@ -28,7 +29,15 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
         )
     sending = Sending(app)
     name = transport or config.delivery.transport
-    signer = sending.signer(name)
+    secret = config.secret(config.unsubscribe.secret_env)
+    if not secret:
+        # never the development secret here: anyone could forge links with it
+        raise ConfigError(
+            f"`serve` checks signed links: set the environment variable "
+            f"{config.unsubscribe.secret_env} (named by unsubscribe.secret_env) to the "
+            "secret `send` signs with"
+        )
+    signer = Signer(secret)
     if name == "outbox":
         # a folder per message: the outbox refuses to write one address twice
         folder = config.outbox.path / "confirmations"

@@ -10,12 +10,11 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import json
-import re
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from sendgrid.helpers.eventwebhook import EventWebhook
 
-from newsletter.config import LIST_NAME_PATTERN
 from newsletter.errors import ConfigError
 from newsletter.ledger import MailEvent
 
@@ -43,6 +42,8 @@ class SignatureChecker:
     def __init__(self, public_key: str, max_age: dt.timedelta) -> None:
         try:
             self._verifier = EventWebhook("".join(public_key.split()))
+            if not isinstance(self._verifier.public_key, ec.EllipticCurvePublicKey):
+                raise ValueError("not an elliptic-curve key")
         except ValueError:
             raise ConfigError(
                 "sendgrid.webhook_public_key is not a valid public key (paste the "
@@ -70,24 +71,31 @@ class SignatureChecker:
             raise Rejected(403, "bad signature")
 
 
-def parse_events(body: bytes) -> list[MailEvent]:
-    """Every event of a batch, or Rejected(400) naming the first that is malformed."""
+def parse_events(body: bytes) -> tuple[list[MailEvent], int]:
+    """The events of a batch, and how many were skipped as malformed.
+
+    A body that is not a JSON array is refused (Rejected(400)); one odd event in a
+    genuine batch is skipped, not the batch: SendGrid would resend the same body
+    for a day and then drop it, bounces and complaints included.
+    """
     try:
         items = json.loads(body)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, a 5,000-digit number, too deep
         raise Rejected(400, "body is not JSON") from None
     if not isinstance(items, list):
         raise Rejected(400, "body is not a JSON array of events")
-    return [_event(i, item) for i, item in enumerate(items)]
+    events = [e for e in map(_event, items) if e is not None]
+    return events, len(items) - len(events)
 
 
-def _event(index: int, item: Any) -> MailEvent:
+def _event(item: Any) -> MailEvent | None:
+    """One event, or None if it lacks what is needed to apply it once (logged, skipped)."""
     if not isinstance(item, dict):
-        raise Rejected(400, f"event {index} is not an object")
+        return None
     event_id, kind, email = item.get("sg_event_id"), item.get("event"), item.get("email")
-    for name, value, limit in (("sg_event_id", event_id, 128), ("event", kind, 32), ("email", email, 320)):  # fmt: skip
+    for value, limit in ((event_id, 128), (kind, 32), (email, 320)):
         if not _storable(value, limit):
-            raise Rejected(400, f"event {index}: {name} missing or malformed")
+            return None
     stamp = item.get("timestamp")
     occurred = None
     if isinstance(stamp, int) and not isinstance(stamp, bool):
@@ -95,17 +103,16 @@ def _event(index: int, item: Any) -> MailEvent:
             occurred = dt.datetime.fromtimestamp(stamp, dt.UTC)
         except (OverflowError, OSError, ValueError):
             occurred = None
-    list_name = item.get("list")
-    reason = _suppression(kind, item)
-    scoped = kind == "group_unsubscribe" and isinstance(list_name, str) and _is_list_name(list_name)
     return MailEvent(
         event_id=event_id,
         event=kind,
         email=email,
         issue_id=_issue_id(item.get("issue_id")),
-        list_name=list_name if scoped else None,
+        # SendGrid's unsubscribe group is one for the whole newsletter, and each send
+        # syncs its members as suppressions for every list: a group unsubscribe is too
+        list_name=None,
         occurred_at=occurred,
-        suppress=reason,
+        suppress=_suppression(kind, item),
     )
 
 
@@ -131,10 +138,6 @@ def _storable(value: Any, limit: int) -> bool:
     except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape
         return False
     return len(value.lower()) <= limit
-
-
-def _is_list_name(name: str) -> bool:
-    return re.fullmatch(LIST_NAME_PATTERN, name) is not None
 
 
 def _issue_id(value: Any) -> int | None:

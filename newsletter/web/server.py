@@ -8,6 +8,7 @@ list files, the mail transport) runs in a worker thread.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 import re
 import time
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
-from newsletter.ledger import Ledger
+from newsletter.ledger import IssueRow, Ledger
 from newsletter.subscribers import check_address
 from newsletter.web.archive import archived_html, atom_feed
 from newsletter.web.events import (
@@ -171,7 +172,7 @@ class _Pages:
             too_large = True
         except BadForm:
             pass
-        wait = self.parts.signup_limiter.hit(f"ip:{_client_ip(request)}")
+        wait = self.parts.signup_limiter.hit(f"ip:{_network(_client_ip(request))}")
         if wait is not None:
             response = self.message(
                 "Too many sign-ups",
@@ -205,13 +206,14 @@ class _Pages:
             )
         name = " ".join(form.get("name", "").split())[:200]
         # the same answer whatever happens next, so nobody learns who is subscribed
-        if self.parts.address_limiter.hit(f"{list_name}:{email.lower()}") is None:
+        if self.parts.address_limiter.hit(_mailbox(email)) is None:
             try:
                 await run_in_threadpool(
                     self.subs.request, email, name, list_name, self.parts.clock()
                 )
             except NewsletterError as exc:
-                log.error("could not send a confirmation email: %s", exc)
+                # the class only: a mail server's reply often quotes the address
+                log.error("could not send a confirmation email (%s)", type(exc).__name__)
                 return self.message(
                     "Please try again later",
                     "We could not send the confirmation email just now. Nothing was saved.",
@@ -246,7 +248,7 @@ class _Pages:
         except LinkInvalid:
             return self.invalid_link()
         except NewsletterError as exc:
-            log.error("could not confirm a subscription: %s", exc)
+            log.error("could not confirm a subscription (%s)", type(exc).__name__)
             return self.message(
                 "Please try again later",
                 "Your subscription could not be saved just now. The link will still work.",
@@ -334,14 +336,17 @@ class _Pages:
                 request.headers.get(TIMESTAMP_HEADER),
                 self.parts.clock(),
             )
-            events = parse_events(body)
+            events, skipped = parse_events(body)
         except Rejected as exc:
             log.warning("SendGrid event batch rejected: %s", exc)
             return PlainTextResponse(f"{exc}\n", status_code=exc.status)
         # committed before the answer: an acknowledged event is never lost
         new = await run_in_threadpool(self.parts.ledger.apply_mail_events, events)
-        log.info("SendGrid events: %d received, %d new", len(events), new)
-        return JSONResponse({"received": len(events), "new": new})
+        received = len(events) + skipped
+        if skipped:
+            log.warning("SendGrid events: %d malformed ones skipped", skipped)
+        log.info("SendGrid events: %d received, %d new", received, new)
+        return JSONResponse({"received": received, "new": new, "skipped": skipped})
 
     # -- archive -----------------------------------------------------------------------
 
@@ -351,8 +356,11 @@ class _Pages:
         )
 
     async def archive_index(self, request: Request) -> Response:
-        rows = await run_in_threadpool(self.parts.ledger.sent_issues, self.config.archive_lists)
-        return self.page("web/archive.html", issues=rows, archive_url=self.archive_url())
+        lists = self.config.archive_lists
+        rows = await run_in_threadpool(self.parts.ledger.sent_issues, lists, 1000)
+        return self.page(
+            "web/archive.html", issues=_one_per_date(rows, lists), archive_url=self.archive_url()
+        )
 
     async def archive_feed(self, request: Request) -> Response:
         rows = await run_in_threadpool(self.parts.ledger.sent_issues, self.config.archive_lists, 50)
@@ -400,6 +408,31 @@ def _client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def _one_per_date(rows: list[IssueRow], lists: list[str]) -> list[IssueRow]:
+    """An archive page is a date: where several lists sent that day, the first list's issue."""
+    chosen: dict[dt.date, IssueRow] = {}
+    for row in sorted(rows, key=lambda r: lists.index(r.list_name)):
+        chosen.setdefault(row.issue_date, row)
+    return sorted(chosen.values(), key=lambda r: r.issue_date, reverse=True)
+
+
+def _network(ip: str) -> str:
+    """The unit a rate limit counts: one IPv4 address, or an IPv6 /64 (one subscriber line)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _mailbox(email: str) -> str:
+    """An address without its +tag: one inbox, however it is spelt."""
+    local, _, domain = email.lower().rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -426,9 +459,13 @@ class SecurityHeaders:
 _TOKEN_PATH = re.compile(r"^(/unsubscribe/)[^/]+")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def loggable_path(path: str) -> str:
-    """The path without its secrets: tokens are cut, query strings never kept."""
-    return _TOKEN_PATH.sub(r"\1…", path)
+    """The path without its secrets (tokens cut, query strings never kept) on one line."""
+    path = _TOKEN_PATH.sub(r"\1…", path)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", path)
 
 
 class AccessLog:

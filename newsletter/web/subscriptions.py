@@ -18,6 +18,7 @@ from pathlib import Path
 import jinja2
 
 from newsletter.config import Config
+from newsletter.errors import SubscriberError, TransportError
 from newsletter.ledger import Ledger
 from newsletter.signing import CONFIRM, UNSUBSCRIBE, Signer
 from newsletter.subscribers import add_subscriber, list_path
@@ -83,9 +84,11 @@ def transport_mailer(make_transport: Callable[[], Transport]) -> Mailer:
     def send(message: Message, recipient: Recipient) -> None:
         transport = make_transport()
         try:
-            transport.send_batch(message, [recipient])
+            receipt = transport.send_batch(message, [recipient])
         finally:
             transport.close()
+        if receipt.rejected:  # an SMTP server refused the address; its reply may quote it
+            raise TransportError("the mail server refused the confirmation email's recipient")
 
     return send
 
@@ -141,7 +144,8 @@ class Subscriptions:
             issue_id="confirm",
             list_name=list_name,
         )
-        self.mailer(message, Recipient(email, name, {}))
+        # the bare address: a name typed into a public form is not put in anyone's inbox
+        self.mailer(message, Recipient(email, "", {}))
         log.info("confirmation email sent for list %s", list_name)
 
     def confirm(
@@ -157,17 +161,25 @@ class Subscriptions:
         age = now - pending.signed_up_at
         if age > self.config.serve.confirm_within or age < -dt.timedelta(minutes=5):
             raise LinkExpired(pending.email)
-        add_subscriber(
+        # (the link keeps whole seconds: a suppression in the sign-up's own second came first)
+        after = pending.signed_up_at + dt.timedelta(seconds=1)
+        if self.ledger.suppressed_since(pending.email, pending.list_name, after):
+            # they left after asking: an old link (or a scanner re-opening it) must not undo that
+            raise LinkExpired(pending.email)
+        if self.ledger.has_consent(pending.email, pending.list_name, pending.signed_up_at):
+            return pending  # followed twice: done the first time
+        report = add_subscriber(
             self.list_file(pending.list_name),
             pending.email,
             self.ledger,
             name=pending.name,
-            resubscribe=True,
+            resubscribe=True,  # this click is the consent to come back to this list
             source="signup",
             subscribed_at=now.isoformat(timespec="seconds"),
+            also_lists=self.lists,
         )
-        # on the list already but unsubscribed: this click is the consent to come back
-        self.ledger.unsuppress(pending.email, pending.list_name)
+        if report.rejected:
+            raise SubscriberError(f"the address was not added: {report.rejected[0].reason}")
         self.ledger.record_consent(
             list_name=pending.list_name,
             email=pending.email,
