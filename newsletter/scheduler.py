@@ -331,6 +331,7 @@ class SchedulerService:
                     tokens=frozenset(),
                     issue_id="admin",
                     list_name="admin",
+                    bulk=False,
                 )
                 try:
                     transport.send_batch(message, [Recipient(address, "", {})])

@@ -30,6 +30,9 @@ class Message:
     issue_id: str  # for matching the service's events later ("test" for test sends)
     list_name: str
     sandbox: bool = False
+    # False for one-to-one mail (a sign-up's confirmation, a note to the admin): it
+    # must reach people who left the newsletter, and offers no unsubscribing
+    bulk: bool = True
 
 
 class Recipient(NamedTuple):

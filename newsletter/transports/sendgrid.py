@@ -109,12 +109,19 @@ class SendGridTransport:
             body["reply_to"] = {"email": message.reply_to}
         if s.categories:
             body["categories"] = list(s.categories)
-        if s.asm_group_id is not None:
+        if s.asm_group_id is not None and message.bulk:
             body["asm"] = {"group_id": s.asm_group_id}
         if s.ip_pool_name:
             body["ip_pool_name"] = s.ip_pool_name
+        settings: dict[str, Any] = {}
         if message.sandbox:
-            body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+            settings["sandbox_mode"] = {"enable": True}
+        if not message.bulk:
+            # someone who unsubscribed and now signs up again must get the confirmation
+            # (bounces and spam reports are still honoured by SendGrid)
+            settings["bypass_unsubscribe_management"] = {"enable": True}
+        if settings:
+            body["mail_settings"] = settings
         return body
 
     def request_json(self, message: Message, recipients: Sequence[Recipient]) -> bytes:

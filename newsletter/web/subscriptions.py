@@ -143,6 +143,7 @@ class Subscriptions:
             tokens=frozenset(),
             issue_id="confirm",
             list_name=list_name,
+            bulk=False,
         )
         # the bare address: a name typed into a public form is not put in anyone's inbox
         self.mailer(message, Recipient(email, "", {}))
