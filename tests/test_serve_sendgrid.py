@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+
 import httpx
 
 from newsletter.app import App
 from newsletter.config import load_config
 
-from .conftest import BASE_CONFIG, NOW, Site
+from .conftest import BASE_CONFIG, Site
+from .support.cli import run
 from .support.fixtures import SENDGRID_TEST_API_KEY
-from .support.sendgrid_emulator import SendGridEmulator
+from .support.sendgrid_emulator import SendGridEmulator, group_key
 from .support.web import SECRET, Clock, free_socket, serve
 
 
-def test_a_confirmation_reaches_someone_who_left_through_sendgrid(
+def test_a_reader_who_left_through_sendgrid_can_come_back(
     site: Site, sendgrid_emulator: SendGridEmulator
 ) -> None:
-    """Sent as one-to-one mail: outside the unsubscribe group, so a former reader can come back."""
+    """The confirmation goes outside the unsubscribe group, and confirming takes the reader
+    off SendGrid's own lists, so the next send's sync does not suppress them again."""
+    site.story("lead", title="Lead story", date="2024-03-05 06:00:00+00:00")
+    (site.root / "subscribers").mkdir()
+    (site.root / "subscribers" / "main.csv").write_text(
+        "email\nback@example.com\nstay@example.com\n"
+    )
+    sendgrid_emulator.suppressions["unsubscribes"] = ["back@example.com", "other@example.com"]
+    sendgrid_emulator.suppressions[group_key(4242)] = ["back@example.com"]
     sock = free_socket()
     url = "http://{}:{}".format(*sock.getsockname())
     site.write_config(
@@ -36,8 +48,9 @@ categories = ["newsletter"]
 """
     )
     environ = {"SENDGRID_API_KEY": SENDGRID_TEST_API_KEY, "NEWSLETTER_SECRET": SECRET}
+    clock = Clock(dt.datetime.now(dt.UTC))  # the ledger stamps suppressions with the real time
     with (
-        App(load_config(site.config_path, environ), clock=Clock(NOW)) as app,
+        App(load_config(site.config_path, environ), clock=clock) as app,
         serve(app, sock) as base,
         httpx.Client(base_url=base, timeout=10) as http,
     ):
@@ -45,12 +58,39 @@ categories = ["newsletter"]
         marker = 'name="csrf" value="'
         start = page.index(marker) + len(marker)
         csrf = page[start : page.index('"', start)]
+        first = run(
+            site.config_path, "send", "--date", "2024-03-05", "--list", "main", "--yes", **environ
+        )
+        assert first.returncode == 0, first.stderr
+        assert sendgrid_emulator.recipients() == ["stay@example.com"]  # synced: back@ left
+        sendgrid_emulator.reset()
+
+        clock.now = dt.datetime.now(dt.UTC)  # signing up after the sync suppressed them
         answer = http.post(
             "/subscribe", data={"csrf": csrf, "email": "back@example.com", "name": "Eve <x>"}
         )
         assert answer.status_code == 200, answer.text
+        [request] = sendgrid_emulator.mail_requests()
+        text = next(c["value"] for c in request.body["content"] if c["type"] == "text/plain")
+        link = re.search(r"\S+/confirm\?token=\S+", text).group(0)  # type: ignore[union-attr]
+        assert http.get(link).status_code == 200
+        assert "back@example.com" not in app.ledger.suppressed("main")
 
-    [request] = sendgrid_emulator.mail_requests()
+    assert sendgrid_emulator.suppressions["unsubscribes"] == ["other@example.com"]
+    assert sendgrid_emulator.suppressions[group_key(4242)] == []
+    forgets = [r.path for r in sendgrid_emulator.requests if r.method == "DELETE"]
+    assert forgets == [
+        "/v3/asm/suppressions/global/back@example.com",
+        "/v3/asm/groups/4242/suppressions/back@example.com",
+    ]
+    # the next day's send syncs again, and the reader who came back gets it
+    site.story("second", title="Next day", date="2024-03-06 06:00:00+00:00")
+    sendgrid_emulator.reset()
+    second = run(
+        site.config_path, "send", "--date", "2024-03-06", "--list", "main", "--yes", **environ
+    )
+    assert second.returncode == 0, second.stderr
+    assert sorted(sendgrid_emulator.recipients()) == ["back@example.com", "stay@example.com"]
     assert request.status == 202  # the emulator validated it against SendGrid's schema
     body = request.body
     assert "asm" not in body

@@ -14,13 +14,14 @@ import logging
 import re
 import time
 import urllib.error
+import urllib.parse
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.client import HTTPException
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
-from python_http_client.exceptions import HTTPError
+from python_http_client.exceptions import HTTPError, NotFoundError
 from sendgrid import SendGridAPIClient
 
 from newsletter.config import SendGridSettings
@@ -271,8 +272,30 @@ class SendGridTransport:
                 offset += SUPPRESSION_PAGE
         return found
 
+    def forget_unsubscribe(self, address: str, group_id: int | None) -> None:
+        """Take a returning reader off SendGrid's global unsubscribes and the group's.
+
+        Otherwise the next send's sync would suppress them again. Bounces and
+        spam reports stay: SendGrid would not deliver to those anyway.
+        """
+        segment = urllib.parse.quote(address, safe="@")
+        client = self.api.client.asm
+        paths = [client.suppressions._("global")._(segment)]
+        if group_id is not None:
+            paths.append(client.groups._(group_id).suppressions._(segment))
+        for path in paths:
+            self._call(lambda p=path: _absent_is_fine(p.delete))
+
     def close(self) -> None:
         pass
+
+
+def _absent_is_fine(delete: Callable[[], Any]) -> Any:
+    """A DELETE of what is not there (404) has done its job."""
+    try:
+        return delete()
+    except NotFoundError:
+        return None
 
 
 def _json(response: Any) -> list[Any]:

@@ -9,6 +9,7 @@ from newsletter.errors import ConfigError
 from newsletter.send import Sending
 from newsletter.signing import Signer
 from newsletter.transports.base import Transport
+from newsletter.transports.sendgrid import SendGridTransport
 from newsletter.web.events import SignatureChecker
 from newsletter.web.guards import Csrf, RateLimiter
 from newsletter.web.server import WebParts, create_app
@@ -52,6 +53,17 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
         webhook = SignatureChecker(
             config.sendgrid.webhook_public_key, config.sendgrid.webhook_max_age
         )
+    forget = None
+    if name == "sendgrid":
+
+        def forget(address: str) -> None:
+            transport = make_transport()
+            assert isinstance(transport, SendGridTransport)
+            try:
+                transport.forget_unsubscribe(address, config.sendgrid.asm_group_id)
+            finally:
+                transport.close()
+
     templates = app.renderer.env
     return WebParts(
         config=config,
@@ -63,6 +75,7 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
             transport_mailer(make_transport),
             templates,
             public_url,
+            forget,
         ),
         templates=templates,
         public_url=public_url.rstrip("/"),

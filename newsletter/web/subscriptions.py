@@ -102,9 +102,12 @@ class Subscriptions:
         mailer: Mailer,
         templates: jinja2.Environment,
         public_url: str,
+        forget_at_service: Callable[[str], None] | None = None,
     ) -> None:
         self.config, self.ledger, self.signer = config, ledger, signer
         self.mailer, self.templates = mailer, templates
+        # the mail service's own unsubscribe lists, which each send copies into the ledger
+        self.forget_at_service = forget_at_service
         self.public_url = public_url.rstrip("/")
 
     @property
@@ -169,6 +172,9 @@ class Subscriptions:
             raise LinkExpired(pending.email)
         if self.ledger.has_consent(pending.email, pending.list_name, pending.signed_up_at):
             return pending  # followed twice: done the first time
+        if self.forget_at_service is not None:
+            # first: if this fails, nothing here has changed and the link still works
+            self.forget_at_service(pending.email)
         report = add_subscriber(
             self.list_file(pending.list_name),
             pending.email,

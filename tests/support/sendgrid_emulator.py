@@ -65,6 +65,8 @@ DEFAULT_MAX_BODY = 20 * 1024 * 1024
 MAX_RECIPIENTS = 1000
 _DRAIN_CAP = 256 * 1024 * 1024  # read and discard an oversized body up to this, so the 413 arrives
 _GROUP_PATH = re.compile(r"^/v3/asm/groups/([^/]+)/suppressions$")
+_GLOBAL_MEMBER = re.compile(r"^/v3/asm/suppressions/global/([^/]+)$")
+_GROUP_MEMBER = re.compile(r"^/v3/asm/groups/([^/]+)/suppressions/([^/]+)$")
 _AUTH_MESSAGE = "The provided authorization grant is invalid, expired, or revoked"
 _STATUS_MESSAGES = {
     400: "Bad Request",
@@ -518,7 +520,8 @@ class SendGridEmulator:
     """A threaded HTTP server on 127.0.0.1 that answers like SendGrid's v3 API.
 
     Endpoints: POST /v3/mail/send; GET /v3/suppression/{unsubscribes,bounces,spam_reports,
-    invalid_emails,blocks} (paged by `limit`/`offset`); GET /v3/asm/groups/{id}/suppressions.
+    invalid_emails,blocks} (paged by `limit`/`offset`); GET /v3/asm/groups/{id}/suppressions;
+    DELETE /v3/asm/suppressions/global/{email} and /v3/asm/groups/{id}/suppressions/{email}.
     Seed suppressions with `emu.suppressions["bounces"] = ["a@x.org", {...}]` or
     `emu.suppressions[group_key(42)] = [...]` (plain strings get spec-shaped default fields).
     """
@@ -751,7 +754,27 @@ class SendGridEmulator:
             return self._mail_send(req)
         if req.path.startswith("/v3/suppression/") or _GROUP_PATH.match(req.path):
             return self._suppressions(req)
+        if _GLOBAL_MEMBER.match(req.path) or _GROUP_MEMBER.match(req.path):
+            return self._forget(req)
         return _Reply(404, _error_body(404))
+
+    def _forget(self, req: _Pending) -> _Reply:
+        """DELETE one address from the global unsubscribes or a group's (204, as the spec says)."""
+        if req.method != "DELETE":
+            return _Reply(405, _error_body(405))
+        if not self._authorized(req):
+            return _Reply(401, _error_body(401))
+        member = _GROUP_MEMBER.match(req.path)
+        if member:
+            key, address = group_key(unquote(member.group(1))), unquote(member.group(2))
+        else:
+            key, address = "unsubscribes", unquote(_GLOBAL_MEMBER.match(req.path).group(1))  # type: ignore[union-attr]
+        with self._lock:
+            entries = self.suppressions.get(key, [])
+            self.suppressions[key] = [
+                e for e in entries if (e if isinstance(e, str) else e["email"]) != address
+            ]
+        return _Reply(204, b"")
 
     def _authorized(self, req: _Pending) -> bool:
         scheme, _, key = req.headers.get("authorization", "").partition(" ")
