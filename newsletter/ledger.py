@@ -161,6 +161,8 @@ issue_stories = sa.Table(
 )
 
 SUPPRESSION_REASONS = ("unsubscribed", "bounced", "spam", "invalid", "manual")
+# sources whose suppressions are recorded at the moment the person acted
+ACTED_NOW = ("link", "cli")
 # a skipped issue can still be sent by hand; failed and stopped ones resume
 RESUMABLE = ("failed", "stopped", "skipped")
 
@@ -598,12 +600,11 @@ class Ledger:
         of `other_lists`, so coming back to one list brings back no other.
         """
         key = email.strip().lower()
-        now = utcnow()
         with self._atomic() as conn:
             found = conn.execute(
-                sa.select(suppressions.c.reason, suppressions.c.source).where(
-                    suppressions.c.email == key
-                )
+                sa.select(suppressions.c.reason, suppressions.c.source, suppressions.c.created_at)
+                .where(suppressions.c.email == key)
+                .with_for_update()  # two lists confirmed at once convert it once
             ).first()
             lifted = conn.execute(
                 sa.delete(list_suppressions).where(
@@ -614,16 +615,23 @@ class Ledger:
                 return bool(lifted)
             conn.execute(sa.delete(suppressions).where(suppressions.c.email == key))
             for other in sorted(set(other_lists) - {list_name}):
-                _suppress(conn, [(key, found.reason)], found.source, other, now)
+                # the original time: it is not an unsubscribe made today
+                _suppress(conn, [(key, found.reason)], found.source, other, found.created_at)
             return True
 
     def suppressed_since(self, email: str, list_name: str, moment: dt.datetime) -> bool:
-        """Whether the address was suppressed for `list_name` after `moment` (a later unsubscribe)."""
+        """Whether the reader unsubscribed from `list_name` (or everything) after `moment`.
+
+        Only suppressions stamped when the person acted count: an unsubscribe link or
+        the CLI. A sync or a webhook records later what happened earlier.
+        """
         key = email.strip().lower()
         with self.engine.connect() as conn:
             broad = conn.execute(
                 sa.select(sa.func.count()).where(
-                    suppressions.c.email == key, suppressions.c.created_at > moment
+                    suppressions.c.email == key,
+                    suppressions.c.created_at > moment,
+                    suppressions.c.source.in_(ACTED_NOW),
                 )
             ).scalar_one()
             scoped = conn.execute(
@@ -631,6 +639,7 @@ class Ledger:
                     list_suppressions.c.email == key,
                     list_suppressions.c.list_name == list_name,
                     list_suppressions.c.created_at > moment,
+                    list_suppressions.c.source.in_(ACTED_NOW),
                 )
             ).scalar_one()
         return bool(broad or scoped)

@@ -474,7 +474,8 @@ class SuppressionStore(Protocol):
 
 def other_lists(target: Path) -> list[str]:
     """The lists beside `target` in its folder."""
-    return sorted(p.stem for p in target.parent.glob("*.csv") if p.stem != target.stem)
+    names = (p.stem for p in target.parent.glob("*.csv") if p.stem != target.stem)
+    return sorted(name for name in names if LIST_NAME_RE.match(name))
 
 
 def import_subscribers(

@@ -177,6 +177,20 @@ def test_a_suppressed_address_comes_back_only_by_confirming_and_only_to_that_lis
     assert ledger.suppression_reasons() == {}  # the complaint now lives on per list
 
 
+def test_a_reader_who_bounced_can_confirm_two_lists_one_after_the_other(web: Web) -> None:
+    """Converting the bounce to per-list rows keeps its time: not taken for a later unsubscribe."""
+    web.app.ledger.suppress([("gone@example.com", "bounced")], source="webhook")
+    web.clock.now = dt.datetime.now(dt.UTC)
+    web.sign_up("gone@example.com", list="main")
+    web.sign_up("gone@example.com", list="weekly")
+    web.clock.advance(minutes=2)
+    first, second = (confirm_link(read(path)) for path in web.confirmations())
+    assert web.http.get(first).status_code == 200
+    assert web.http.get(second).status_code == 200
+    assert "gone@example.com" not in web.app.ledger.suppressed("main")
+    assert "gone@example.com" not in web.app.ledger.suppressed("weekly")
+
+
 # -- unsubscribe ---------------------------------------------------------------------------
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 
 import httpx
+import pytest
 
 from newsletter.app import App
 from newsletter.config import load_config
@@ -13,7 +15,7 @@ from newsletter.config import load_config
 from .conftest import BASE_CONFIG, Site
 from .support.cli import run
 from .support.fixtures import SENDGRID_TEST_API_KEY
-from .support.sendgrid_emulator import SendGridEmulator, group_key
+from .support.sendgrid_emulator import Fault, SendGridEmulator, group_key
 from .support.web import SECRET, Clock, free_socket, serve
 
 
@@ -101,3 +103,45 @@ categories = ["newsletter"]
     assert body["subject"] == "Confirm your subscription to The Test Times"
     text = next(c["value"] for c in body["content"] if c["type"] == "text/plain")
     assert f"{url}/confirm?token=" in text
+
+
+def test_a_key_without_suppression_access_still_lets_the_reader_confirm(
+    site: Site, sendgrid_emulator: SendGridEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SendGrid refusing the DELETE (403) is logged with what to fix; the confirmation stands."""
+    sock = free_socket()
+    url = "http://{}:{}".format(*sock.getsockname())
+    site.write_config(
+        BASE_CONFIG
+        + f"""
+[delivery]
+transport = "sendgrid"
+[unsubscribe]
+mode = "hosted"
+base_url = "{url}"
+[sendgrid]
+api_url = "{sendgrid_emulator.url}"
+"""
+    )
+    environ = {"SENDGRID_API_KEY": SENDGRID_TEST_API_KEY, "NEWSLETTER_SECRET": SECRET}
+    sendgrid_emulator.script(Fault(status=403, path="/v3/asm/suppressions/global"))
+    clock = Clock(dt.datetime.now(dt.UTC))
+    with (
+        App(load_config(site.config_path, environ), clock=clock) as app,
+        serve(app, sock) as base,
+        httpx.Client(base_url=base, timeout=10) as http,
+    ):
+        app.ledger.suppress([("back@example.com", "unsubscribed")], "link", list_name="main")
+        clock.now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+        page = http.get("/subscribe").text
+        marker = 'name="csrf" value="'
+        start = page.index(marker) + len(marker)
+        http.post("/subscribe", data={"csrf": page[start : page.index('"', start)], "email": "back@example.com"})  # fmt: skip
+        [request] = sendgrid_emulator.mail_requests()
+        text = next(c["value"] for c in request.body["content"] if c["type"] == "text/plain")
+        link = re.search(r"\S+/confirm\?token=\S+", text).group(0)  # type: ignore[union-attr]
+        caplog.set_level(logging.WARNING)
+        assert http.get(link).status_code == 200
+        assert "back@example.com" not in app.ledger.suppressed("main")
+    assert "Suppressions full access" in caplog.text
+    assert "back@example.com" in (site.root / "subscribers" / "main.csv").read_text()

@@ -22,7 +22,7 @@ from newsletter.errors import SubscriberError, TransportError
 from newsletter.ledger import Ledger
 from newsletter.signing import CONFIRM, UNSUBSCRIBE, Signer
 from newsletter.subscribers import add_subscriber, list_path
-from newsletter.transports.base import Message, Recipient, Transport
+from newsletter.transports.base import Message, PermanentFailure, Recipient, Transport
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,10 @@ class Subscriptions:
             raise LinkExpired(pending.email)
         if self.ledger.has_consent(pending.email, pending.list_name, pending.signed_up_at):
             return pending  # followed twice: done the first time
-        if self.forget_at_service is not None:
-            # first: if this fails, nothing here has changed and the link still works
-            self.forget_at_service(pending.email)
+        if self.forget_at_service is not None and pending.email.lower() in self.ledger.suppressed(
+            pending.list_name
+        ):
+            self._forget_at_service(pending.email)
         report = add_subscriber(
             self.list_file(pending.list_name),
             pending.email,
@@ -201,6 +202,19 @@ class Subscriptions:
         )
         log.info("subscription confirmed for list %s", pending.list_name)
         return pending
+
+    def _forget_at_service(self, address: str) -> None:
+        """First: if the service is down, nothing here has changed and the link still works."""
+        assert self.forget_at_service is not None
+        try:
+            self.forget_at_service(address)
+        except PermanentFailure as exc:  # a key without "Suppressions: full access"
+            log.warning(
+                "SendGrid refused to take a returning reader off its unsubscribe lists (%s); "
+                "give the API key Suppressions full access, or the next send suppresses "
+                "them again",
+                exc,
+            )
 
     # -- unsubscribe -----------------------------------------------------------------
 
