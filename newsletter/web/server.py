@@ -86,7 +86,7 @@ def create_app(parts: WebParts) -> ASGIApp:
         Route("/healthz", pages.health, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: pages.not_found, 405: pages.not_allowed, 500: pages.server_error})  # fmt: skip
-    return AccessLog(SecurityHeaders(app))
+    return Frame(app)
 
 
 class _Pages:
@@ -435,29 +435,6 @@ def _mailbox(email: str) -> str:
     return f"{local.split('+', 1)[0]}@{domain}"
 
 
-class SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [
-                    (name.encode(), value.encode())
-                    for name, value in SECURITY_HEADERS.items()
-                    if name.encode() not in present
-                ]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
 _TOKEN_PATH = re.compile(r"^(/unsubscribe/)[^/]+")
 
 
@@ -470,8 +447,9 @@ def loggable_path(path: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", path)
 
 
-class AccessLog:
-    """One line per request: method, path without tokens or query, status, time."""
+class Frame:
+    """Around every response: the security headers added, and one access-log line
+    (method, path without tokens or query, status, time)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -483,13 +461,20 @@ class AccessLog:
         started = time.perf_counter()
         status = [500]
 
-        async def record(message: Message) -> None:
+        async def framed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [
+                    (name.encode(), value.encode())
+                    for name, value in SECURITY_HEADERS.items()
+                    if name.encode() not in present
+                ]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
-            await self.app(scope, receive, record)
+            await self.app(scope, receive, framed)
         finally:
             client = scope.get("client")
             access_log.info(
