@@ -99,6 +99,8 @@ def site(tmp_path: Path) -> Site:
 
 
 # the local SendGrid emulator, one per test that asks for it
+# Debian's headless Chromium, one per test module
+from tests.support.browser import browser  # noqa: E402, F401
 from tests.support.fixtures import SENDGRID_TEST_API_KEY, sendgrid_emulator  # noqa: E402, F401
 
 # `newsletter serve` under uvicorn, with a clock the test moves

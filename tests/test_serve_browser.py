@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
+from playwright.sync_api import Browser, Page, expect
 
-import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-
+from .support.browser import ARTIFACTS
 from .support.cli import read
 from .support.web import Web, confirm_link
-from .test_preview_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS
 
 PHONE = {"width": 390, "height": 844}
 LONG_ADDRESS = "alexandra.konstantinopoulou.smythe@mail.example.co.uk"  # no hyphen: wraps only if the CSS lets it
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), (
-        f"Chromium not found at {CHROMIUM}: install Debian's chromium (.ci/run does)"
-    )
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def check_phone_layout(page: Page, shot: str) -> None:
