@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -15,8 +17,53 @@ from newsletter.config import load_config
 from .conftest import BASE_CONFIG, Site
 from .support.cli import run
 from .support.fixtures import SENDGRID_TEST_API_KEY
-from .support.sendgrid_emulator import Fault, SendGridEmulator, group_key
-from .support.web import SECRET, Clock, free_socket, serve
+from .support.sendgrid_emulator import Fault, RecordedRequest, SendGridEmulator, group_key
+from .support.web import SECRET, Clock, confirm_link_in, free_socket, serve, sign_up
+
+ENVIRON = {"SENDGRID_API_KEY": SENDGRID_TEST_API_KEY, "NEWSLETTER_SECRET": SECRET}
+
+
+@dataclass
+class Running:
+    url: str
+    app: App
+    http: httpx.Client
+    # the ledger stamps suppressions with the real time: the app's clock follows it
+    clock: Clock
+
+
+@contextlib.contextmanager
+def serving(site: Site, emulator: SendGridEmulator, sendgrid_extra: str = "") -> Iterator[Running]:
+    """`newsletter serve` with the SendGrid transport pointed at the emulator."""
+    sock = free_socket()
+    url = "http://{}:{}".format(*sock.getsockname())
+    site.write_config(
+        BASE_CONFIG
+        + f"""
+[delivery]
+transport = "sendgrid"
+
+[unsubscribe]
+mode = "hosted"
+base_url = "{url}"
+
+[sendgrid]
+api_url = "{emulator.url}"
+{sendgrid_extra}
+"""
+    )
+    clock = Clock(dt.datetime.now(dt.UTC))
+    with (
+        App(load_config(site.config_path, ENVIRON), clock=clock) as app,
+        serve(app, sock) as base,
+        httpx.Client(base_url=base, timeout=10) as http,
+    ):
+        yield Running(url, app, http, clock)
+
+
+def confirmation_link(request: RecordedRequest) -> str:
+    text = next(c["value"] for c in request.body["content"] if c["type"] == "text/plain")
+    return confirm_link_in(text)
 
 
 def test_a_reader_who_left_through_sendgrid_can_come_back(
@@ -31,52 +78,19 @@ def test_a_reader_who_left_through_sendgrid_can_come_back(
     )
     sendgrid_emulator.suppressions["unsubscribes"] = ["back@example.com", "other@example.com"]
     sendgrid_emulator.suppressions[group_key(4242)] = ["back@example.com"]
-    sock = free_socket()
-    url = "http://{}:{}".format(*sock.getsockname())
-    site.write_config(
-        BASE_CONFIG
-        + f"""
-[delivery]
-transport = "sendgrid"
-
-[unsubscribe]
-mode = "hosted"
-base_url = "{url}"
-
-[sendgrid]
-api_url = "{sendgrid_emulator.url}"
-asm_group_id = 4242
-categories = ["newsletter"]
-"""
-    )
-    environ = {"SENDGRID_API_KEY": SENDGRID_TEST_API_KEY, "NEWSLETTER_SECRET": SECRET}
-    clock = Clock(dt.datetime.now(dt.UTC))  # the ledger stamps suppressions with the real time
-    with (
-        App(load_config(site.config_path, environ), clock=clock) as app,
-        serve(app, sock) as base,
-        httpx.Client(base_url=base, timeout=10) as http,
-    ):
-        page = http.get("/subscribe").text
-        marker = 'name="csrf" value="'
-        start = page.index(marker) + len(marker)
-        csrf = page[start : page.index('"', start)]
-        first = run(
-            site.config_path, "send", "--date", "2024-03-05", "--list", "main", "--yes", **environ
-        )
+    extra = 'asm_group_id = 4242\ncategories = ["newsletter"]'
+    with serving(site, sendgrid_emulator, extra) as web:
+        first = run(site.config_path, "send", "--date", "2024-03-05", "--list", "main", "--yes", **ENVIRON)  # fmt: skip
         assert first.returncode == 0, first.stderr
         assert sendgrid_emulator.recipients() == ["stay@example.com"]  # synced: back@ left
         sendgrid_emulator.reset()
 
-        clock.now = dt.datetime.now(dt.UTC)  # signing up after the sync suppressed them
-        answer = http.post(
-            "/subscribe", data={"csrf": csrf, "email": "back@example.com", "name": "Eve <x>"}
-        )
+        web.clock.now = dt.datetime.now(dt.UTC)  # signing up after the sync suppressed them
+        answer = sign_up(web.http, "back@example.com", name="Eve <x>")
         assert answer.status_code == 200, answer.text
         [request] = sendgrid_emulator.mail_requests()
-        text = next(c["value"] for c in request.body["content"] if c["type"] == "text/plain")
-        link = re.search(r"\S+/confirm\?token=\S+", text).group(0)  # type: ignore[union-attr]
-        assert http.get(link).status_code == 200
-        assert "back@example.com" not in app.ledger.suppressed("main")
+        assert web.http.get(confirmation_link(request)).status_code == 200
+        assert "back@example.com" not in web.app.ledger.suppressed("main")
 
     assert sendgrid_emulator.suppressions["unsubscribes"] == ["other@example.com"]
     assert sendgrid_emulator.suppressions[group_key(4242)] == []
@@ -88,9 +102,7 @@ categories = ["newsletter"]
     # the next day's send syncs again, and the reader who came back gets it
     site.story("second", title="Next day", date="2024-03-06 06:00:00+00:00")
     sendgrid_emulator.reset()
-    second = run(
-        site.config_path, "send", "--date", "2024-03-06", "--list", "main", "--yes", **environ
-    )
+    second = run(site.config_path, "send", "--date", "2024-03-06", "--list", "main", "--yes", **ENVIRON)  # fmt: skip
     assert second.returncode == 0, second.stderr
     assert sorted(sendgrid_emulator.recipients()) == ["back@example.com", "stay@example.com"]
     assert request.status == 202  # the emulator validated it against SendGrid's schema
@@ -101,47 +113,21 @@ categories = ["newsletter"]
     assert personalization["to"] == [{"email": "back@example.com"}]
     assert personalization["custom_args"] == {"issue_id": "confirm", "list": "main"}
     assert body["subject"] == "Confirm your subscription to The Test Times"
-    text = next(c["value"] for c in body["content"] if c["type"] == "text/plain")
-    assert f"{url}/confirm?token=" in text
+    assert confirmation_link(request).startswith(f"{web.url}/confirm?token=")
 
 
 def test_a_key_without_suppression_access_still_lets_the_reader_confirm(
     site: Site, sendgrid_emulator: SendGridEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """SendGrid refusing the DELETE (403) is logged with what to fix; the confirmation stands."""
-    sock = free_socket()
-    url = "http://{}:{}".format(*sock.getsockname())
-    site.write_config(
-        BASE_CONFIG
-        + f"""
-[delivery]
-transport = "sendgrid"
-[unsubscribe]
-mode = "hosted"
-base_url = "{url}"
-[sendgrid]
-api_url = "{sendgrid_emulator.url}"
-"""
-    )
-    environ = {"SENDGRID_API_KEY": SENDGRID_TEST_API_KEY, "NEWSLETTER_SECRET": SECRET}
     sendgrid_emulator.script(Fault(status=403, path="/v3/asm/suppressions/global"))
-    clock = Clock(dt.datetime.now(dt.UTC))
-    with (
-        App(load_config(site.config_path, environ), clock=clock) as app,
-        serve(app, sock) as base,
-        httpx.Client(base_url=base, timeout=10) as http,
-    ):
-        app.ledger.suppress([("back@example.com", "unsubscribed")], "link", list_name="main")
-        clock.now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
-        page = http.get("/subscribe").text
-        marker = 'name="csrf" value="'
-        start = page.index(marker) + len(marker)
-        http.post("/subscribe", data={"csrf": page[start : page.index('"', start)], "email": "back@example.com"})  # fmt: skip
+    with serving(site, sendgrid_emulator) as web:
+        web.app.ledger.suppress([("back@example.com", "unsubscribed")], "link", list_name="main")
+        web.clock.now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+        sign_up(web.http, "back@example.com")
         [request] = sendgrid_emulator.mail_requests()
-        text = next(c["value"] for c in request.body["content"] if c["type"] == "text/plain")
-        link = re.search(r"\S+/confirm\?token=\S+", text).group(0)  # type: ignore[union-attr]
         caplog.set_level(logging.WARNING)
-        assert http.get(link).status_code == 200
-        assert "back@example.com" not in app.ledger.suppressed("main")
+        assert web.http.get(confirmation_link(request)).status_code == 200
+        assert "back@example.com" not in web.app.ledger.suppressed("main")
     assert "Suppressions full access" in caplog.text
     assert "back@example.com" in (site.root / "subscribers" / "main.csv").read_text()

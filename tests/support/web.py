@@ -104,9 +104,27 @@ def text_part(message: email.message.EmailMessage) -> str:
 
 
 def confirm_link(message: email.message.EmailMessage) -> str:
-    found = re.search(r"https?://\S+/confirm\?token=\S+", text_part(message))
-    assert found, text_part(message)
+    return confirm_link_in(text_part(message))
+
+
+def confirm_link_in(text: str) -> str:
+    """The confirmation link of a confirmation email's text part."""
+    found = re.search(r"https?://\S+/confirm\?token=\S+", text)
+    assert found, text
     return found.group(0)
+
+
+def sign_up(http: httpx.Client, email: str, **fields: str) -> httpx.Response:
+    """GET the form (for its CSRF cookie and field), then POST it as a browser would."""
+    page = http.get("/subscribe")
+    assert page.status_code == 200
+    return http.post("/subscribe", data={"csrf": csrf_value(page.text), "email": email, **fields})
+
+
+def csrf_value(page: str) -> str:
+    marker = 'name="csrf" value="'
+    start = page.index(marker) + len(marker)
+    return page[start : page.index('"', start)]
 
 
 ENV = {"NEWSLETTER_SECRET": SECRET}
@@ -136,9 +154,7 @@ class Web:
         """GET the form (setting the CSRF cookie); returns the CSRF field's value."""
         page = self.http.get(path)
         assert page.status_code == 200
-        marker = 'name="csrf" value="'
-        start = page.text.index(marker) + len(marker)
-        return page.text[start : page.text.index('"', start)]
+        return csrf_value(page.text)
 
     def sign_up(self, email: str, name: str = "", **extra: str) -> httpx.Response:
         fields = {"csrf": self.form(), "email": email, "name": name, "website": "", **extra}
