@@ -472,10 +472,14 @@ class SuppressionStore(Protocol):
     def resubscribe(self, email: str, list_name: str, other_lists: Iterable[str]) -> bool: ...
 
 
+def list_names(folder: Path) -> list[str]:
+    """The lists in a folder: its CSV files with a valid list name."""
+    return sorted(p.stem for p in folder.glob("*.csv") if LIST_NAME_RE.match(p.stem))
+
+
 def other_lists(target: Path) -> list[str]:
     """The lists beside `target` in its folder."""
-    names = (p.stem for p in target.parent.glob("*.csv") if p.stem != target.stem)
-    return sorted(name for name in names if LIST_NAME_RE.match(name))
+    return [name for name in list_names(target.parent) if name != target.stem]
 
 
 def import_subscribers(

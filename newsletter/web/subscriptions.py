@@ -21,7 +21,7 @@ from newsletter.config import Config
 from newsletter.errors import SubscriberError, TransportError
 from newsletter.ledger import Ledger
 from newsletter.signing import CONFIRM, UNSUBSCRIBE, Signer
-from newsletter.subscribers import add_subscriber, list_path
+from newsletter.subscribers import add_subscriber, list_names, list_path
 from newsletter.transports.base import Message, PermanentFailure, Recipient, Transport
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,7 @@ class Subscriptions:
         return email, lists
 
     def all_lists(self) -> list[str]:
-        folder = self.config.subscribers.path
-        names = {p.stem for p in folder.glob("*.csv")} | set(self.lists)
-        return sorted(names)
+        return sorted({*list_names(self.config.subscribers.path), *self.lists})
 
     def label(self, list_name: str) -> str:
         return self.lists.get(list_name, list_name)
