@@ -630,24 +630,7 @@ def test_a_bad_event_applies_nothing_of_its_batch(ledger: Ledger) -> None:
 def test_concurrent_deliveries_of_one_event_batch_count_it_once(database_url: str) -> None:
     """SendGrid retries a batch it timed out on while the first delivery is still running."""
     batch = [mail_event(n, "bounce" if n % 10 == 0 else "delivered", "bounced" if n % 10 == 0 else None) for n in range(600)]  # fmt: skip
-    barrier = threading.Barrier(4)
-    new: list[int] = []
-    errors: list[BaseException] = []
-
-    def deliver() -> None:
-        with Ledger(database_url) as ledger:
-            barrier.wait()
-            try:
-                new.append(ledger.apply_mail_events(batch))
-            except BaseException as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=deliver) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
+    new = race(database_url, 4, lambda ledger, _: ledger.apply_mail_events(batch))
     assert sum(new) == 600
     with Ledger(database_url) as ledger:
         assert ledger.event_counts(7) == {"delivered": 540, "bounce": 60}
@@ -779,24 +762,7 @@ def test_a_database_that_cannot_be_opened_is_a_ledger_error_without_the_password
 
 def test_concurrent_suppressions_of_the_same_addresses_never_fail(database_url: str) -> None:
     addresses = [(f"same{n}@example.com", "unsubscribed") for n in range(300)]
-    barrier = threading.Barrier(4)
-    added: list[int] = []
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        with Ledger(database_url) as ledger:
-            barrier.wait()
-            try:
-                added.append(ledger.suppress(addresses, source="race"))
-            except BaseException as exc:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
+    added = race(database_url, 4, lambda ledger, _: ledger.suppress(addresses, source="race"))
     assert sum(added) == 300
     with Ledger(database_url) as ledger:
         assert len(ledger.suppressed()) == 300
