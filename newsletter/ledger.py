@@ -729,9 +729,9 @@ class Ledger:
                 for e in events
             }
             fresh = set(_insert_missing(conn, mail_events, mail_events.c.event_id, rows))
-            for event in events:
-                if event.event_id in fresh and event.suppress is not None:
-                    _suppress(conn, [(event.email, event.suppress)], source, event.list_name, now)
+            # for every list: SendGrid's verdicts are about the address itself
+            found = [(e.email, e.suppress) for e in events if e.event_id in fresh and e.suppress]
+            _suppress(conn, found, source, None, now)
         return len(fresh)
 
     def event_counts(self, issue_id: int) -> dict[str, int]:
@@ -784,7 +784,6 @@ class MailEvent:
     event: str
     email: str
     issue_id: int | None
-    list_name: str | None  # the suppression's scope; None for every list
     occurred_at: dt.datetime | None
     suppress: str | None  # a SUPPRESSION_REASONS value, or None
 

@@ -598,13 +598,13 @@ def test_a_list_suppression_stops_that_list_only(ledger: Ledger) -> None:
 def mail_event(
     n: int, kind: str = "delivered", suppress: str | None = None, **kw: object
 ) -> MailEvent:
-    fields: dict[str, object] = {"event_id": f"ev{n}", "event": kind, "email": f"p{n}@example.com", "issue_id": 7, "list_name": None, "occurred_at": None, "suppress": suppress}  # fmt: skip
+    fields: dict[str, object] = {"event_id": f"ev{n}", "event": kind, "email": f"p{n}@example.com", "issue_id": 7, "occurred_at": None, "suppress": suppress}  # fmt: skip
     return MailEvent(**{**fields, **kw})  # type: ignore[arg-type]
 
 
 def test_mail_events_are_applied_once_with_their_suppressions(ledger: Ledger) -> None:
     batch = [mail_event(1), mail_event(2, "open"), mail_event(3, "bounce", "bounced"),
-             mail_event(4, "group_unsubscribe", "unsubscribed", list_name="daily")]  # fmt: skip
+             mail_event(4, "group_unsubscribe", "unsubscribed")]  # fmt: skip
     assert ledger.apply_mail_events(batch) == 4
     assert ledger.apply_mail_events([*batch, mail_event(5)]) == 1
     assert ledger.event_counts(7) == {
@@ -613,7 +613,10 @@ def test_mail_events_are_applied_once_with_their_suppressions(ledger: Ledger) ->
         "bounce": 1,
         "group_unsubscribe": 1,
     }
-    assert ledger.suppression_reasons() == {"p3@example.com": "bounced"}
+    assert ledger.suppression_reasons() == {
+        "p3@example.com": "bounced",
+        "p4@example.com": "unsubscribed",
+    }
     assert ledger.suppressed("daily") == {"p3@example.com", "p4@example.com"}
     assert ledger.event_counts(8) == {}
 

@@ -108,9 +108,6 @@ def _event(item: Any) -> MailEvent | None:
         event=kind,
         email=email,
         issue_id=_issue_id(item.get("issue_id")),
-        # SendGrid's unsubscribe group is one for the whole newsletter, and each send
-        # syncs its members as suppressions for every list: a group unsubscribe is too
-        list_name=None,
         occurred_at=occurred,
         suppress=_suppression(kind, item),
     )
@@ -125,6 +122,8 @@ def _suppression(kind: str, item: dict[str, Any]) -> str | None:
     if kind == "spamreport":
         return "spam"
     if kind in ("unsubscribe", "group_unsubscribe"):
+        # SendGrid's unsubscribe group is the whole newsletter's, and each send syncs its
+        # members as suppressions for every list: a group unsubscribe is one too
         return "unsubscribed"
     return None
 
