@@ -58,6 +58,11 @@ def test_discovery_order(tmp_path: Path) -> None:
         ("[[sources]]\nkind = 'twitter'\n", "sources[1]: unknown source kind"),
         ("[theme]\naccent_color = 'blue'\n", "theme.accent_color: String should match pattern"),
         ("[bogus]\nx = 1\n", "bogus: unknown setting"),
+        ("[serve]\nlists = { 'Main List' = 'x' }\n", "serve.lists.Main List.[key]: String should match pattern"),
+        ("[serve]\nconfirm_within = 'soon'\n", 'serve.confirm_within: expected a duration such as "24h"'),
+        ("[serve]\nsignups_per_ip = 0\n", "serve.signups_per_ip: Input should be greater than or equal to 1"),
+        ("[serve]\narchive_lists = ['../etc']\n", "serve.archive_lists[0]: String should match pattern"),
+        ("[sendgrid]\nwebhook_public_key = 'not a key!'\n", "sendgrid.webhook_public_key: String should match pattern"),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_file_and_the_key(site: Site, extra: str, expected: str) -> None:
