@@ -238,10 +238,14 @@ def _confirm(yes: bool) -> Callable[[SendPreview], bool] | None:
     help="SendGrid sandbox mode: validated, delivered to nobody, not recorded.",
 )
 @click.option(
-    "--resend-ambiguous", is_flag=True, help="Resend batches a crashed run left in 'submitting'."
+    "--resend-ambiguous",
+    is_flag=True,
+    help="Send again to recipients in doubt (a crashed run was handing their message over).",
 )
 @click.option(
-    "--skip-ambiguous", is_flag=True, help="Count such batches as submitted (checked in SendGrid)."
+    "--skip-ambiguous",
+    is_flag=True,
+    help="Do not send again to recipients in doubt; they are recorded as skipped.",
 )
 @click.option("--skip-invalid", is_flag=True, help="Send without list rows that are not valid.")
 @click.option(
@@ -325,9 +329,10 @@ def _print_report(r: SendReport) -> None:
         extras.append(f"{r.duplicates:,} duplicate rows ignored")
     tail = f" ({'; '.join(extras)})" if extras else ""
     if r.outcome == "sent":
+        of = f" of {r.recipients:,}" if r.skipped else ""
         out.print(
             Text.assemble(("Sent", "green")),
-            f"{r.subject!r} to {r.recipients:,} recipients of {where} in "
+            f"{r.subject!r} to {r.delivered:,}{of} recipients of {where} in "
             f"{r.batches} batches via {r.transport}{tail}.",
         )
         if r.transport == "sendgrid":
@@ -369,26 +374,78 @@ def _print_report(r: SendReport) -> None:
             err.print(
                 f"{r.submitted:,} of {r.recipients:,} recipients were submitted before it stopped."
             )
-    if r.ambiguous:
-        batches = ", ".join(str(s) for s in r.ambiguous)
-        err.print(
-            Text.assemble(("ambiguous:", "yellow")),
-            f"batch {batches} was being submitted when an earlier run stopped; "
-            "it may or may not have gone out. Check the mail service's activity log, then rerun "
-            "with --resend-ambiguous (send it) or --skip-ambiguous (count it as sent).",
+    if r.skipped:
+        _print_addresses(
+            "skipped:",
+            f"{len(r.skipped):,} recipients in doubt were not sent again (--skip-ambiguous); "
+            "they may not have the issue:",
+            r.skipped,
         )
+    if r.in_doubt:
+        _print_in_doubt(r)
     if r.outcome == "failed" and not r.ambiguous:
         err.print("Run the same command again to resume: submitted batches are not sent twice.")
+
+
+SHOWN_ADDRESSES = 20
+
+
+def _print_addresses(label: str, what: str, addresses: list[str]) -> None:
+    err.print(Text.assemble((label, "yellow")), what)
+    for address in addresses[:SHOWN_ADDRESSES]:
+        err.print(f"  {address}")
+    if len(addresses) > SHOWN_ADDRESSES:
+        err.print(
+            f"  ... and {len(addresses) - SHOWN_ADDRESSES:,} more (newsletter status --in-doubt)"
+        )
+
+
+def _print_in_doubt(r: SendReport) -> None:
+    """Who may or may not have the issue, and how to find out: it depends on the service."""
+    batches = ", ".join(str(s) for s in r.ambiguous)
+    if r.transport == "sendgrid":
+        where = (
+            f"batch {batches} was being submitted to SendGrid when an earlier run stopped; "
+            "look its recipients up in SendGrid's Email Activity"
+        )
+    else:
+        where = (
+            "a message was being handed to the mail server when an earlier run stopped; "
+            "look these addresses up in the mail server's log"
+        )
+    _print_addresses(
+        "in doubt:",
+        f"{len(r.in_doubt):,} recipients may or may not have the issue ({where}):",
+        r.in_doubt,
+    )
+    err.print(
+        "Then run the same command with --resend-ambiguous (send to them again) or "
+        "--skip-ambiguous (do not; they are recorded as skipped). Nobody else is affected: "
+        "a rerun never sends anyone twice."
+    )
 
 
 @cli.command()
 @click.option("--date", type=DATE, help="Show this issue (default: the recent ones).")
 @click.option("--list", "list_name", help="Only this list.")
+@click.option(
+    "--in-doubt",
+    is_flag=True,
+    help="Print only the addresses of the issue (--date, default today) that are in doubt "
+    "or were skipped as in doubt, one per line.",
+)
 @click.pass_obj
-def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> None:
+def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_doubt: bool) -> None:
     """The recent issues, or one issue's batches: states, message ids, errors."""
     with App(opts.config()) as app:
         ledger = app.ledger
+        if in_doubt:
+            name = list_name or app.config.schedule.list
+            row = ledger.issue(name, _date(date) or app.today())
+            if row is not None:
+                for address in ledger.batch_addresses(row.id, ["submitting", "skipped"]):
+                    click.echo(address)
+            return
         if date is None:
             tz = app.config.newsletter.tz
             from newsletter.scheduler import next_run
@@ -446,6 +503,13 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
             out.print(
                 f"  #{batch.seq:<5} {batch.status:<10} {batch.size:>5}  {batch.message_id or '-'}{note}"
             )
+        for state, label in (("submitting", "in doubt"), ("skipped", "skipped as in doubt")):
+            addresses = ledger.batch_addresses(row.id, [state])
+            if addresses:
+                shown = ", ".join(addresses[:SHOWN_ADDRESSES])
+                more = len(addresses) - SHOWN_ADDRESSES
+                tail = f" and {more:,} more (--in-doubt lists them all)" if more > 0 else ""
+                out.print(f"{label}: {shown}{tail}")
 
 
 @cli.command()

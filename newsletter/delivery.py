@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from itertools import compress
 from typing import Protocol, TypeVar
 
+from newsletter.errors import NewsletterError
+from newsletter.failpoints import failpoint
 from newsletter.ledger import BatchRow, Ledger, unpack_recipients
 from newsletter.models import Subscriber
 from newsletter.signing import Signer, unsubscribe_url
@@ -241,10 +243,12 @@ class BatchResult:
     """What a worker did with one batch."""
 
     receipt: Receipt | None = None
-    sent: int = 0
-    dropped: int = 0
+    sent: int = 0  # recipients the service accepted (or refused by name)
+    dropped: int = 0  # suppressed since planning: left out
     failure: BatchFailure | None = None
-    remaining: tuple[list[str], list[list[str]]] | None = None
+    stopped: bool = False  # a stop was asked for between two messages
+    handled: int = 0  # stored rows dealt with, from the start: where to cut the batch
+    advanced: int = 0  # recipients already shown on the progress bar
 
 
 @dataclass
@@ -263,7 +267,12 @@ class Outcome:
 
 @dataclass
 class Deliverer:
-    """Sends an issue's unsent batches from the ledger with worker threads."""
+    """Sends an issue's unsent batches from the ledger with worker threads.
+
+    `in_doubt` is what a crash can leave unknown with this transport: "batch" (one
+    request per batch: SendGrid), "message" (one message at a time, progress recorded
+    after each: SMTP), or "none" (resending is harmless: the outbox).
+    """
 
     ledger: Ledger
     make_transport: Callable[[], Transport]
@@ -272,6 +281,7 @@ class Deliverer:
     progress: Progress = field(default_factory=NoProgress)
     should_stop: Callable[[], bool] = lambda: False
     sleep: Callable[[float], None] = time.sleep
+    in_doubt: str = "batch"
     _local: threading.local = field(default_factory=threading.local)
     _transports: list[Transport] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -287,6 +297,7 @@ class Deliverer:
 
     def _work(
         self,
+        batch_id: int,
         message: Message,
         blob: bytes,
         links: UnsubscribeLinks | None,
@@ -294,20 +305,62 @@ class Deliverer:
     ) -> BatchResult:
         columns, rows = unpack_recipients(blob)
         recipients, dropped = build_batch(columns, rows, links, suppressed)
-        result = BatchResult(dropped=dropped)
+        result = BatchResult(dropped=dropped, handled=len(rows))
         if not recipients:
             return result
+        # where each recipient sits among the stored rows, to cut the batch after a failure
+        positions = (
+            range(len(rows))
+            if not dropped
+            else [i for i, row in enumerate(rows) if row[0].lower() not in suppressed]
+        )
+        if self.in_doubt == "message":
+            return self._one_at_a_time(batch_id, message, recipients, positions, result)
         try:
             result.receipt = send_with_retries(
                 self._transport(), message, recipients, self.policy, sleep=self.sleep
             )
             result.sent = len(recipients)
+            failpoint("deliver.batch_sent")
         except BatchFailure as exc:
             result.failure = exc
             result.sent = exc.done
-            if exc.done:  # keep only the ones still owed, so a rerun cannot repeat the rest
-                owed = set(recipients.emails[exc.done :])
-                result.remaining = (columns, [row for row in rows if row[0] in owed])
+            result.handled = positions[exc.done] if exc.done else 0
+        return result
+
+    def _one_at_a_time(
+        self,
+        batch_id: int,
+        message: Message,
+        recipients: Batch,
+        positions: Sequence[int],
+        result: BatchResult,
+    ) -> BatchResult:
+        """Each message handed over on its own, and recorded before the next one goes: a
+        crash leaves only the message in flight in doubt, a stop ends between two."""
+        transport = self._transport()
+        rejected: list[tuple[str, str]] = []
+        for index in range(len(recipients)):
+            if index and self.should_stop():
+                result.stopped = True
+                result.handled = positions[index]
+                break
+            try:
+                receipt = send_with_retries(
+                    transport, message, recipients[index : index + 1], self.policy, sleep=self.sleep
+                )
+            except BatchFailure as exc:
+                exc.rejected = rejected + exc.rejected
+                result.failure = exc
+                result.handled = positions[index] if index else 0
+                break
+            failpoint("deliver.message_sent")
+            rejected.extend(receipt.rejected)
+            result.sent += 1
+            self.ledger.record_progress(batch_id, positions[index] + 1)
+            self.progress.advance(1)
+            result.advanced += 1
+        result.receipt = Receipt(message_id=None, rejected=rejected)
         return result
 
     def deliver(
@@ -335,10 +388,11 @@ class Deliverer:
                 if self.should_stop() or outcome.permanent or outcome.failed_batches:
                     outcome.stopped = outcome.stopped or self.should_stop()
                     break
-                blob = self.ledger.take_batch(batch.id, sendable)
+                blob = self.ledger.take_batch(batch.id, sendable, self.in_doubt)
                 if blob is None:
                     continue  # someone else moved it: not ours to send
-                future = pool.submit(self._work, message, blob, links, suppressed)
+                failpoint("deliver.batch_taken")
+                future = pool.submit(self._work, batch.id, message, blob, links, suppressed)
                 in_flight[future] = batch
                 self._collect(in_flight, outcome, block=False)
                 if time.monotonic() - last_beat > 5:
@@ -370,30 +424,38 @@ class Deliverer:
             try:
                 result = future.result()
             except Exception as exc:
-                # unknown: it may or may not have gone out; left `submitting` (ambiguous)
-                outcome.errors.append(f"batch {batch.seq}: unexpected {exc!r}")
+                # unknown: it may or may not have gone out; left `submitting` (in doubt, or
+                # for a batch sent one message at a time, cut where its progress says)
+                outcome.errors.append(f"batch {batch.seq}: {_reason(exc)}")
                 outcome.permanent = True
-                log.exception("batch %d crashed", batch.seq)
+                if not isinstance(exc, NewsletterError):
+                    log.exception("batch %d crashed", batch.seq)
                 continue
             outcome.submitted_recipients += result.sent
             outcome.dropped_suppressed += result.dropped
-            self.progress.advance(batch.size if result.failure is None else result.sent)
+            finished = result.failure is None and not result.stopped
+            self.progress.advance((batch.size if finished else result.sent) - result.advanced)
+            receipt = result.receipt
+            if receipt is not None and receipt.rejected:
+                outcome.rejected.extend(receipt.rejected)
             if result.failure is not None:
                 outcome.rejected.extend(result.failure.rejected)
-                if result.remaining is not None:
-                    self.ledger.replace_batch_recipients(batch.id, *result.remaining)
-                self.ledger.mark_failed(batch.id, str(result.failure))
+                self.ledger.split_batch(
+                    batch.id, result.handled, rest="failed", note=str(result.failure)
+                )
                 outcome.failed_batches += 1
                 outcome.errors.append(f"batch {batch.seq}: {result.failure}")
                 outcome.permanent |= isinstance(result.failure, PermanentFailure)
                 continue
+            if result.stopped:
+                self.ledger.split_batch(batch.id, result.handled, rest="pending")
+                outcome.stopped = True
+                continue
             notes = []
             if result.dropped:
                 notes.append(f"{result.dropped} suppressed since planning")
-            receipt = result.receipt
             if receipt is not None and receipt.rejected:
                 notes.append(f"{len(receipt.rejected)} refused by the server")
-                outcome.rejected.extend(receipt.rejected)
             submitted.append(
                 (batch.id, receipt.message_id if receipt else None, "; ".join(notes) or None)
             )
@@ -401,3 +463,10 @@ class Deliverer:
         # what finished together is recorded together: one write, and no batch waits
         # for one that is still in flight
         self.ledger.mark_submitted_many(submitted)
+        if submitted:
+            failpoint("deliver.batches_recorded")
+
+
+def _reason(exc: BaseException) -> str:
+    """A worker's error as the report shows it: ours as written, anything else by its kind."""
+    return str(exc) if isinstance(exc, NewsletterError) else f"unexpected {exc!r}"

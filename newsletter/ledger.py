@@ -104,6 +104,19 @@ batches = sa.Table(
 )
 sa.Index("ix_batches_issue_status", batches.c.issue_id, batches.c.status)
 
+# How far a batch handed over one message at a time (SMTP) got: its first `done`
+# recipients were accepted, so after a crash only the message in flight, the one at
+# `done`, can be in doubt. A row with kind "none" marks a batch taken by a transport
+# that can resend it harmlessly (the outbox, which sees who already has the issue).
+# Batches sent in one request (SendGrid) have no row: a crash leaves all of it in doubt.
+batch_progress = sa.Table(
+    "batch_progress",
+    metadata,
+    sa.Column("batch_id", sa.Integer, sa.ForeignKey("batches.id"), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "message" | "none"
+    sa.Column("done", sa.Integer, nullable=False),
+)
+
 suppressions = sa.Table(
     "suppressions",
     metadata,
@@ -165,6 +178,9 @@ SUPPRESSION_REASONS = ("unsubscribed", "bounced", "spam", "invalid", "manual")
 ACTED_NOW = ("link", "cli")
 # a skipped issue can still be sent by hand; failed and stopped ones resume
 RESUMABLE = ("failed", "stopped", "skipped")
+# batch states that need nothing more: accepted by the service, or left in doubt and not
+# resent on the editor's word (--skip-ambiguous)
+BATCH_DONE = ("submitted", "skipped")
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,14 @@ class BatchRow:
     message_id: str | None
     error: str | None
     attempts: int
+
+
+IN_DOUBT_NOTE = "in doubt: being sent when a run stopped"
+_ADVANCE = (
+    sa.update(batch_progress)
+    .where(batch_progress.c.batch_id == sa.bindparam("batch"))
+    .values(done=sa.bindparam("done"))
+)
 
 
 def utcnow() -> dt.datetime:
@@ -485,9 +509,12 @@ class Ledger:
         with self.engine.connect() as conn:
             return [BatchRow(*row) for row in conn.execute(query)]
 
-    def take_batch(self, batch_id: int, from_statuses: Sequence[str]) -> bytes | None:
-        """pending/failed -> submitting, and its recipients, in one statement; None if
-        another sender moved it first. From here a crash leaves the batch ambiguous."""
+    def take_batch(
+        self, batch_id: int, from_statuses: Sequence[str], kind: str = "batch"
+    ) -> bytes | None:
+        """pending/failed -> submitting, and its recipients; None if another sender moved it
+        first. From here a crash leaves the batch in doubt: all of it for `kind` "batch"
+        (one request), only the message in flight for "message", none of it for "none"."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.update(batches)
@@ -495,7 +522,110 @@ class Ledger:
                 .values(status="submitting", attempts=batches.c.attempts + 1, updated_at=utcnow())
                 .returning(batches.c.recipients)
             ).first()
+            if row is not None and kind != "batch":
+                conn.execute(sa.delete(batch_progress).where(batch_progress.c.batch_id == batch_id))
+                conn.execute(sa.insert(batch_progress).values(batch_id=batch_id, kind=kind, done=0))
         return row[0] if row is not None else None
+
+    def record_progress(self, batch_id: int, done: int) -> None:
+        """The batch's first `done` recipients were accepted: written before the next goes.
+
+        On PostgreSQL without waiting for the server's disk: what this guards against is the
+        sender dying, and the server keeps what it acknowledged through that.
+        """
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            conn.execute(_ADVANCE, {"batch": batch_id, "done": done})
+
+    def split_batch(
+        self,
+        batch_id: int,
+        sent: int,
+        *,
+        in_doubt: int = 0,
+        rest: str = "pending",
+        note: str | None = None,
+    ) -> None:
+        """Cut a batch where its sending stopped, in one transaction.
+
+        Its first `sent` recipients stay as a submitted batch, the next `in_doubt` become
+        a batch left `submitting` (they may or may not have got it: named, not resent
+        without a flag), and the others a `rest` batch (pending or failed, with `note`),
+        still owed. So the counts say exactly who got the issue, and a rerun resends
+        nobody twice.
+        """
+        with self._atomic() as conn:
+            found = conn.execute(
+                sa.select(batches.c.issue_id, batches.c.recipients).where(batches.c.id == batch_id)
+            ).one()
+            columns, rows = unpack_recipients(found.recipients)
+            parts = [
+                ("submitted", rows[:sent], None),
+                ("submitting", rows[sent : sent + in_doubt], IN_DOUBT_NOTE),
+                (rest, rows[sent + in_doubt :], note),
+            ]
+            parts = [part for part in parts if part[1]] or [(rest, rows, note)]
+            seq = conn.execute(
+                sa.select(sa.func.max(batches.c.seq)).where(batches.c.issue_id == found.issue_id)
+            ).scalar_one()
+            now = utcnow()
+            for index, (status, part, error) in enumerate(parts):
+                values = {
+                    "status": status,
+                    "size": len(part),
+                    "recipients": pack_recipients(columns, part),
+                    "error": error,
+                    "updated_at": now,
+                }
+                if index == 0:
+                    conn.execute(sa.update(batches).where(batches.c.id == batch_id).values(values))
+                else:
+                    seq += 1
+                    conn.execute(
+                        sa.insert(batches).values(
+                            issue_id=found.issue_id, seq=seq, attempts=1, **values
+                        )
+                    )
+            conn.execute(sa.delete(batch_progress).where(batch_progress.c.batch_id == batch_id))
+
+    def settle_interrupted(self, issue_id: int, resend_safely: bool) -> None:
+        """After a run died: cut each batch it sent one message at a time where its progress
+        says, so only the message in flight stays in doubt; a batch taken by a transport
+        that resends harmlessly goes back to pending when this run's can too. Batches sent
+        in one request stay `submitting`, whole: nobody can tell what the service got."""
+        query = (
+            sa.select(batches.c.id, batches.c.size, batch_progress.c.kind, batch_progress.c.done)
+            .join(batch_progress, batch_progress.c.batch_id == batches.c.id)
+            .where(batches.c.issue_id == issue_id, batches.c.status == "submitting")
+        )
+        with self.engine.connect() as conn:
+            interrupted = conn.execute(query).all()
+        for batch_id, size, kind, done in interrupted:
+            if kind == "message":
+                self.split_batch(batch_id, done, in_doubt=min(1, size - done))
+            elif resend_safely:
+                self.split_batch(batch_id, 0, rest="pending")
+
+    def skip_in_doubt(self, issue_id: int, note: str) -> int:
+        """Batches left in doubt become `skipped`: not resent, and never counted as sent."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.update(batches)
+                .where(batches.c.issue_id == issue_id, batches.c.status == "submitting")
+                .values(status="skipped", error=note, updated_at=utcnow())
+            ).rowcount
+
+    def batch_addresses(self, issue_id: int, statuses: Sequence[str]) -> list[str]:
+        """The recipients of the issue's batches in these states (who is in doubt, say)."""
+        query = (
+            sa.select(batches.c.recipients)
+            .where(batches.c.issue_id == issue_id, batches.c.status.in_(statuses))
+            .order_by(batches.c.seq)
+        )
+        with self.engine.connect() as conn:
+            blobs = list(conn.execute(query).scalars())
+        return [row[0] for blob in blobs for row in unpack_recipients(blob)[1]]
 
     def batch_blob(self, batch_id: int) -> bytes:
         """The batch's recipients, packed; unpack where the work happens."""
@@ -506,12 +636,6 @@ class Ledger:
 
     def batch_recipients(self, batch_id: int) -> tuple[list[str], list[list[str]]]:
         return unpack_recipients(self.batch_blob(batch_id))
-
-    def replace_batch_recipients(
-        self, batch_id: int, columns: Sequence[str], rows: Sequence[Sequence[str]]
-    ) -> None:
-        """After a partial send, the batch keeps only the recipients still owed."""
-        self._set_batch(batch_id, recipients=pack_recipients(columns, rows), size=len(rows))
 
     def mark_submitting(self, batch_id: int, from_statuses: Sequence[str]) -> bool:
         """pending/failed -> submitting; from here a crash leaves the batch ambiguous."""

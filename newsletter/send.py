@@ -28,7 +28,8 @@ from newsletter.delivery import (
     with_retries,
 )
 from newsletter.errors import ConfigError, SubscriberError
-from newsletter.ledger import IssueRow, process_owner
+from newsletter.failpoints import failpoint
+from newsletter.ledger import BATCH_DONE, IssueRow, process_owner
 from newsletter.models import Subscriber
 from newsletter.signing import DEVELOPMENT_SECRET, Signer
 from newsletter.subscribers import (
@@ -42,12 +43,16 @@ from newsletter.subscribers import (
     read_list,
 )
 from newsletter.timings import Timings
-from newsletter.transports.base import BatchFailure, Message, Transport
+from newsletter.transports.base import BatchFailure, InDoubt, Message, Transport
 from newsletter.transports.outbox import OutboxTransport
 from newsletter.transports.sendgrid import SendGridTransport
 from newsletter.transports.smtp import SmtpTransport
 
 log = logging.getLogger(__name__)
+
+IN_DOUBT: dict[str, InDoubt] = {
+    t.name: t.in_doubt for t in (SendGridTransport, SmtpTransport, OutboxTransport)
+}
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,10 @@ class SendReport:
     submitted: int = 0
     suppressed: int = 0
     duplicates: int = 0
-    ambiguous: list[int] = field(default_factory=list)
+    ambiguous: list[int] = field(default_factory=list)  # batches left in doubt
+    in_doubt: list[str] = field(default_factory=list)  # who they were for
+    skipped: list[str] = field(default_factory=list)  # in doubt, not resent (--skip-ambiguous)
+    delivered: int = 0  # recipients in submitted batches, over every run of the issue
     errors: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     outbox: Path | None = None
@@ -284,6 +292,7 @@ class Sending:
             progress=self.progress,
             should_stop=self.should_stop,
             sleep=self.sleep,
+            in_doubt=IN_DOUBT[transport],
         )
 
     def outbox_folder(self, list_name: str, date: dt.date, test: bool) -> Path:
@@ -363,6 +372,7 @@ class Sending:
             )
             return report
         issue_row = claim.issue
+        failpoint("send.claimed")
         try:
             if not issue_row.planned:
                 if built is None:
@@ -397,6 +407,7 @@ class Sending:
                 )
                 report.suppressed, report.duplicates = len(skipped), list_report.duplicates
                 issue_row = ledger.issue(list_name, date) or issue_row
+                failpoint("send.planned")
             return self._deliver(
                 report, issue_row, factory, links, suppressed, request, owner, transport, outbox
             )
@@ -421,15 +432,11 @@ class Sending:
         report.subject = issue_row.subject or ""
         report.recipients = issue_row.recipients
         report.outbox = outbox
-        ambiguous = ledger.batches(issue_row.id, ["submitting"])
-        if ambiguous and request.skip_ambiguous:
-            for batch in ambiguous:
-                ledger.mark_submitted(
-                    batch.id, batch.message_id, "assumed submitted (--skip-ambiguous)"
-                )
-            ambiguous = []
-        if ambiguous and not request.resend_ambiguous:
-            report.ambiguous = [b.seq for b in ambiguous]
+        # what a run that died left `submitting`: cut to the message in flight where the
+        # transport went one message at a time; the rest is in doubt until the editor says
+        ledger.settle_interrupted(issue_row.id, resend_safely=IN_DOUBT[transport] == "none")
+        if request.skip_ambiguous:
+            ledger.skip_in_doubt(issue_row.id, "in doubt, not resent (--skip-ambiguous)")
         message = self.message(
             subject=issue_row.subject or "",
             html=issue_row.html or "",
@@ -450,13 +457,18 @@ class Sending:
             )
         counts = ledger.batch_counts(issue_row.id)
         report.batches = sum(n for n, _ in counts.values())
+        report.delivered = counts.get("submitted", (0, 0))[1]
         report.submitted = outcome.submitted_recipients
         report.errors = outcome.errors
         report.rejected = outcome.rejected
         report.permanent = outcome.permanent
         report.suppressed += outcome.dropped_suppressed
-        unfinished = {k: v for k, v in counts.items() if k != "submitted"}
+        report.ambiguous = [b.seq for b in ledger.batches(issue_row.id, ["submitting"])]
+        report.in_doubt = ledger.batch_addresses(issue_row.id, ["submitting"])
+        report.skipped = ledger.batch_addresses(issue_row.id, ["skipped"])
+        unfinished = {k: v for k, v in counts.items() if k not in BATCH_DONE}
         if not unfinished:
+            failpoint("send.finishing")
             ledger.finish(issue_row.id, "sent")
             report.outcome = "sent"
         elif outcome.stopped and not outcome.errors:
@@ -464,7 +476,7 @@ class Sending:
             report.outcome = "stopped"
         else:
             summary = "; ".join(outcome.errors[:3]) or (
-                f"{len(report.ambiguous)} ambiguous batch(es) left in 'submitting'"
+                f"{len(report.in_doubt)} recipient(s) in doubt: sent when a run stopped"
             )
             ledger.finish(issue_row.id, "failed", summary)
             report.outcome = "failed"
@@ -479,7 +491,7 @@ class Sending:
     ) -> int:
         if existing is not None and existing.planned:
             counts = self.app.ledger.batch_counts(existing.id)
-            return sum(size for status, (_, size) in counts.items() if status != "submitted")
+            return sum(size for status, (_, size) in counts.items() if status not in BATCH_DONE)
         return sum(1 for s in read_list(self.list_file(list_name)) if s.key not in suppressed)
 
     def _dry_run(

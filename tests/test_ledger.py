@@ -427,11 +427,14 @@ def test_batches_move_pending_submitting_submitted_or_failed(ledger: Ledger) -> 
     assert [(b.seq, b.error) for b in failed] == [(2, "timed out")]
     assert ledger.batches(issue_id, ["pending"]) == []
 
-    # after a partial send the batch keeps only who is still owed
-    ledger.replace_batch_recipients(two.id, COLUMNS, SECOND[1:])
-    assert ledger.batch_recipients(two.id) == (COLUMNS, SECOND[1:])
-    assert ledger.batches(issue_id, ["failed"])[0].size == 1
-    assert ledger.batch_counts(issue_id) == {"submitted": (1, 3), "failed": (1, 1)}
+    # after a partial send the part that went out counts as submitted, and only who is
+    # still owed is left to send
+    ledger.split_batch(two.id, 1, rest="failed", note="timed out")
+    assert ledger.batch_recipients(two.id) == (COLUMNS, SECOND[:1])
+    [rest] = ledger.batches(issue_id, ["failed"])
+    assert ledger.batch_recipients(rest.id) == (COLUMNS, SECOND[1:])
+    assert (rest.seq, rest.size, rest.error) == (3, 1, "timed out")
+    assert ledger.batch_counts(issue_id) == {"submitted": (2, 4), "failed": (1, 1)}
 
 
 def test_only_one_of_several_callers_takes_a_batch(ledger: Ledger, database_url: str) -> None:

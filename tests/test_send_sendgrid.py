@@ -502,7 +502,7 @@ def test_killed_mid_send_resumes_without_sending_anyone_twice(
         ambiguous = book.batches(issue.id, ["submitting"])
     if ambiguous:  # killed between "submitting" and the answer: reported, not resent
         assert rerun.returncode == 1
-        assert f"ambiguous: batch {ambiguous[0].seq} was being submitted" in rerun.stderr
+        assert f"batch {ambiguous[0].seq} was being submitted to SendGrid" in rerun.stderr
         [batch] = ambiguous
         with ledger(site) as book:
             _, rows = book.batch_recipients(batch.id)

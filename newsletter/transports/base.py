@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NamedTuple, Protocol, overload
+from typing import ClassVar, Literal, NamedTuple, Protocol, overload
 
 from newsletter.errors import TransportError
+
+InDoubt = Literal["batch", "message", "none"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class Receipt:
 
 class Transport(Protocol):
     name: str
+    # What a crash in the middle of `send_batch` leaves unknown, so a rerun resends
+    # nobody twice: "batch" (one request: all of it), "message" (one message at a time:
+    # the delivery records each, so only the one in flight), "none" (resending is
+    # harmless: the transport sees who already has the issue).
+    in_doubt: ClassVar[InDoubt]
 
     def send_batch(self, message: Message, recipients: Sequence[Recipient]) -> Receipt: ...
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.client import HTTPException
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, ClassVar
 
 from python_http_client.exceptions import HTTPError, NotFoundError
 from sendgrid import SendGridAPIClient
@@ -28,6 +28,7 @@ from newsletter.config import SendGridSettings
 from newsletter.tokens import HTML_SAFE, html_token, text_token
 from newsletter.transports.base import (
     Batch,
+    InDoubt,
     Message,
     PermanentFailure,
     Receipt,
@@ -71,6 +72,7 @@ class _Payload:
 
 class SendGridTransport:
     name = "sendgrid"
+    in_doubt: ClassVar[InDoubt] = "batch"  # a request in flight at a crash: all of it
 
     def __init__(
         self,

@@ -7,10 +7,12 @@ import logging
 import smtplib
 import ssl
 from collections.abc import Sequence
+from typing import ClassVar
 
 from newsletter.config import SmtpSettings
 from newsletter.transports.base import (
     BatchFailure,
+    InDoubt,
     Message,
     PermanentFailure,
     Receipt,
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 class SmtpTransport:
     name = "smtp"
+    in_doubt: ClassVar[InDoubt] = "message"  # the server accepts each message on its own
 
     def __init__(
         self,

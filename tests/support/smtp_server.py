@@ -11,6 +11,7 @@ Scripted faults, set before or during a test (addresses in lower case):
     server.handler.rcpt_replies["ann@example.com"] = "550 5.1.1 no such user"
     server.handler.data_faults[3] = DROP          # the 3rd DATA: hang up without a reply
     server.handler.data_faults[4] = "421 4.3.2 closing"
+    server.handler.data_delay = 0.02               # a slow server: each DATA answered late
 
 It listens on port 0 (any free port): aiosmtpd's Controller connects to its own
 port to check that it started, so the bound port is read just before that check,
@@ -51,6 +52,7 @@ class RecordingHandler:
 
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> RCPT reply
     data_faults: dict[int, str] = field(default_factory=dict)  # nth DATA -> reply or DROP
+    data_delay: float = 0.0  # seconds before a whole message is accepted (and recorded)
     messages: list[Received] = field(default_factory=list)
     data_commands: int = 0
 
@@ -70,6 +72,8 @@ class RecordingHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.data_commands += 1
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         fault = self.data_faults.get(self.data_commands)
         if fault == DROP:
             assert server.transport is not None
