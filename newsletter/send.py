@@ -475,11 +475,13 @@ class Sending:
             ledger.finish(issue_row.id, "stopped", "stopped before every batch was sent")
             report.outcome = "stopped"
         else:
-            summary = "; ".join(outcome.errors[:3]) or (
-                f"{len(report.in_doubt)} recipient(s) in doubt: sent when a run stopped"
-            )
+            waiting = f"{len(report.in_doubt)} recipient(s) in doubt, waiting for the editor"
+            summary = "; ".join(outcome.errors[:3]) or waiting
             ledger.finish(issue_row.id, "failed", summary)
             report.outcome = "failed"
+            if not outcome.errors and set(unfinished) == {"submitting"}:
+                # only the editor can say whether they got it: trying again changes nothing
+                report.permanent, report.detail = True, waiting
         return report
 
     def _count(
