@@ -10,7 +10,13 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from newsletter.transports.base import Message, PermanentFailure, Receipt, Recipient
+from newsletter.transports.base import (
+    BatchFailure,
+    Message,
+    PermanentFailure,
+    Receipt,
+    Recipient,
+)
 from newsletter.transports.mime import MimeBuilder
 
 
@@ -42,6 +48,9 @@ class OutboxTransport:
                 ) from None
             except OSError as exc:
                 raise PermanentFailure(f"cannot write {path}: {exc.strerror}", done=index) from None
+            except BatchFailure as exc:  # a message that cannot be written (mime.py says why)
+                exc.done = index
+                raise
         return Receipt(message_id=None)
 
     def close(self) -> None:
