@@ -242,10 +242,14 @@ class DeliverySettings(Settings):
     stale_claim: Duration = timedelta(minutes=15)
 
 
+# no characters that HTML would need escaped, and no control character: the link is
+# written into emails and their List-Unsubscribe header as is
+_LINK_PATTERN = r"^https?://[^\s&<>\"'\x00-\x1f\x7f-\x9f]+$"
+
+
 class UnsubscribeSettings(Settings):
     mode: Literal["hosted", "sendgrid"] | None = None
-    # no characters that HTML would need escaped: the link is written into emails as is
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s&<>\"']+$")] | None = None
+    base_url: Annotated[str, Field(pattern=_LINK_PATTERN)] | None = None
     mailto: OneLine | None = None
     secret_env: str = "NEWSLETTER_SECRET"
 

@@ -19,7 +19,7 @@ import re
 CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"  # for a regex character class
 _CONTROL = re.compile(f"[{CONTROL_CLASS}]")
 _CONTROL_RUN = re.compile(f"[{CONTROL_CLASS}]+")
-_NOT_LF_RUN = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]+")
+_BODY_UNSAFE_RUN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]+")  # not tab, LF
 
 
 def find_control(value: str) -> str | None:
@@ -44,12 +44,12 @@ def one_line(value: str) -> str:
 
 
 def body_text(value: str) -> str:
-    """The value for a message body: line breaks kept (as LF), every other run of control
-    characters one space. A postal address in a list column may span lines; a NUL or a
-    lone CR must not reach an 8bit part."""
+    """Text for a message body: tabs and line breaks kept (CR and CRLF as LF), every other
+    run of control characters one space. A postal address in a list column may span
+    lines; a NUL or a lone CR must not reach an 8bit part."""
     if _CONTROL.search(value) is None:
         return value
-    return _NOT_LF_RUN.sub(" ", value.replace("\r\n", "\n").replace("\r", "\n"))
+    return _BODY_UNSAFE_RUN.sub(" ", value.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def printable(value: str) -> str:

@@ -28,6 +28,7 @@ from newsletter.transports.headers import address_field, check_address, field, v
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 MAX_LINE = 998  # octets, RFC 5322
 WIRE_LINE = 800  # leaves room on a line for the values its tokens become
+MAX_DISPLAY_NAME = 400  # octets of UTF-8, for the email package (see `_shortened`)
 
 
 class MimeBuilder:
@@ -35,9 +36,10 @@ class MimeBuilder:
 
     def __init__(self, message: Message) -> None:
         self.message = message
-        # newlines where a space means the same are joined: the fewest lines on the wire
-        self.html = Personaliser(wrap_long_lines(message.html, WIRE_LINE, join=True))
-        self.text = Personaliser(message.text)
+        # newlines where a space means the same are joined: the fewest lines on the wire;
+        # a NUL or a lone CR (a story's title) cannot go into an 8bit part
+        self.html = Personaliser(wrap_long_lines(body_text(message.html), WIRE_LINE, join=True))
+        self.text = Personaliser(body_text(message.text))
         self.domain = message.from_email.rpartition("@")[2]
         # "=_" never occurs in quoted-printable text, and the random part never in 8bit text
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
@@ -114,6 +116,15 @@ def _body_values(values: Mapping[str, str]) -> Mapping[str, str]:
     return values
 
 
+def _shortened(name: str) -> str:
+    """A display name the email package can fold: it splits a longer one into several
+    addresses (CPython 3.11, SMTPUTF8) or past 998 octets. Names that long are noise."""
+    data = name.encode("utf-8")
+    if len(data) <= MAX_DISPLAY_NAME:
+        return name
+    return data[:MAX_DISPLAY_NAME].decode("utf-8", "ignore").rstrip() + "…"
+
+
 def _crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
@@ -134,6 +145,6 @@ def _longest_line_bytes(data: bytes) -> int:
 def _address(email: str, name: str | None) -> Address | str:
     local, _, domain = email.rpartition("@")
     try:
-        return Address(display_name=one_line(name or ""), username=local, domain=domain)
+        return Address(display_name=_shortened(one_line(name or "")), username=local, domain=domain)
     except (ValueError, IndexError):
         return email

@@ -99,8 +99,8 @@ class SendGridTransport:
             # SendGrid writes these into headers: one line each, like the local transports
             "subject": one_line(message.subject),
             "content": [
-                {"type": "text/plain", "value": message.text},
-                {"type": "text/html", "value": message.html},
+                {"type": "text/plain", "value": body_text(message.text)},
+                {"type": "text/html", "value": body_text(message.html)},
             ],
             "tracking_settings": {
                 "click_tracking": {"enable": s.click_tracking, "enable_text": False},
