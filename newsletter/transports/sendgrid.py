@@ -142,8 +142,9 @@ class SendGridTransport:
         quoted_emails = list(map(_q, batch.emails))
         columns: list[list[str]] = [quoted_emails]
         template = '{"to":[{"email":%s'
-        if any(batch.names):
-            names = _clean_column(batch.names, one_line)
+        names = batch.names
+        if any(names):
+            names = _clean_column(names, one_line)
             columns.append([',"name":' + _q(n) if n else "" for n in names])
             template += "%s"
         template += "}]"
@@ -157,7 +158,11 @@ class SendGridTransport:
                     pairs.append(_literal(_q(html_token(token))) + ":%s")
                     continue
                 if raw is not batch.emails:  # from the list file: as the MIME parts get it
-                    clean = _clean_column(raw, one_line if token in ONE_LINE else body_text)
+                    clean = (
+                        names  # the same column as `to.name`, searched once
+                        if raw is batch.names
+                        else _clean_column(raw, one_line if token in ONE_LINE else body_text)
+                    )
                     if clean is not raw:
                         raw, quoted = clean, list(map(_q, clean))
                 if _HTML_SPECIAL.search("\n".join(raw)):  # one search, not one per recipient
