@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.utils import parseaddr
@@ -323,6 +324,16 @@ def test_subscribers_list_shows_control_characters_escaped_not_raw(site: Site) -
     )
 
 
+def test_a_story_title_with_an_escape_sequence_is_shown_by_check_as_text(site: Site) -> None:
+    site.story("lead", title="Lead\x1b]0;owned\x07 \x1b[2Jstory", author="A\x9bB")
+
+    result = newsletter(site, "check", "--date", DATE)
+
+    assert result.returncode == 0, result.stderr
+    assert "  • Lead ]0;owned   [2Jstory (desk," in result.stdout  # each control a space
+    assert not any(c in result.stdout + result.stderr for c in "\x1b\x07\x9b")
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -491,6 +502,17 @@ def test_an_address_that_cannot_stand_in_a_header_stops_the_batch_where_it_is(
         f"cannot write the address 'second@example.com>\\r\\nBcc: {EVIL}' into a mail header"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["first@example.com.eml"]
+
+
+def test_a_reply_to_address_that_would_forge_a_header_sends_nothing(tmp_path: Path) -> None:
+    hostile = replace(message("Subject"), reply_to=f"editor@example.com\r\nBcc: {EVIL}")
+
+    with pytest.raises(PermanentFailure) as failure:
+        OutboxTransport(tmp_path).send_batch(hostile, [recipient("first@example.com", "First")])
+
+    assert failure.value.done == 0
+    assert "cannot write the address 'editor@example.com\\r\\nBcc: " in str(failure.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_sendgrid_request_holds_each_value_on_one_line() -> None:
