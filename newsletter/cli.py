@@ -22,6 +22,7 @@ from rich.text import Text
 from newsletter import __version__, logs
 from newsletter.app import App, empty_issue_message, preview_page
 from newsletter.config import Config, find_config, load_config
+from newsletter.controls import printable
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.ledger import SUPPRESSION_REASONS
 from newsletter.progress import RichProgress
@@ -699,7 +700,8 @@ def subscribers_list(opts: Options, list_name: str) -> None:
     """Print a list's addresses and names."""
     with App(opts.config()) as app:
         for subscriber in read_list(_list_file(app, list_name)):
-            click.echo(f"{subscriber.email}\t{subscriber.name}")  # rich would expand the tab
+            # rich would expand the tab; a hand-edited file's ESC must not reach the terminal
+            click.echo(f"{printable(subscriber.email)}\t{printable(subscriber.name)}")
 
 
 @subscribers.command("count")

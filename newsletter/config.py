@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
+from newsletter.controls import find_control
 from newsletter.errors import ConfigError
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
@@ -112,15 +113,32 @@ class NewsletterSettings(Settings):
         return self.reason or f"You are receiving this email because you subscribed to {self.name}."
 
 
+def _one_line(value: str) -> str:
+    code = find_control(value)
+    if code is not None:
+        raise ValueError(
+            f"contains a control character ({code}): it goes into mail headers, "
+            "so it must be one line of plain text"
+        )
+    return value
+
+
+# a setting written into a mail header: a line break in it would forge another header
+OneLine = Annotated[str, AfterValidator(_one_line)]
+
+
 class SenderSettings(Settings):
     from_email: NonEmpty
-    from_name: str | None = None
+    from_name: OneLine | None = None
     reply_to: str | None = None
 
     @field_validator("from_email", "reply_to")
     @classmethod
     def _looks_like_address(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+        if value is not None and (
+            not re.fullmatch(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+", value)
+            or find_control(value) is not None
+        ):
             raise ValueError(f"not an email address: {value!r}")
         return value
 
@@ -224,11 +242,15 @@ class DeliverySettings(Settings):
     stale_claim: Duration = timedelta(minutes=15)
 
 
+# no characters that HTML would need escaped, and no control character: the link is
+# written into emails and their List-Unsubscribe header as is
+_LINK_PATTERN = r"^https?://[^\s&<>\"'\x00-\x1f\x7f-\x9f]+$"
+
+
 class UnsubscribeSettings(Settings):
     mode: Literal["hosted", "sendgrid"] | None = None
-    # no characters that HTML would need escaped: the link is written into emails as is
-    base_url: Annotated[str, Field(pattern=r"^https?://[^\s&<>\"']+$")] | None = None
-    mailto: str | None = None
+    base_url: Annotated[str, Field(pattern=_LINK_PATTERN)] | None = None
+    mailto: OneLine | None = None
     secret_env: str = "NEWSLETTER_SECRET"
 
 

@@ -22,14 +22,17 @@ from typing import Protocol, TextIO
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.config import LIST_NAME_PATTERN
+from newsletter.controls import CONTROL_CLASS, find_control
 from newsletter.errors import SubscriberError
 from newsletter.models import Subscriber
 
 LIST_NAME_RE = re.compile(LIST_NAME_PATTERN)
 STANDARD_COLUMNS = ("email", "name", "first_name", "subscribed_at", "source")
 # Cheap enough for a million rows, strict enough that the mail service will not
-# reject a whole request for one address; `import` and `add` check fully.
-_PLAUSIBLE = re.compile(r"^[^@\s,;<>()\[\]\"\\]+@[^@\s,;<>()\[\]\"\\]+\.[^@\s,;<>()\[\]\"\\.]+$")
+# reject a whole request for one address (nor a header or an SMTP command be
+# broken by one); `import` and `add` check fully.
+_NOT_IN_ADDRESS = rf"@\s,;<>()\[\]\"\\{CONTROL_CLASS}"
+_PLAUSIBLE = re.compile(rf"^[^{_NOT_IN_ADDRESS}]+@[^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}.]+$")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NO_FIELDS: dict[str, str] = {}  # shared by every row without extra columns; never written
 
@@ -382,6 +385,10 @@ def merge_rows(
                     RowProblem(line, f"{raw!r}: {exc}" if raw else "no email address")
                 )
                 continue
+            control = _control_in(values)
+            if control is not None:
+                report.rejected.append(RowProblem(line, control))
+                continue
             key = email.lower()
             if key in existing:
                 report.already += 1
@@ -412,6 +419,19 @@ def merge_rows(
         for email in report.resubscribed:
             on_resubscribe(email.lower())
     return report
+
+
+def _control_in(values: Mapping[str, str]) -> str | None:
+    """Why a row cannot be added, if a value holds a control character: a line break in
+    a name would be a header line of its own in every email, an ESC a terminal command.
+    Columns of the list's own (a postal address) may span lines: they only reach bodies."""
+    for column, value in values.items():
+        one_line = column.lower() in STANDARD_COLUMNS
+        code = find_control(value if one_line else value.replace("\r\n", "").replace("\n", ""))
+        if code is not None:
+            kind = "one line of plain text" if one_line else "plain text"
+            return f"{column} contains a control character ({code}); it must be {kind}"
+    return None
 
 
 def read_import_file(path: Path) -> tuple[list[tuple[int, dict[str, str]]], list[RowProblem]]:

@@ -21,6 +21,8 @@ TOKEN_RE = re.compile(r"%%([a-z][a-z0-9_]*)(:text)?%%")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 WORD_JOINER = "\u2060"  # invisible, and not a line-break opportunity
 HTML_SAFE = frozenset({"unsubscribe_url"})  # made by the tool from URL-safe characters only
+# one line wherever they appear: the name is also the display name in `To:`
+ONE_LINE = frozenset({"email", "name", "first_name"})
 
 
 def html_token(name: str) -> str:

@@ -10,8 +10,16 @@ from zoneinfo import ZoneInfo
 
 import yaml
 from markdown_it import MarkdownIt
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
+from newsletter.controls import one_line
 from newsletter.errors import SourceError
 from newsletter.models import SourceProblem, Story, normalise_url
 from newsletter.stories.base import SourceResult
@@ -19,6 +27,8 @@ from newsletter.stories.sanitize import clean_html
 
 _FENCE = re.compile(r"^---[ \t]*$")
 HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
+# a title reaches the subject header and the terminal (`check`): one line, no ESC
+Line = Annotated[str, AfterValidator(one_line)]
 
 
 def _tags(value: Any) -> Any:
@@ -32,15 +42,15 @@ class FrontMatter(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    title: Annotated[str, Field(min_length=1)]
+    title: Annotated[Line, Field(min_length=1)]
     date: dt.datetime | dt.date
     url: HttpUrl | None = None
     id: str | None = None
     summary: str | None = None
     image: HttpUrl | None = None
-    image_alt: str = ""
-    author: str | None = None
-    tags: Annotated[list[str], BeforeValidator(_tags)] = []
+    image_alt: Line = ""
+    author: Line | None = None
+    tags: Annotated[list[Line], BeforeValidator(_tags)] = []
     draft: bool = False
 
 

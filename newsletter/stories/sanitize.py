@@ -6,6 +6,8 @@ import html
 
 import nh3
 
+from newsletter.controls import one_line
+
 ALLOWED_TAGS = frozenset(
     {
         "a", "abbr", "b", "blockquote", "br", "caption", "cite", "code", "del", "em",
@@ -40,6 +42,8 @@ def clean_html(fragment: str) -> str:
 
 
 def plain_text(fragment: str) -> str:
-    """Text with every tag removed and entities decoded, for titles and summaries."""
+    """Text with every tag removed and entities decoded, for titles and summaries: one
+    line, without control characters (a title ends up in the subject header and on
+    terminals)."""
     text = nh3.clean(fragment, tags=set(), strip_comments=True)
-    return " ".join(html.unescape(text).split())
+    return " ".join(one_line(html.unescape(text)).split())

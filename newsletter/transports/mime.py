@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import binascii
 import secrets
+from collections.abc import Mapping
 from email import policy
-from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formatdate, make_msgid
 
+from newsletter.controls import body_text, has_control, one_line
 from newsletter.lines import wrap_long_lines
-from newsletter.tokens import Personaliser
+from newsletter.tokens import ONE_LINE, Personaliser
 from newsletter.transports.base import Message, Recipient
+from newsletter.transports.headers import address_field, check_address, field, verbatim_field
 
 # Long header lines are folded, not encoded: a List-Unsubscribe URL must stay
 # readable as `<https://...>` (RFC 2047 encoded words would break it).
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 MAX_LINE = 998  # octets, RFC 5322
 WIRE_LINE = 800  # leaves room on a line for the values its tokens become
+MAX_DISPLAY_NAME = 400  # octets of UTF-8, for the email package (see `_shortened`)
 
 
 class MimeBuilder:
@@ -33,18 +36,19 @@ class MimeBuilder:
 
     def __init__(self, message: Message) -> None:
         self.message = message
-        # newlines where a space means the same are joined: the fewest lines on the wire
-        self.html = Personaliser(wrap_long_lines(message.html, WIRE_LINE, join=True))
-        self.text = Personaliser(message.text)
+        # newlines where a space means the same are joined: the fewest lines on the wire;
+        # a NUL or a lone CR (a story's title) cannot go into an 8bit part
+        self.html = Personaliser(wrap_long_lines(body_text(message.html), WIRE_LINE, join=True))
+        self.text = Personaliser(body_text(message.text))
         self.domain = message.from_email.rpartition("@")[2]
         # "=_" never occurs in quoted-printable text, and the random part never in 8bit text
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
         self._longest = max(WIRE_LINE, _longest_line(message.html), _longest_line(message.text))
         self._head = "".join(
             [
-                _header("Subject", message.subject),
-                f"From: {formataddr((message.from_name or '', message.from_email), charset='utf-8')}\r\n",
-                f"Reply-To: {message.reply_to}\r\n" if message.reply_to else "",
+                field("Subject", message.subject),
+                address_field("From", message.from_name, message.from_email),
+                address_field("Reply-To", None, message.reply_to) if message.reply_to else "",
             ]
         )
 
@@ -56,7 +60,7 @@ class MimeBuilder:
         """The whole message, CRLF line ends; None for an address only `build` can write."""
         if not recipient.email.isascii():
             return None
-        values = recipient.values
+        values = _body_values(recipient.values)
         text = _crlf(self.text.fill(values).encode("utf-8"))
         html = _crlf(self.html.fill(values).encode("utf-8"))
         # 8bit keeps lines as they are: allowed while each stays within 998 octets
@@ -69,10 +73,10 @@ class MimeBuilder:
         else:
             encoding = "quoted-printable"
             text, html = _qp(text), _qp(html)
-        extra = "".join(f"{name}: {value}\r\n" for name, value in recipient.headers.items())
+        extra = "".join(verbatim_field(name, value) for name, value in recipient.headers.items())
         b = self.boundary
         head = (
-            f"{self._head}To: {formataddr((recipient.name, recipient.email), charset='utf-8')}\r\n"
+            f"{self._head}{address_field('To', recipient.name, recipient.email)}"
             f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {make_msgid(domain=self.domain)}\r\n"
             f"{extra}MIME-Version: 1.0\r\n"
             f'Content-Type: multipart/alternative; boundary="{b}"\r\n\r\n'
@@ -88,28 +92,37 @@ class MimeBuilder:
     def build(self, recipient: Recipient) -> EmailMessage:
         """The same message through the `email` package, for non-ASCII addresses."""
         m = self.message
+        values = _body_values(recipient.values)
         mail = EmailMessage(policy=MAIL_POLICY)
-        mail["Subject"] = m.subject
-        mail["From"] = _address(m.from_email, m.from_name)
-        mail["To"] = _address(recipient.email, recipient.name)
+        mail["Subject"] = one_line(m.subject)
+        mail["From"] = _address(check_address(m.from_email), m.from_name)
+        mail["To"] = _address(check_address(recipient.email), recipient.name)
         if m.reply_to:
-            mail["Reply-To"] = m.reply_to
+            mail["Reply-To"] = check_address(m.reply_to)
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = make_msgid(domain=self.domain)
         for name, value in recipient.headers.items():
-            mail[name] = value
-        mail.set_content(self.text.fill(recipient.values), cte="quoted-printable")
-        mail.add_alternative(
-            self.html.fill(recipient.values), subtype="html", cte="quoted-printable"
-        )
+            mail[name] = one_line(value)
+        mail.set_content(self.text.fill(values), cte="quoted-printable")
+        mail.add_alternative(self.html.fill(values), subtype="html", cte="quoted-printable")
         return mail
 
 
-def _header(name: str, value: str) -> str:
-    if value.isascii() and len(value) + len(name) + 2 <= 78:
-        return f"{name}: {value}\r\n"
-    encoded = Header(value, "utf-8" if not value.isascii() else "us-ascii", header_name=name)
-    return f"{name}: {encoded.encode(linesep=chr(13) + chr(10))}\r\n"
+def _body_values(values: Mapping[str, str]) -> Mapping[str, str]:
+    """Per-recipient values fit for the body: a name one line, as in its header, and no
+    NUL or lone CR from a hand-edited list in an 8bit part."""
+    if any(map(has_control, values.values())):
+        return {k: one_line(v) if k in ONE_LINE else body_text(v) for k, v in values.items()}
+    return values
+
+
+def _shortened(name: str) -> str:
+    """A display name the email package can fold: it splits a longer one into several
+    addresses (CPython 3.11, SMTPUTF8) or past 998 octets. Names that long are noise."""
+    data = name.encode("utf-8")
+    if len(data) <= MAX_DISPLAY_NAME:
+        return name
+    return data[:MAX_DISPLAY_NAME].decode("utf-8", "ignore").rstrip() + "…"
 
 
 def _crlf(data: bytes) -> bytes:
@@ -132,6 +145,6 @@ def _longest_line_bytes(data: bytes) -> int:
 def _address(email: str, name: str | None) -> Address | str:
     local, _, domain = email.rpartition("@")
     try:
-        return Address(display_name=name or "", username=local, domain=domain)
+        return Address(display_name=_shortened(one_line(name or "")), username=local, domain=domain)
     except (ValueError, IndexError):
         return email

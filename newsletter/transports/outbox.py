@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from newsletter.failpoints import failpoint
 from newsletter.transports.base import (
+    BatchFailure,
     InDoubt,
     Message,
     PermanentFailure,
@@ -88,6 +89,9 @@ class OutboxTransport:
                     "then run the same command again to resume",
                     done=index,
                 ) from None
+            except BatchFailure as exc:  # a message that cannot be written (mime.py says why)
+                exc.done = index
+                raise
         try:
             self._sync_folder()
         except OSError as exc:

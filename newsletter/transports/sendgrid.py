@@ -25,7 +25,8 @@ from python_http_client.exceptions import HTTPError, NotFoundError
 from sendgrid import SendGridAPIClient
 
 from newsletter.config import SendGridSettings
-from newsletter.tokens import HTML_SAFE, html_token, text_token
+from newsletter.controls import body_text, has_control, one_line
+from newsletter.tokens import HTML_SAFE, ONE_LINE, html_token, text_token
 from newsletter.transports.base import (
     Batch,
     InDoubt,
@@ -94,13 +95,14 @@ class SendGridTransport:
         s = self.settings
         sender: dict[str, str] = {"email": message.from_email}
         if message.from_name:
-            sender["name"] = message.from_name
+            sender["name"] = one_line(message.from_name)
         body: dict[str, Any] = {
             "from": sender,
-            "subject": message.subject,
+            # SendGrid writes these into headers: one line each, like the local transports
+            "subject": one_line(message.subject),
             "content": [
-                {"type": "text/plain", "value": message.text},
-                {"type": "text/html", "value": message.html},
+                {"type": "text/plain", "value": body_text(message.text)},
+                {"type": "text/html", "value": body_text(message.html)},
             ],
             "tracking_settings": {
                 "click_tracking": {"enable": s.click_tracking, "enable_text": False},
@@ -142,8 +144,10 @@ class SendGridTransport:
         quoted_emails = list(map(_q, batch.emails))
         columns: list[list[str]] = [quoted_emails]
         template = '{"to":[{"email":%s'
-        if any(batch.names):
-            columns.append([',"name":' + _q(n) if n else "" for n in batch.names])
+        names = batch.names
+        if any(names):
+            names = _clean_column(names, one_line)
+            columns.append([',"name":' + _q(n) if n else "" for n in names])
             template += "%s"
         template += "}]"
         if tokens:
@@ -155,6 +159,14 @@ class SendGridTransport:
                     columns.append(quoted)
                     pairs.append(_literal(_q(html_token(token))) + ":%s")
                     continue
+                if raw is not batch.emails:  # from the list file: as the MIME parts get it
+                    clean = (
+                        names  # the same column as `to.name`, searched once
+                        if raw is batch.names
+                        else _clean_column(raw, one_line if token in ONE_LINE else body_text)
+                    )
+                    if clean is not raw:
+                        raw, quoted = clean, list(map(_q, clean))
                 if _HTML_SPECIAL.search("\n".join(raw)):  # one search, not one per recipient
                     escaped = [
                         _q(html.escape(v)) if _HTML_SPECIAL.search(v) else x
@@ -290,6 +302,14 @@ class SendGridTransport:
 
     def close(self) -> None:
         pass
+
+
+def _clean_column(column: list[str], clean: Callable[[str], str]) -> list[str]:
+    """A column of values from a list file, each `clean`ed of control characters: one
+    search per batch, and the column itself when there are none (nearly always)."""
+    if not has_control("".join(column)):
+        return column
+    return [clean(value) for value in column]
 
 
 def _absent_is_fine(delete: Callable[[], Any]) -> Any:

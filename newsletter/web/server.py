@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.config import Config
+from newsletter.controls import one_line
 from newsletter.errors import NewsletterError
 from newsletter.ledger import IssueRow, Ledger
 from newsletter.subscribers import check_address
@@ -204,7 +205,9 @@ class _Pages:
             return self.form(
                 request, 400, "That does not look like an email address. Please check it.", form
             )
-        name = " ".join(form.get("name", "").split())[:200]
+        # one line of text: the name goes into a To: header once confirmed (import refuses
+        # control characters; a form just drops them)
+        name = " ".join(one_line(form.get("name", "")).split())[:200]
         # the same answer whatever happens next, so nobody learns who is subscribed
         if self.parts.address_limiter.hit(_mailbox(email)) is None:
             try:
