@@ -27,6 +27,7 @@ from newsletter.subscribers import Chunk
 from newsletter.transports.base import (
     Batch,
     BatchFailure,
+    InDoubt,
     Message,
     PermanentFailure,
     Receipt,
@@ -281,7 +282,7 @@ class Deliverer:
     progress: Progress = field(default_factory=NoProgress)
     should_stop: Callable[[], bool] = lambda: False
     sleep: Callable[[float], None] = time.sleep
-    in_doubt: str = "batch"
+    in_doubt: InDoubt = "batch"
     _local: threading.local = field(default_factory=threading.local)
     _transports: list[Transport] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
