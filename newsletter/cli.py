@@ -65,6 +65,13 @@ class Options:
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 
 
+def cannot_write(option: str, path: Path, exc: OSError) -> NewsletterError:
+    """A file named on the command line that cannot be written, said with the option."""
+    if not path.parent.is_dir():
+        return NewsletterError(f"{option} {path}: the folder {path.parent} does not exist")
+    return NewsletterError(f"{option} {path}: cannot write it ({exc.strerror or exc})")
+
+
 def _date(value: dt.datetime | None) -> dt.date | None:
     return value.date() if value else None
 
@@ -138,7 +145,11 @@ def check(opts: Options, date: dt.datetime | None) -> None:
     "--date", type=DATE, help="Issue date (default: today in the newsletter's time zone)."
 )
 @click.option(
-    "--port", default=8025, show_default=True, help="Port on 127.0.0.1 (0: any free one)."
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8025,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free one).",
 )
 @click.option("--no-browser", is_flag=True, help="Do not open a browser.")
 @click.option(
@@ -157,7 +168,10 @@ def preview(
 
     if output is not None:
         page = build()
-        output.write_text(page.html, encoding="utf-8")
+        try:
+            output.write_text(page.html, encoding="utf-8")
+        except OSError as exc:
+            raise cannot_write("--output", output, exc) from None
         for note in page.notes:
             err.print(Text.assemble(("note:", "yellow"), f" {note}"))
         err.print(
@@ -174,7 +188,13 @@ def preview(
         raise raise_error
     for note in page.notes:
         err.print(Text.assemble(("note:", "yellow"), f" {note}"))
-    server = make_server(state, port)
+    try:
+        server = make_server(state, port)
+    except OSError as exc:
+        raise NewsletterError(
+            f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            "choose another port, or --port 0 for any free one"
+        ) from None
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     out.print(f"Preview at {url} (Ctrl-C to stop)", soft_wrap=True)
     sys.stdout.flush()
@@ -284,6 +304,8 @@ def send(
         skip_ambiguous=skip_ambiguous,
         skip_invalid=skip_invalid,
     )
+    if timings is not None and not timings.parent.is_dir():  # said before, not after, a send
+        raise NewsletterError(f"--timings {timings}: the folder {timings.parent} does not exist")
     phases = Timings()
     with App(opts.config()) as app, stop_on_signal() as stopping:
         sending = Sending(
@@ -291,7 +313,12 @@ def send(
         )
         report = sending.send(request, _confirm(yes))
     if timings is not None:
-        timings.write_text(json.dumps(phases.rounded(), indent=2) + "\n", encoding="utf-8")
+        try:
+            timings.write_text(json.dumps(phases.rounded(), indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:  # the send is done: say so, and do not fail it for this
+            err.print(
+                Text.assemble(("warning:", "yellow"), f" {cannot_write('--timings', timings, exc)}")
+            )
     _print_report(report)
     if not report.ok:
         sys.exit(1)
@@ -450,7 +477,13 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on.",
+)
 @click.option(
     "--transport",
     type=click.Choice(["sendgrid", "smtp", "outbox"]),
@@ -668,8 +701,11 @@ def subscribers_export(opts: Options, list_name: str, output: Path | None) -> No
         if output is None:
             export_csv(source, sys.stdout)
             return
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            n = export_csv(source, handle)
+        try:
+            with output.open("w", encoding="utf-8", newline="") as handle:
+                n = export_csv(source, handle)
+        except OSError as exc:
+            raise cannot_write("--output", output, exc) from None
     err.print(f"wrote {n:,} rows to {output}")
 
 
