@@ -36,6 +36,7 @@ from newsletter.subscribers import (
     remove_addresses,
 )
 from newsletter.timings import Timings
+from newsletter.words import noun, plural
 
 # markup off: messages carry data (subjects, addresses, API errors) that may contain [brackets]
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -121,7 +122,7 @@ def check(opts: Options, date: dt.datetime | None) -> None:
     if issue.is_empty:
         out.print(empty_issue_message(issue))
     else:
-        out.print(f"{len(issue.stories)} stories:")
+        out.print(f"{plural(len(issue.stories), 'story')}:")
         for story in issue.stories:
             out.print(
                 Text.assemble(
@@ -175,7 +176,8 @@ def preview(
         for note in page.notes:
             err.print(Text.assemble(("note:", "yellow"), f" {note}"))
         err.print(
-            f"wrote {output} ({len(page.html.encode()) / 1024:.1f} KB, {page.stories} stories)"
+            f"wrote {output} ({len(page.html.encode()) / 1024:.1f} KB, "
+            f"{plural(page.stories, 'story')})"
         )
         return
 
@@ -221,7 +223,8 @@ def _confirm(yes: bool) -> Callable[[SendPreview], bool] | None:
     def confirm(preview: SendPreview) -> bool:
         what = (
             f"{'Resume sending' if preview.resuming else 'Send'} {preview.subject!r} to "
-            f"{preview.recipients:,} subscribers of list {preview.list_name!r} via {preview.transport}?"
+            f"{plural(preview.recipients, 'subscriber')} of list {preview.list_name!r} "
+            f"via {preview.transport}?"
         )
         if not sys.stdin.isatty():
             raise NewsletterError(f"{what}\nnot confirmed: pass --yes to send without asking")
@@ -347,33 +350,34 @@ def _print_report(r: SendReport) -> None:
     where = f"list {r.list_name!r}, {r.date}"
     extras = []
     if r.suppressed:
-        extras.append(f"{r.suppressed:,} suppressed addresses skipped")
+        extras.append(f"{plural(r.suppressed, 'suppressed address')} skipped")
     if r.duplicates:
-        extras.append(f"{r.duplicates:,} duplicate rows ignored")
+        extras.append(f"{plural(r.duplicates, 'duplicate row')} ignored")
     tail = f" ({'; '.join(extras)})" if extras else ""
     if r.outcome == "sent":
         out.print(
             Text.assemble(("Sent", "green")),
-            f"{r.subject!r} to {r.recipients:,} recipients of {where} in "
-            f"{r.batches} batches via {r.transport}{tail}.",
+            f"{r.subject!r} to {plural(r.recipients, 'recipient')} of {where} in "
+            f"{plural(r.batches, 'batch')} via {r.transport}{tail}.",
         )
         if r.transport == "sendgrid":
             out.print("Submitted to SendGrid; delivery is reported by SendGrid's events.")
     elif r.outcome == "test_sent":
         out.print(
             Text.assemble(("Test send", "green")),
-            f"{r.subject!r} to {r.recipients:,} recipients via {r.transport}{tail}.",
+            f"{r.subject!r} to {plural(r.recipients, 'recipient')} via {r.transport}{tail}.",
         )
     elif r.outcome == "already_sent":
         out.print(
-            f"The issue for {where} was already sent ({r.recipients:,} recipients): nothing to do."
+            f"The issue for {where} was already sent ({plural(r.recipients, 'recipient')}): "
+            "nothing to do."
         )
     elif r.outcome == "empty":
         out.print(f"{r.detail} Nothing sent (pass --allow-empty to send anyway).")
     elif r.outcome == "dry_run":
         out.print(
-            f"Dry run: would send {r.subject!r} to {r.recipients:,} recipients of {where} in "
-            f"{r.batches} batches via {r.transport}{tail}. Nothing was sent."
+            f"Dry run: would send {r.subject!r} to {plural(r.recipients, 'recipient')} of "
+            f"{where} in {plural(r.batches, 'batch')} via {r.transport}{tail}. Nothing was sent."
         )
         if r.detail:
             out.print(r.detail)
@@ -383,7 +387,8 @@ def _print_report(r: SendReport) -> None:
         err.print(Text.assemble(("error:", "bold red"), f" {r.detail}; not sending it twice"))
     elif r.outcome == "stopped":
         out.print(
-            f"Stopped after {r.submitted:,} recipients; run the same command again to resume."
+            f"Stopped after {plural(r.submitted, 'recipient')}; "
+            "run the same command again to resume."
         )
     if r.outbox is not None and r.outcome in ("sent", "test_sent", "failed", "stopped"):
         out.print(f"Messages written to {r.outbox}/")
@@ -394,7 +399,8 @@ def _print_report(r: SendReport) -> None:
             err.print(Text.assemble(("error:", "bold red"), f" {error}"))
         if r.submitted:
             err.print(
-                f"{r.submitted:,} of {r.recipients:,} recipients were submitted before it stopped."
+                f"{r.submitted:,} of {plural(r.recipients, 'recipient')} "
+                f"{'was' if r.submitted == 1 else 'were'} submitted before it stopped."
             )
     if r.ambiguous:
         batches = ", ".join(str(s) for s in r.ambiguous)
@@ -444,7 +450,7 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
                     what = f"{what}  [{_event_summary(events, short=True)}]"
                 out.print(
                     f"{row.issue_date}  {row.list_name:<10} {row.status:<8} "
-                    f"{row.recipients:>9,} recipients  {what}"
+                    f"{row.recipients:>9,} {noun(row.recipients, 'recipient'):<10}  {what}"
                 )
             return
         name = list_name or app.config.schedule.list
@@ -454,14 +460,17 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None) -> No
             return
         out.print(Text(row.subject or "", "bold"))
         out.print(
-            f"list {row.list_name}, {row.issue_date}: {row.status}, {row.recipients:,} recipients, via {row.transport}"
+            f"list {row.list_name}, {row.issue_date}: {row.status}, "
+            f"{plural(row.recipients, 'recipient')}, via {row.transport}"
         )
         if row.error:
             out.print(f"error: {row.error}")
         counts = ledger.batch_counts(row.id)
         out.print(
             "batches: "
-            + ", ".join(f"{n} {s} ({size:,} recipients)" for s, (n, size) in sorted(counts.items()))
+            + ", ".join(
+                f"{n} {s} ({plural(size, 'recipient')})" for s, (n, size) in sorted(counts.items())
+            )
         )
         events = ledger.event_counts(row.id)
         out.print(
@@ -522,23 +531,23 @@ def serve(opts: Options, host: str, port: int, transport: str | None) -> None:
         )
 
 
-# SendGrid event name -> how `status` says it
+# SendGrid event name -> how `status` says one, and several
 EVENT_WORDS = {
-    "delivered": "delivered",
-    "open": "opens",
-    "click": "clicks",
-    "bounce": "bounces",
-    "dropped": "dropped",
-    "deferred": "deferred",
-    "spamreport": "spam reports",
-    "unsubscribe": "unsubscribes",
-    "group_unsubscribe": "group unsubscribes",
+    "delivered": ("delivered", "delivered"),
+    "open": ("open", "opens"),
+    "click": ("click", "clicks"),
+    "bounce": ("bounce", "bounces"),
+    "dropped": ("dropped", "dropped"),
+    "deferred": ("deferred", "deferred"),
+    "spamreport": ("spam report", "spam reports"),
+    "unsubscribe": ("unsubscribe", "unsubscribes"),
+    "group_unsubscribe": ("group unsubscribe", "group unsubscribes"),
 }
 
 
 def _event_summary(counts: dict[str, int], short: bool = False) -> str:
     shown = ("delivered", "open", "click") if short else tuple(EVENT_WORDS)
-    parts = [f"{counts[e]:,} {EVENT_WORDS[e]}" for e in shown if counts.get(e)]
+    parts = [plural(counts[e], *EVENT_WORDS[e]) for e in shown if counts.get(e)]
     return ", ".join(parts) or "no deliveries yet"
 
 
@@ -595,7 +604,8 @@ def _list_file(app: App, list_name: str) -> Path:
 
 def _print_import(report: ImportReport, target: Path) -> None:
     # file contents are not markup: "[/]" in a rejected row must print, not crash
-    out.print(f"{target}: {report.added:,} added, {report.already:,} already on the list")
+    rejected = f", {plural(len(report.rejected), 'row')} rejected" if report.rejected else ""
+    out.print(f"{target}: {report.added:,} added, {report.already:,} already on the list{rejected}")
     for problem in report.rejected:
         err.print(Text.assemble(("rejected:", "yellow"), f" line {problem.line}: {problem.reason}"))
     for email in report.suppressed:
@@ -609,7 +619,9 @@ def _print_import(report: ImportReport, target: Path) -> None:
 
 @subscribers.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--list", "list_name", required=True)
+@click.option(
+    "--list", "list_name", required=True, help="The list to add to (subscribers/LIST.csv)."
+)
 @click.option(
     "--resubscribe",
     is_flag=True,
@@ -617,18 +629,32 @@ def _print_import(report: ImportReport, target: Path) -> None:
 )
 @click.pass_obj
 def subscribers_import(opts: Options, file: Path, list_name: str, resubscribe: bool) -> None:
-    """Add the valid rows of a CSV file to a list; every rejected row is reported with its line."""
+    """Add the valid rows of a CSV file to a list; every rejected row is reported with its line.
+
+    The valid rows are added even when others are rejected, and the exit status
+    is then 1, so a script notices; fix the rejected rows and import the file
+    again (rows already on the list are not added twice). Addresses kept out
+    because they unsubscribed or bounced are not errors.
+    """
     with App(opts.config()) as app:
         target = _list_file(app, list_name)
         report = import_subscribers(file, target, app.ledger, resubscribe=resubscribe)
     _print_import(report, target)
+    if report.rejected:
+        sys.exit(1)
 
 
 @subscribers.command("add")
 @click.argument("email")
-@click.option("--list", "list_name", required=True)
-@click.option("--name", default="")
-@click.option("--resubscribe", is_flag=True)
+@click.option(
+    "--list", "list_name", required=True, help="The list to add to (subscribers/LIST.csv)."
+)
+@click.option("--name", default="", help="The person's name, as emails greet them.")
+@click.option(
+    "--resubscribe",
+    is_flag=True,
+    help="Add the address even if it unsubscribed, bounced or complained (with their consent).",
+)
 @click.pass_obj
 def subscribers_add(
     opts: Options, email: str, list_name: str, name: str, resubscribe: bool
@@ -683,7 +709,9 @@ def subscribers_count(opts: Options, list_name: str | None) -> None:
             suppressed = app.ledger.suppressed(path.stem)
             people = [s.key for s in read_list(path)]
             active = sum(1 for key in people if key not in suppressed)
-            out.print(f"{path.stem}: {len(people):,} subscribers, {active:,} not suppressed")
+            out.print(
+                f"{path.stem}: {plural(len(people), 'subscriber')}, {active:,} not suppressed"
+            )
 
 
 @subscribers.command("export")
@@ -706,7 +734,7 @@ def subscribers_export(opts: Options, list_name: str, output: Path | None) -> No
                 n = export_csv(source, handle)
         except OSError as exc:
             raise cannot_write("--output", output, exc) from None
-    err.print(f"wrote {n:,} rows to {output}")
+    err.print(f"wrote {plural(n, 'row')} to {output}")
 
 
 @subscribers.command("suppress")
@@ -719,7 +747,7 @@ def subscribers_suppress(opts: Options, emails: tuple[str, ...], reason: str) ->
     """Never email these addresses again, on any list."""
     with App(opts.config()) as app:
         added = app.ledger.suppress([(e, reason) for e in emails], source="cli")
-    out.print(f"suppressed {added} new address(es)")
+    out.print(f"suppressed {plural(added, 'new address')}")
 
 
 @subscribers.command("unsuppress")

@@ -41,7 +41,7 @@ def test_check_lists_every_problem_and_builds_from_the_rest(site: Site) -> None:
     result = run("--config", str(site.config_path), "check", "--date", "2024-03-05")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "1 stories:" in result.stdout and "The good story" in result.stdout
+    assert "1 story:" in result.stdout and "The good story" in result.stdout
     assert (
         f"problem: desk: {site.root / 'stories' / 'broken.md'}: line 3: invalid front matter"
         in result.stderr
