@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from newsletter import __version__, logs
-from newsletter.app import App, empty_issue_message, preview_page
+from newsletter.app import App, empty_issue_message, list_problems, preview_page
 from newsletter.config import Config, find_config, load_config
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.ledger import SUPPRESSION_REASONS
@@ -130,10 +130,18 @@ def check(opts: Options, date: dt.datetime | None) -> None:
                     (f"({story.source}, {story.published:%Y-%m-%d %H:%M})", "dim"),
                 )
             )
+    for draft in issue.drafts:
+        out.print(
+            Text.assemble(
+                ("  left out, a draft: ", "yellow"),
+                f"{draft.title} ",
+                (f"({draft.source}, {draft.published:%Y-%m-%d %H:%M}; draft: true)", "dim"),
+            )
+        )
     out.print(
         f"HTML {email.html_bytes / 1024:.1f} KB, text {len(email.text.encode()) / 1024:.1f} KB"
     )
-    problems = [str(p) for p in issue.problems] + list(email.warnings)
+    problems = [str(p) for p in issue.problems] + list(email.warnings) + list_problems(config)
     for problem in problems:
         err.print(Text.assemble(("problem:", "yellow"), f" {problem}"))
     if problems:

@@ -124,6 +124,8 @@ def test_cli_reports_a_bad_config_in_one_line_without_traceback(site: Site) -> N
 
 def test_config_found_through_the_environment_variable(site: Site, tmp_path: Path) -> None:
     site.story("hello", title="Hello from the env", date="2024-03-05 06:00:00+00:00")
+    (site.root / "subscribers").mkdir()
+    (site.root / "subscribers" / "main.csv").write_text("email,name\n", encoding="utf-8")
     result = subprocess.run(
         [sys.executable, "-m", "newsletter", "check", "--date", "2024-03-05"],
         capture_output=True,
