@@ -43,8 +43,33 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
+def _config_here(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(Options).config_path = value  # type: ignore[union-attr]
+
+
+class Command(click.Command):
+    """A subcommand that also takes `--config` after its name (`newsletter send --config X`),
+    since that is where people type it; before the name it is `newsletter`'s own option."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.params.append(
+            click.Option(
+                ["--config", "config_path"],
+                type=click.Path(dir_okay=False, path_type=Path),
+                expose_value=False,
+                callback=_config_here,
+                help="Config file (as `newsletter --config PATH ...`).",
+            )
+        )
+
+
 class Group(click.Group):
     """Turns a NewsletterError into one clear line and an exit code, never a traceback."""
+
+    command_class = Command
+    group_class = type  # `subscribers` is a Group too, and its commands Commands
 
     def invoke(self, ctx: click.Context) -> object:
         try:
