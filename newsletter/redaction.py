@@ -16,7 +16,7 @@ from collections.abc import Iterable
 # SendGrid keys ("SG.<id>.<secret>"), bearer tokens, and passwords in URLs
 _SHAPES = [
     (re.compile(r"SG\.[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]+)?"), "SG.***"),
-    (re.compile(r"(?i)(bearer\s+)[^\s'\",]+"), r"\1***"),
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),  # RFC 6750's token68
     (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),
 ]
 # shorter known secrets are not searched for: "abc" would mask ordinary words
