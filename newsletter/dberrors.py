@@ -108,7 +108,7 @@ def database_name(url: str) -> str:
     """The SQLite file, or the URL without its password: enough to find it, nothing secret."""
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # a port that is not a number, say
         return "(an unreadable URL)"
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or "(in memory)"
