@@ -20,6 +20,7 @@ from newsletter.preview import PreviewPage
 from newsletter.render import Renderer
 from newsletter.stories import StorySource, gather
 from newsletter.stories.cache import FeedCache
+from newsletter.subscribers import list_path
 from newsletter.tokens import Personaliser
 
 if TYPE_CHECKING:
@@ -146,7 +147,13 @@ class App:
             max_stories=self.config.issue.max_stories,
             newest_first=self.config.issue.order == "newest_first",
         )
-        return Issue(date=date, window=window, stories=gathered.stories, problems=gathered.problems)
+        return Issue(
+            date=date,
+            window=window,
+            stories=gathered.stories,
+            problems=gathered.problems,
+            drafts=gathered.drafts,
+        )
 
     def build_issue(self, date: dt.date | None = None, list_name: str | None = None) -> BuiltIssue:
         """The issue as a list will get it: since its previous issue, minus stories it had."""
@@ -196,6 +203,17 @@ def preview_page(
         notes=tuple(notes),
         watch=watched_paths(config),
     )
+
+
+def list_problems(config: Config) -> list[str]:
+    """What would stop the scheduled send before it starts, for `check` to say today."""
+    path = list_path(config.subscribers.path, config.schedule.list)
+    if path.is_file():
+        return []
+    return [
+        f"{path}: the list file of [schedule] list = {config.schedule.list!r} is missing "
+        f"(add readers with `newsletter subscribers import FILE --list {config.schedule.list}`)"
+    ]
 
 
 def empty_issue_message(issue: Issue) -> str:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from newsletter import __version__, logs
-from newsletter.app import App, empty_issue_message, preview_page
+from newsletter.app import App, empty_issue_message, list_problems, preview_page
 from newsletter.config import Config, find_config, load_config
 from newsletter.controls import printable
 from newsletter.errors import NewsletterError, SubscriberError
@@ -37,14 +37,40 @@ from newsletter.subscribers import (
     remove_addresses,
 )
 from newsletter.timings import Timings
+from newsletter.words import noun, plural
 
 # markup off: messages carry data (subjects, addresses, API errors) that may contain [brackets]
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
+def _config_here(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(Options).config_path = value  # type: ignore[union-attr]
+
+
+class Command(click.Command):
+    """A subcommand that also takes `--config` after its name (`newsletter send --config X`),
+    since that is where people type it; before the name it is `newsletter`'s own option."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.params.append(
+            click.Option(
+                ["--config", "config_path"],
+                type=click.Path(dir_okay=False, path_type=Path),
+                expose_value=False,
+                callback=_config_here,
+                help="Config file (as `newsletter --config PATH ...`).",
+            )
+        )
+
+
 class Group(click.Group):
     """Turns a NewsletterError into one clear line and an exit code, never a traceback."""
+
+    command_class = Command
+    group_class = type  # `subscribers` is a Group too, and its commands Commands
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -64,6 +90,13 @@ class Options:
 
 
 DATE = click.DateTime(formats=["%Y-%m-%d"])
+
+
+def cannot_write(option: str, path: Path, exc: OSError) -> NewsletterError:
+    """A file named on the command line that cannot be written, said with the option."""
+    if not path.parent.is_dir():
+        return NewsletterError(f"{option} {path}: the folder {path.parent} does not exist")
+    return NewsletterError(f"{option} {path}: cannot write it ({exc.strerror or exc})")
 
 
 def _date(value: dt.datetime | None) -> dt.date | None:
@@ -115,7 +148,7 @@ def check(opts: Options, date: dt.datetime | None) -> None:
     if issue.is_empty:
         out.print(empty_issue_message(issue))
     else:
-        out.print(f"{len(issue.stories)} stories:")
+        out.print(f"{plural(len(issue.stories), 'story')}:")
         for story in issue.stories:
             out.print(
                 Text.assemble(
@@ -123,10 +156,18 @@ def check(opts: Options, date: dt.datetime | None) -> None:
                     (f"({story.source}, {story.published:%Y-%m-%d %H:%M})", "dim"),
                 )
             )
+    for draft in issue.drafts:
+        out.print(
+            Text.assemble(
+                ("  left out, a draft: ", "yellow"),
+                f"{draft.title} ",
+                (f"({draft.source}, {draft.published:%Y-%m-%d %H:%M}; draft: true)", "dim"),
+            )
+        )
     out.print(
         f"HTML {email.html_bytes / 1024:.1f} KB, text {len(email.text.encode()) / 1024:.1f} KB"
     )
-    problems = [str(p) for p in issue.problems] + list(email.warnings)
+    problems = [str(p) for p in issue.problems] + list(email.warnings) + list_problems(config)
     for problem in problems:
         err.print(Text.assemble(("problem:", "yellow"), f" {problem}"))
     if problems:
@@ -139,7 +180,11 @@ def check(opts: Options, date: dt.datetime | None) -> None:
     "--date", type=DATE, help="Issue date (default: today in the newsletter's time zone)."
 )
 @click.option(
-    "--port", default=8025, show_default=True, help="Port on 127.0.0.1 (0: any free one)."
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8025,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free one).",
 )
 @click.option("--no-browser", is_flag=True, help="Do not open a browser.")
 @click.option(
@@ -158,11 +203,15 @@ def preview(
 
     if output is not None:
         page = build()
-        output.write_text(page.html, encoding="utf-8")
+        try:
+            output.write_text(page.html, encoding="utf-8")
+        except OSError as exc:
+            raise cannot_write("--output", output, exc) from None
         for note in page.notes:
             err.print(Text.assemble(("note:", "yellow"), f" {note}"))
         err.print(
-            f"wrote {output} ({len(page.html.encode()) / 1024:.1f} KB, {page.stories} stories)"
+            f"wrote {output} ({len(page.html.encode()) / 1024:.1f} KB, "
+            f"{plural(page.stories, 'story')})"
         )
         return
 
@@ -175,7 +224,13 @@ def preview(
         raise raise_error
     for note in page.notes:
         err.print(Text.assemble(("note:", "yellow"), f" {note}"))
-    server = make_server(state, port)
+    try:
+        server = make_server(state, port)
+    except OSError as exc:
+        raise NewsletterError(
+            f"--port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            "choose another port, or --port 0 for any free one"
+        ) from None
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     out.print(f"Preview at {url} (Ctrl-C to stop)", soft_wrap=True)
     sys.stdout.flush()
@@ -202,7 +257,8 @@ def _confirm(yes: bool) -> Callable[[SendPreview], bool] | None:
     def confirm(preview: SendPreview) -> bool:
         what = (
             f"{'Resume sending' if preview.resuming else 'Send'} {preview.subject!r} to "
-            f"{preview.recipients:,} subscribers of list {preview.list_name!r} via {preview.transport}?"
+            f"{plural(preview.recipients, 'subscriber')} of list {preview.list_name!r} "
+            f"via {preview.transport}?"
         )
         if not sys.stdin.isatty():
             raise NewsletterError(f"{what}\nnot confirmed: pass --yes to send without asking")
@@ -289,6 +345,8 @@ def send(
         skip_ambiguous=skip_ambiguous,
         skip_invalid=skip_invalid,
     )
+    if timings is not None and not timings.parent.is_dir():  # said before, not after, a send
+        raise NewsletterError(f"--timings {timings}: the folder {timings.parent} does not exist")
     phases = Timings()
     with App(opts.config()) as app, stop_on_signal() as stopping:
         sending = Sending(
@@ -296,7 +354,12 @@ def send(
         )
         report = sending.send(request, _confirm(yes))
     if timings is not None:
-        timings.write_text(json.dumps(phases.rounded(), indent=2) + "\n", encoding="utf-8")
+        try:
+            timings.write_text(json.dumps(phases.rounded(), indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:  # the send is done: say so, and do not fail it for this
+            err.print(
+                Text.assemble(("warning:", "yellow"), f" {cannot_write('--timings', timings, exc)}")
+            )
     _print_report(report)
     if not report.ok:
         sys.exit(1)
@@ -325,34 +388,35 @@ def _print_report(r: SendReport) -> None:
     where = f"list {r.list_name!r}, {r.date}"
     extras = []
     if r.suppressed:
-        extras.append(f"{r.suppressed:,} suppressed addresses skipped")
+        extras.append(f"{plural(r.suppressed, 'suppressed address')} skipped")
     if r.duplicates:
-        extras.append(f"{r.duplicates:,} duplicate rows ignored")
+        extras.append(f"{plural(r.duplicates, 'duplicate row')} ignored")
     tail = f" ({'; '.join(extras)})" if extras else ""
     if r.outcome == "sent":
         of = f" of {r.recipients:,}" if r.skipped else ""
         out.print(
             Text.assemble(("Sent", "green")),
-            f"{r.subject!r} to {r.delivered:,}{of} recipients of {where} in "
-            f"{r.batches} batches via {r.transport}{tail}.",
+            f"{r.subject!r} to {r.delivered:,}{of} {noun(r.recipients if of else r.delivered, 'recipient')} "
+            f"of {where} in {plural(r.batches, 'batch')} via {r.transport}{tail}.",
         )
         if r.transport == "sendgrid":
             out.print("Submitted to SendGrid; delivery is reported by SendGrid's events.")
     elif r.outcome == "test_sent":
         out.print(
             Text.assemble(("Test send", "green")),
-            f"{r.subject!r} to {r.recipients:,} recipients via {r.transport}{tail}.",
+            f"{r.subject!r} to {plural(r.recipients, 'recipient')} via {r.transport}{tail}.",
         )
     elif r.outcome == "already_sent":
         out.print(
-            f"The issue for {where} was already sent ({r.recipients:,} recipients): nothing to do."
+            f"The issue for {where} was already sent ({plural(r.recipients, 'recipient')}): "
+            "nothing to do."
         )
     elif r.outcome == "empty":
         out.print(f"{r.detail} Nothing sent (pass --allow-empty to send anyway).")
     elif r.outcome == "dry_run":
         out.print(
-            f"Dry run: would send {r.subject!r} to {r.recipients:,} recipients of {where} in "
-            f"{r.batches} batches via {r.transport}{tail}. Nothing was sent."
+            f"Dry run: would send {r.subject!r} to {plural(r.recipients, 'recipient')} of "
+            f"{where} in {plural(r.batches, 'batch')} via {r.transport}{tail}. Nothing was sent."
         )
         if r.detail:
             out.print(r.detail)
@@ -362,7 +426,8 @@ def _print_report(r: SendReport) -> None:
         err.print(Text.assemble(("error:", "bold red"), f" {r.detail}; not sending it twice"))
     elif r.outcome == "stopped":
         out.print(
-            f"Stopped after {r.submitted:,} recipients; run the same command again to resume."
+            f"Stopped after {plural(r.submitted, 'recipient')}; "
+            "run the same command again to resume."
         )
     if r.outbox is not None and r.outcome in ("sent", "test_sent", "failed", "stopped"):
         out.print(f"Messages written to {r.outbox}/")
@@ -373,12 +438,14 @@ def _print_report(r: SendReport) -> None:
             err.print(Text.assemble(("error:", "bold red"), f" {error}"))
         if r.submitted:
             err.print(
-                f"{r.submitted:,} of {r.recipients:,} recipients were submitted before it stopped."
+                f"{r.submitted:,} of {plural(r.recipients, 'recipient')} "
+                f"{'was' if r.submitted == 1 else 'were'} submitted before it stopped."
             )
     if r.skipped:
         _print_addresses(
             "skipped:",
-            f"{len(r.skipped):,} recipients in doubt were not sent again (--skip-ambiguous); "
+            f"{plural(len(r.skipped), 'recipient')} in doubt "
+            f"{'was' if len(r.skipped) == 1 else 'were'} not sent again (--skip-ambiguous); "
             "they may not have the issue:",
             r.skipped,
         )
@@ -416,7 +483,7 @@ def _print_in_doubt(r: SendReport) -> None:
         )
     _print_addresses(
         "in doubt:",
-        f"{len(r.in_doubt):,} recipients may or may not have the issue ({where}):",
+        f"{plural(len(r.in_doubt), 'recipient')} may or may not have the issue ({where}):",
         r.in_doubt,
     )
     err.print(
@@ -475,7 +542,7 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
                     what = f"{what}  [{_event_summary(events, short=True)}]"
                 out.print(
                     f"{row.issue_date}  {row.list_name:<10} {row.status:<8} "
-                    f"{row.recipients:>9,} recipients  {what}"
+                    f"{row.recipients:>9,} {noun(row.recipients, 'recipient'):<10}  {what}"
                 )
             return
         name = list_name or app.config.schedule.list
@@ -485,14 +552,17 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
             return
         out.print(Text(row.subject or "", "bold"))
         out.print(
-            f"list {row.list_name}, {row.issue_date}: {row.status}, {row.recipients:,} recipients, via {row.transport}"
+            f"list {row.list_name}, {row.issue_date}: {row.status}, "
+            f"{plural(row.recipients, 'recipient')}, via {row.transport}"
         )
         if row.error:
             out.print(f"error: {row.error}")
         counts = ledger.batch_counts(row.id)
         out.print(
             "batches: "
-            + ", ".join(f"{n} {s} ({size:,} recipients)" for s, (n, size) in sorted(counts.items()))
+            + ", ".join(
+                f"{n} {s} ({plural(size, 'recipient')})" for s, (n, size) in sorted(counts.items())
+            )
         )
         events = ledger.event_counts(row.id)
         out.print(
@@ -515,7 +585,13 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on.",
+)
 @click.option(
     "--transport",
     type=click.Choice(["sendgrid", "smtp", "outbox"]),
@@ -554,23 +630,23 @@ def serve(opts: Options, host: str, port: int, transport: str | None) -> None:
         )
 
 
-# SendGrid event name -> how `status` says it
+# SendGrid event name -> how `status` says one, and several
 EVENT_WORDS = {
-    "delivered": "delivered",
-    "open": "opens",
-    "click": "clicks",
-    "bounce": "bounces",
-    "dropped": "dropped",
-    "deferred": "deferred",
-    "spamreport": "spam reports",
-    "unsubscribe": "unsubscribes",
-    "group_unsubscribe": "group unsubscribes",
+    "delivered": ("delivered", "delivered"),
+    "open": ("open", "opens"),
+    "click": ("click", "clicks"),
+    "bounce": ("bounce", "bounces"),
+    "dropped": ("dropped", "dropped"),
+    "deferred": ("deferred", "deferred"),
+    "spamreport": ("spam report", "spam reports"),
+    "unsubscribe": ("unsubscribe", "unsubscribes"),
+    "group_unsubscribe": ("group unsubscribe", "group unsubscribes"),
 }
 
 
 def _event_summary(counts: dict[str, int], short: bool = False) -> str:
     shown = ("delivered", "open", "click") if short else tuple(EVENT_WORDS)
-    parts = [f"{counts[e]:,} {EVENT_WORDS[e]}" for e in shown if counts.get(e)]
+    parts = [plural(counts[e], *EVENT_WORDS[e]) for e in shown if counts.get(e)]
     return ", ".join(parts) or "no deliveries yet"
 
 
@@ -627,7 +703,8 @@ def _list_file(app: App, list_name: str) -> Path:
 
 def _print_import(report: ImportReport, target: Path) -> None:
     # file contents are not markup: "[/]" in a rejected row must print, not crash
-    out.print(f"{target}: {report.added:,} added, {report.already:,} already on the list")
+    rejected = f", {plural(len(report.rejected), 'row')} rejected" if report.rejected else ""
+    out.print(f"{target}: {report.added:,} added, {report.already:,} already on the list{rejected}")
     for problem in report.rejected:
         err.print(Text.assemble(("rejected:", "yellow"), f" line {problem.line}: {problem.reason}"))
     for email in report.suppressed:
@@ -641,7 +718,9 @@ def _print_import(report: ImportReport, target: Path) -> None:
 
 @subscribers.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--list", "list_name", required=True)
+@click.option(
+    "--list", "list_name", required=True, help="The list to add to (subscribers/LIST.csv)."
+)
 @click.option(
     "--resubscribe",
     is_flag=True,
@@ -649,18 +728,32 @@ def _print_import(report: ImportReport, target: Path) -> None:
 )
 @click.pass_obj
 def subscribers_import(opts: Options, file: Path, list_name: str, resubscribe: bool) -> None:
-    """Add the valid rows of a CSV file to a list; every rejected row is reported with its line."""
+    """Add the valid rows of a CSV file to a list; every rejected row is reported with its line.
+
+    The valid rows are added even when others are rejected, and the exit status
+    is then 1, so a script notices; fix the rejected rows and import the file
+    again (rows already on the list are not added twice). Addresses kept out
+    because they unsubscribed or bounced are not errors.
+    """
     with App(opts.config()) as app:
         target = _list_file(app, list_name)
         report = import_subscribers(file, target, app.ledger, resubscribe=resubscribe)
     _print_import(report, target)
+    if report.rejected:
+        sys.exit(1)
 
 
 @subscribers.command("add")
 @click.argument("email")
-@click.option("--list", "list_name", required=True)
-@click.option("--name", default="")
-@click.option("--resubscribe", is_flag=True)
+@click.option(
+    "--list", "list_name", required=True, help="The list to add to (subscribers/LIST.csv)."
+)
+@click.option("--name", default="", help="The person's name, as emails greet them.")
+@click.option(
+    "--resubscribe",
+    is_flag=True,
+    help="Add the address even if it unsubscribed, bounced or complained (with their consent).",
+)
 @click.pass_obj
 def subscribers_add(
     opts: Options, email: str, list_name: str, name: str, resubscribe: bool
@@ -716,7 +809,9 @@ def subscribers_count(opts: Options, list_name: str | None) -> None:
             suppressed = app.ledger.suppressed(path.stem)
             people = [s.key for s in read_list(path)]
             active = sum(1 for key in people if key not in suppressed)
-            out.print(f"{path.stem}: {len(people):,} subscribers, {active:,} not suppressed")
+            out.print(
+                f"{path.stem}: {plural(len(people), 'subscriber')}, {active:,} not suppressed"
+            )
 
 
 @subscribers.command("export")
@@ -734,9 +829,12 @@ def subscribers_export(opts: Options, list_name: str, output: Path | None) -> No
         if output is None:
             export_csv(source, sys.stdout)
             return
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            n = export_csv(source, handle)
-    err.print(f"wrote {n:,} rows to {output}")
+        try:
+            with output.open("w", encoding="utf-8", newline="") as handle:
+                n = export_csv(source, handle)
+        except OSError as exc:
+            raise cannot_write("--output", output, exc) from None
+    err.print(f"wrote {plural(n, 'row')} to {output}")
 
 
 @subscribers.command("suppress")
@@ -749,7 +847,7 @@ def subscribers_suppress(opts: Options, emails: tuple[str, ...], reason: str) ->
     """Never email these addresses again, on any list."""
     with App(opts.config()) as app:
         added = app.ledger.suppress([(e, reason) for e in emails], source="cli")
-    out.print(f"suppressed {added} new address(es)")
+    out.print(f"suppressed {plural(added, 'new address')}")
 
 
 @subscribers.command("unsuppress")

@@ -8,6 +8,7 @@ from environment variables named in the config, never from the file itself.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import tomllib
@@ -39,6 +40,15 @@ DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
 DEFAULT_CONFIG_NAME = "config.toml"
 
 
+def _to_path(value: Any) -> Any:
+    """TOML has no path type: a path is written as a string."""
+    if isinstance(value, str):
+        return Path(value)
+    if isinstance(value, Path):
+        return value
+    raise ValueError(f"expected a path as a string, got {value!r}")
+
+
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     value = value.expanduser()
@@ -47,11 +57,13 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-RelPath = Annotated[Path, AfterValidator(_resolve_path)]
+RelPath = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_resolve_path)]
 
 
 def _parse_duration(value: Any) -> Any:
-    """Accept "90m", "24h", "2d" or "1h30m" as well as pydantic's own forms."""
+    """Accept "90m", "24h", "2d" or "1h30m", or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
     if isinstance(value, str):
         text = value.strip().lower()
         match = re.fullmatch(r"(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
@@ -63,6 +75,19 @@ def _parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+
+
+def _parse_time(value: Any) -> Any:
+    """A time of day: "07:00" (a string), or TOML's own 07:00:00."""
+    if isinstance(value, str):
+        try:
+            return dt.time.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f'expected a time of day such as "07:00", got {value!r}') from None
+    return value
+
+
+TimeOfDay = Annotated[dt.time, BeforeValidator(_parse_time)]
 
 
 def _parse_window(value: Any) -> Any:
@@ -86,9 +111,15 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class Settings(BaseModel):
-    # validate_default: default paths resolve against the config's folder too
+    # validate_default: default paths resolve against the config's folder too.
+    # strict: "yes" is not a boolean nor "4" a number; the only conversions are the
+    # deliberate ones above (durations, times of day, paths), which TOML cannot type.
     model_config = ConfigDict(
-        extra="forbid", frozen=True, str_strip_whitespace=True, validate_default=True
+        extra="forbid",
+        frozen=True,
+        str_strip_whitespace=True,
+        validate_default=True,
+        strict=True,
     )
 
 
@@ -170,7 +201,7 @@ def _check_days(value: str) -> str:
 
 
 class ScheduleSettings(Settings):
-    time: dt.time = dt.time(7, 0)
+    time: TimeOfDay = dt.time(7, 0)
     days: Annotated[str, AfterValidator(_check_days)] = "*"
     list: str = "main"
     misfire_grace: Duration = timedelta(hours=2)
@@ -437,6 +468,27 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
+# strict types: what to write instead of what was written
+_TYPE_HINTS = {
+    "bool_type": "true or false, without quotes",
+    "int_type": "a whole number, without quotes",
+    "float_type": "a number, without quotes",
+    "string_type": "text in quotes",
+    "list_type": "a list in [brackets]",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+
+
+def _toml(value: Any) -> str:
+    """A value as it was written in the TOML file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # TOML's escapes too: no raw control codes
+    return repr(value) if isinstance(value, int | float) else type(value).__name__
+
+
 def format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
@@ -449,6 +501,8 @@ def format_validation_error(path: Path, exc: ValidationError) -> str:
             message = f"unknown source kind (expected one of: {', '.join(sorted(_SOURCE_KINDS))})"
         elif kind == "union_tag_not_found":
             message = 'needs a "kind" (markdown or feed)'
+        elif kind in _TYPE_HINTS:
+            message = f"{error['msg']} ({_TYPE_HINTS[kind]}), got {_toml(error['input'])}"
         else:
             message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {_key_path(tuple(error['loc']))}: {message}")

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from newsletter.dberrors import database_name, explain, problem_kind
 from newsletter.errors import LedgerError
 from newsletter.stories.cache import CachedFeed
 
@@ -248,12 +249,27 @@ class Ledger:
         try:
             # hide_parameters: an error message must not carry subscribers' addresses
             self.engine = sa.create_engine(url, future=True, hide_parameters=True)
+            sa.event.listen(self.engine, "handle_error", self._fixable_error)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             _create_schema(self.engine)
         except (SQLAlchemyError, ValueError, ImportError) as exc:
             # a bad port is a ValueError, a missing driver an ImportError: all the user's to fix
-            raise LedgerError(f"cannot open the state database: {_safe(exc, url)}") from None
+            raise LedgerError(
+                f"cannot open the state database {database_name(url)}: {_safe(exc, url)}"
+            ) from None
+
+    def _fixable_error(self, ctx: sa.engine.ExceptionContext) -> Exception | None:
+        """A damaged, read-only or full database, or a lost server, as one LedgerError line.
+
+        Everything else keeps its type: the ledger relies on IntegrityError for
+        "somebody else got there first", and an unknown error is a bug.
+        """
+        kind = problem_kind(ctx.original_exception, ctx.is_disconnect)
+        if kind is None:
+            return None
+        detail = _safe(ctx.original_exception, self.url)  # type: ignore[arg-type]
+        return LedgerError(explain(kind, self.url, detail))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -5,20 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 
-# SendGrid keys ("SG.<id>.<secret>"), bearer tokens, and passwords in URLs
-_SECRETS = [
-    (re.compile(r"SG\.[A-Za-z0-9_\-]{4,}(?:\.[A-Za-z0-9_\-]+)?"), "SG.***"),
-    (re.compile(r"(?i)(bearer\s+)[^\s'\",]+"), r"\1***"),
-    (re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),
-]
-
-
-def redact(text: str) -> str:
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
+from newsletter.redaction import redact
 
 
 class RedactSecrets(logging.Filter):

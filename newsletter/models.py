@@ -94,6 +94,7 @@ class Issue:
     window: Window
     stories: tuple[Story, ...]
     problems: tuple[SourceProblem, ...] = ()
+    drafts: tuple[Story, ...] = ()  # dated in the window, left out as drafts
 
     @property
     def is_empty(self) -> bool:

@@ -231,7 +231,12 @@ class Renderer:
             raise RenderError(f"{where}: line {exc.lineno}: {exc.message}") from None
         except jinja2.TemplateNotFound as exc:
             searched = ", ".join(str(d) for d in self.template_dirs)
-            raise RenderError(f"template not found: {exc.name} (searched {searched})") from None
+            # an include or extends names the missing file: say where, so it can be fixed
+            where = _template_frame(exc)
+            found_in = f"{where}: " if where else ""
+            raise RenderError(
+                f"{found_in}template not found: {exc.name} (searched {searched})"
+            ) from None
         except Exception as exc:
             where = _template_frame(exc) or name
             raise RenderError(f"{where}: {type(exc).__name__}: {exc}") from None

@@ -35,6 +35,7 @@ from newsletter.ledger import Ledger
 from newsletter.models import local_time_on
 from newsletter.send import Sending, SendReport, SendRequest
 from newsletter.transports.base import BatchFailure, Message, PermanentFailure, Recipient
+from newsletter.words import plural
 
 log = logging.getLogger("newsletter.schedule")
 
@@ -253,10 +254,10 @@ class SchedulerService:
         level = logging.ERROR if outcome == "failed" else logging.INFO
         summary = f"run finished for {list_name} {date}: {outcome}"
         if report is not None and outcome in ("sent", "failed", "stopped"):
-            stories = f"{report.stories} stories, " if report.stories is not None else ""
+            stories = f"{plural(report.stories, 'story')}, " if report.stories is not None else ""
             summary += (
-                f" ({stories}{report.submitted:,} of {report.recipients:,} recipients, "
-                f"{report.batches} batches, {fields['duration']:.1f}s)"
+                f" ({stories}{report.submitted:,} of {plural(report.recipients, 'recipient')}, "
+                f"{plural(report.batches, 'batch')}, {fields['duration']:.1f}s)"
             )
         if outcome == "busy":
             summary += " (the issue is claimed by another sender)"

@@ -27,7 +27,7 @@ from newsletter.delivery import (
     send_with_retries,
     with_retries,
 )
-from newsletter.errors import ConfigError, SubscriberError
+from newsletter.errors import ConfigError, LedgerError, SubscriberError
 from newsletter.failpoints import failpoint
 from newsletter.ledger import BATCH_DONE, IssueRow, process_owner
 from newsletter.models import Subscriber
@@ -413,8 +413,17 @@ class Sending:
             )
         except BaseException as exc:
             status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
-            ledger.finish(issue_row.id, status, str(exc) or type(exc).__name__)
+            self._record_end(issue_row.id, status, exc)
             raise
+
+    def _record_end(self, issue_id: int, status: str, exc: BaseException) -> None:
+        """Record why a send ended early; if the database fails here too (a full disk),
+        the first error is the one to show, so this one is only logged."""
+        try:
+            self.app.ledger.finish(issue_id, status, str(exc) or type(exc).__name__)
+        except LedgerError as also:
+            if not isinstance(exc, LedgerError):
+                log.warning("could not record the issue as %s: %s", status, also)
 
     def _deliver(
         self,

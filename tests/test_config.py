@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,14 @@ def test_discovery_order(tmp_path: Path) -> None:
         ("[serve]\nsignups_per_ip = 0\n", "serve.signups_per_ip: Input should be greater than or equal to 1"),
         ("[serve]\narchive_lists = ['../etc']\n", "serve.archive_lists[0]: String should match pattern"),
         ("[sendgrid]\nwebhook_public_key = 'not a key!'\n", "sendgrid.webhook_public_key: String should match pattern"),
+        # strict types: nothing is guessed from a string
+        ("[sendgrid]\nclick_tracking = 'yes'\n", 'sendgrid.click_tracking: Input should be a valid boolean (true or false, without quotes), got "yes"'),
+        ("[delivery]\nworkers = '4'\n", 'delivery.workers: Input should be a valid integer (a whole number, without quotes), got "4"'),
+        ("[smtp]\ntimeout = '30'\n", 'smtp.timeout: Input should be a valid number (a number, without quotes), got "30"'),
+        ("[issue]\nmax_stories = 2.5\n", "issue.max_stories: Input should be a valid integer (a whole number, without quotes), got 2.5"),
+        ("[smtp]\nhost = 25\n", "smtp.host: Input should be a valid string (text in quotes), got 25"),
+        ("[subscribers]\npath = true\n", "subscribers.path: expected a path as a string, got True"),
+        ("[delivery]\nretry_delay = true\n", "delivery.retry_delay: Input should be a valid timedelta"),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_file_and_the_key(site: Site, extra: str, expected: str) -> None:
@@ -74,6 +83,39 @@ def test_bad_config_names_the_file_and_the_key(site: Site, extra: str, expected:
         f"{site.config_path.resolve().parent}/config.toml"
     ) or message.startswith(str(site.config_path))
     assert expected in message
+
+
+def test_durations_times_and_paths_are_still_written_as_strings_or_numbers(site: Site) -> None:
+    site.write_config(
+        BASE_CONFIG.replace('time = "07:00"', "time = 06:30:00")  # TOML's own time of day
+        + textwrap.dedent(
+            """
+            [delivery]
+            retry_delay = 5
+            max_retry_delay = "1m30s"
+
+            [smtp]
+            timeout = 20
+
+            [subscribers]
+            path = "people"
+            """
+        )
+    )
+    config = site.config()
+    assert config.schedule.time == dt.time(6, 30)
+    assert config.delivery.retry_delay == dt.timedelta(seconds=5)
+    assert config.delivery.max_retry_delay == dt.timedelta(seconds=90)
+    assert config.smtp.timeout == 20.0
+    assert config.subscribers.path == site.root.resolve() / "people"
+    site.write_config(BASE_CONFIG.replace('time = "07:00"', 'time = "seven"'))
+    with pytest.raises(ConfigError) as bad_time:
+        site.config()
+    assert "schedule.time: expected a time of day such as \"07:00\", got 'seven'" in str(
+        bad_time.value
+    )
+    site.write_config()
+    assert site.config().schedule.time == dt.time(7, 0)
 
 
 def test_invalid_time_zone(site: Site) -> None:
@@ -124,6 +166,8 @@ def test_cli_reports_a_bad_config_in_one_line_without_traceback(site: Site) -> N
 
 def test_config_found_through_the_environment_variable(site: Site, tmp_path: Path) -> None:
     site.story("hello", title="Hello from the env", date="2024-03-05 06:00:00+00:00")
+    (site.root / "subscribers").mkdir()
+    (site.root / "subscribers" / "main.csv").write_text("email,name\n", encoding="utf-8")
     result = subprocess.run(
         [sys.executable, "-m", "newsletter", "check", "--date", "2024-03-05"],
         capture_output=True,

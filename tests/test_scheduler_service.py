@@ -252,10 +252,7 @@ def test_the_scheduler_sends_on_time_once_and_stops_cleanly(
     assert wait_until(lambda: sent_status(site) == "sent", timeout=30)
     code, err = stop(first)
     assert code == 0, err
-    assert (
-        "run finished for main" in err
-        and ": sent (1 stories, 30 of 30 recipients, 1 batches" in err
-    )
+    assert "run finished for main" in err and ": sent (1 story, 30 of 30 recipients, 1 batch" in err
     assert "scheduler stopped" in err and "Traceback" not in err
     assert collections.Counter(sendgrid_emulator.recipients()) == collections.Counter(emails)
     status = newsletter(site, "status").stdout

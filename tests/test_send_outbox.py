@@ -74,7 +74,7 @@ def test_invalid_rows_stop_a_send_before_anything_goes_out(site: Site) -> None:
 
     skipped = run(site.config_path, "send", "--date", "2024-03-05", "--yes", "--skip-invalid")
     assert skipped.returncode == 0, skipped.stderr
-    assert "1 duplicate rows ignored" in skipped.stdout
+    assert "1 duplicate row ignored" in skipped.stdout
     sent = [p.name for p in (site.root / "outbox").rglob("*.eml")]
     assert sent == ["ok@example.com.eml"]
 

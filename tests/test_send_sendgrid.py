@@ -371,7 +371,7 @@ def test_test_sends_go_every_time_and_are_never_the_days_issue(
         result = newsletter(site, "send", "--list", "test", "--date", DATE)  # no --yes needed
         assert result.returncode == 0, result.stderr
         assert (
-            "Test send '[TEST] The Test Times: Tuesday, 5 March 2024' to 1 recipients"
+            "Test send '[TEST] The Test Times: Tuesday, 5 March 2024' to 1 recipient "
             in result.stdout
         )
     one_off = newsletter(

@@ -349,9 +349,9 @@ def test_status_shows_the_events_of_an_issue(web: Web) -> None:
               event("open", "reader@example.com", 3, issue_id=str(issue_id))]  # fmt: skip
     assert web.post_events(events).status_code == 200
     status = run(web.site.config_path, "status", "--date", "2024-03-05", **ENV)
-    assert "events reported by SendGrid: 2 delivered, 1 opens" in status.stdout
+    assert "events reported by SendGrid: 2 delivered, 1 open" in status.stdout
     recent = run(web.site.config_path, "status", **ENV)
-    assert "[2 delivered, 1 opens]" in recent.stdout
+    assert "[2 delivered, 1 open]" in recent.stdout
 
 
 # -- archive, health, logs -----------------------------------------------------------------

@@ -160,9 +160,9 @@ def test_import_validates_normalises_dedupes_and_reports_every_rejected_row(
 
     result = run(site, "import", str(source), "--list", "main")
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # rows were rejected: a script must notice
     assert "Traceback" not in result.stderr
-    assert result.stdout == f"{main}: 2 added, 2 already on the list\n"
+    assert result.stdout == f"{main}: 2 added, 2 already on the list, 7 rows rejected\n"
     problems = rejected(result.stderr)
     assert [line for line, _ in problems] == [3, 4, 7, 13, 15, 16, 17]
     assert problems[0][1].startswith("'bad-address': ")
@@ -471,13 +471,13 @@ def test_suppress_and_unsuppress_change_what_count_reports(site: Site) -> None:
 
     suppressed = run(site, "suppress", "Ann@Example.com", "--reason", "unsubscribed")
     assert suppressed.returncode == 0, suppressed.stderr
-    assert suppressed.stdout == "suppressed 1 new address(es)\n"
+    assert suppressed.stdout == "suppressed 1 new address\n"
 
     every_list = run(site, "count")
     assert every_list.returncode == 0, every_list.stderr
     assert every_list.stdout.splitlines() == [
         "main: 3 subscribers, 2 not suppressed",
-        "test: 1 subscribers, 0 not suppressed",
+        "test: 1 subscriber, 0 not suppressed",
     ]
 
     lifted = run(site, "unsuppress", "ann@example.com")
@@ -507,7 +507,7 @@ def test_resubscribe_brings_back_a_reader_still_in_the_file_to_that_list_only(si
     counts = run(site, "count").stdout.splitlines()
     assert counts == [
         "main: 3 subscribers, 3 not suppressed",
-        "weekly: 1 subscribers, 0 not suppressed",
+        "weekly: 1 subscriber, 0 not suppressed",
     ]
 
 

@@ -19,6 +19,7 @@ class SourceResult:
 
     stories: list[Story] = field(default_factory=list)
     problems: list[SourceProblem] = field(default_factory=list)
+    drafts: list[Story] = field(default_factory=list)  # marked as drafts: never in an issue
 
 
 class StorySource(Protocol):
@@ -33,6 +34,7 @@ class StorySource(Protocol):
 class Gathered:
     stories: tuple[Story, ...]
     problems: tuple[SourceProblem, ...]
+    drafts: tuple[Story, ...] = ()  # drafts dated in the window: what a writer may miss
 
 
 def gather(
@@ -49,6 +51,7 @@ def gather(
     """
     problems: list[SourceProblem] = []
     candidates: list[Story] = []
+    drafts: list[Story] = []
     for source in sources:
         try:
             result = source.fetch()
@@ -62,6 +65,7 @@ def gather(
             continue
         candidates.extend(result.stories)
         problems.extend(result.problems)
+        drafts.extend(s for s in result.drafts if s.published in window)
 
     seen: set[str] = set()
     chosen: list[Story] = []
@@ -78,4 +82,5 @@ def gather(
     chosen = chosen[:max_stories]
     if not newest_first:
         chosen.reverse()
-    return Gathered(tuple(chosen), tuple(problems))
+    drafts.sort(key=lambda s: s.published, reverse=True)
+    return Gathered(tuple(chosen), tuple(problems), tuple(drafts))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from newsletter.models import SourceProblem, Story, normalise_url
 from newsletter.stories.base import SourceResult
 from newsletter.stories.sanitize import clean_html
 
+log = logging.getLogger(__name__)
 _FENCE = re.compile(r"^---[ \t]*$")
 HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$")]
 # a title reaches the subject header and the terminal (`check`): one line, no ESC
@@ -71,16 +73,19 @@ class MarkdownFolderSource:
             if any(part.startswith(("_", ".")) for part in path.relative_to(self.folder).parts):
                 continue
             try:
-                story = self.read(path)
+                story, draft = self.read(path)
             except SourceError as exc:
                 result.problems.append(SourceProblem(self.name, str(exc)))
                 continue
-            if story is not None:
+            if draft:  # kept aside, so `check` can say why a story is missing
+                log.info("%s: left out, it is a draft (draft: true)", path)
+                result.drafts.append(story)
+            else:
                 result.stories.append(story)
         return result
 
-    def read(self, path: Path) -> Story | None:
-        """One story file; None for a draft. Errors name the file and the line."""
+    def read(self, path: Path) -> tuple[Story, bool]:
+        """One story file, and whether it is a draft. Errors name the file and the line."""
         try:
             text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:
@@ -88,8 +93,6 @@ class MarkdownFolderSource:
         except OSError as exc:
             raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
         meta, body = split_front_matter(path, text)
-        if meta.draft:
-            return None
         published = meta.date
         if not isinstance(published, dt.datetime):
             published = dt.datetime.combine(published, dt.time(0, 0))
@@ -98,7 +101,7 @@ class MarkdownFolderSource:
         rel = path.relative_to(self.folder).as_posix()
         story_id = meta.id or (normalise_url(meta.url) if meta.url else f"{self.name}:{rel}")
         body_html = clean_html(self._markdown.render(body)) if body.strip() else None
-        return Story(
+        story = Story(
             id=story_id,
             title=meta.title,
             published=published,
@@ -111,6 +114,7 @@ class MarkdownFolderSource:
             author=meta.author or None,
             tags=tuple(meta.tags),
         )
+        return story, meta.draft
 
 
 def split_front_matter(path: Path, text: str) -> tuple[FrontMatter, str]:

@@ -26,9 +26,11 @@ from sendgrid import SendGridAPIClient
 
 from newsletter.config import SendGridSettings
 from newsletter.controls import body_text, has_control, one_line
+from newsletter.redaction import redact
 from newsletter.tokens import HTML_SAFE, ONE_LINE, html_token, text_token
 from newsletter.transports.base import (
     Batch,
+    BatchFailure,
     InDoubt,
     Message,
     PermanentFailure,
@@ -88,6 +90,7 @@ class SendGridTransport:
         self.api = SendGridAPIClient(api_key=api_key, host=settings.api_url.rstrip("/"))
         self.api.client.timeout = settings.timeout
         self.clock = clock
+        self._key = api_key
         self._common: tuple[Message, str, str, list[str]] | None = None
 
     def common_fields(self, message: Message) -> dict[str, Any]:
@@ -222,7 +225,15 @@ class SendGridTransport:
         return Receipt(message_id=response.headers.get("X-Message-Id"))
 
     def _call(self, request: Callable[[], Any]) -> Any:
-        """Run one API request; classify what went wrong as temporary or permanent."""
+        """Run one API request; what went wrong as a temporary or permanent failure, with
+        the key masked: an error body may quote the request back, and it is shown and stored."""
+        try:
+            return self._classified(request)
+        except BatchFailure as exc:
+            exc.args = (redact(str(exc), [self._key]),)
+            raise
+
+    def _classified(self, request: Callable[[], Any]) -> Any:
         try:
             return request()
         except HTTPError as exc:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from newsletter.config import SmtpSettings
+from newsletter.redaction import login_forms, redact
 from newsletter.transports.base import (
     BatchFailure,
     InDoubt,
@@ -37,6 +38,7 @@ class SmtpTransport:
     ) -> None:
         self.settings = settings
         self._password = password
+        self._secrets = login_forms(settings.username, password)  # masked in server replies
         self._ssl_context = ssl_context
         self._connection: smtplib.SMTP | None = None
         self._eight_bit = False
@@ -63,7 +65,7 @@ class SmtpTransport:
             if isinstance(exc, smtplib.SMTPAuthenticationError):
                 raise PermanentFailure(f"SMTP login refused by {s.host}: {exc.smtp_code}") from None
             raise TemporaryFailure(
-                f"cannot connect to SMTP server {s.host}:{s.port}: {exc}"
+                f"cannot connect to SMTP server {s.host}:{s.port}: {self._said(exc)}"
             ) from None
 
     def send_batch(self, message: Message, recipients: Sequence[Recipient]) -> Receipt:
@@ -101,7 +103,7 @@ class SmtpTransport:
                 return None
             except smtplib.SMTPRecipientsRefused as exc:
                 code, reason = next(iter(exc.recipients.values()))
-                refusal = f"{code} {reason.decode(errors='replace')}"
+                refusal = self._said(f"{code} {reason.decode(errors='replace')}")
                 if 400 <= code < 500:  # greylisting, a busy mailbox, 421: "later", not "never"
                     if code == 421:  # smtplib has closed the connection
                         self._drop()
@@ -114,15 +116,20 @@ class SmtpTransport:
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
                 self._drop()
                 if attempt == 2:
-                    raise TemporaryFailure(f"SMTP connection lost: {exc}") from None
+                    raise TemporaryFailure(f"SMTP connection lost: {self._said(exc)}") from None
                 log.info("SMTP connection lost, reconnecting")
             except smtplib.SMTPResponseException as exc:
                 if 400 <= exc.smtp_code < 500:
                     raise TemporaryFailure(f"SMTP server said {exc.smtp_code}") from None
                 raise PermanentFailure(
-                    f"SMTP server refused the message: {exc.smtp_code} {exc.smtp_error!r}"
+                    f"SMTP server refused the message: {exc.smtp_code} {self._said(exc.smtp_error)}"
                 ) from None
         return None
+
+    def _said(self, reply: object) -> str:
+        """What the server said, as we may show and store it: a reply may quote the login."""
+        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+        return redact(text, self._secrets)
 
     def _drop(self) -> None:
         if self._connection is not None:

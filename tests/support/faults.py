@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsletter.ledger import Ledger
+from newsletter.words import plural
 
 from ..conftest import SENDGRID_TEST_API_KEY, Site
 
@@ -120,7 +121,7 @@ def named_in_doubt(site: Site, run: Run) -> set[str]:
     if "in doubt:" not in run.stderr:
         return set()
     section = run.stderr.split("in doubt:", 1)[1].split("Then run the same command", 1)[0]
-    assert f"{len(everyone):,} recipients may or may not have the issue" in section
+    assert f"{plural(len(everyone), 'recipient')} may or may not have the issue" in section
     shown = {line.strip() for line in section.splitlines()[1:] if "@" in line}
     assert shown and shown <= everyone
     return everyone

@@ -288,6 +288,8 @@ class Fault:
     generic SendGrid error); `delay` waits first (alone: then answers normally); `hang` reads the
     request and never answers until the emulator stops; `drop` closes the connection unanswered.
     `path` is the request path (prefix) the fault applies to; by default mail/send only.
+    `echo_authorization` adds the request's own Authorization header (the API key) to each error
+    message, as a careless server or proxy might.
     """
 
     status: int | None = None
@@ -298,6 +300,7 @@ class Fault:
     hang: bool = False
     drop: bool = False
     path: str = MAIL_SEND_PATH
+    echo_authorization: bool = False
 
     def __post_init__(self) -> None:
         if sum([self.status is not None, self.hang, self.drop]) > 1:
@@ -728,7 +731,7 @@ class SendGridEmulator:
             handler.close_connection = True
             return
         if fault is not None and fault.status is not None:
-            reply = self._fault_reply(fault)
+            reply = self._fault_reply(fault, headers.get("authorization", ""))
             self._record(record, reply, fault=fault)
         else:
             reply = self._route(record)
@@ -736,10 +739,16 @@ class SendGridEmulator:
         self._send(handler, reply)
 
     @staticmethod
-    def _fault_reply(fault: Fault) -> _Reply:
+    def _fault_reply(fault: Fault, authorization: str = "") -> _Reply:
         status = fault.status or 500
-        if fault.errors is not None:
-            payload = json.dumps({"errors": fault.errors}).encode()
+        errors = fault.errors
+        if fault.echo_authorization:
+            errors = [
+                {**e, "message": f"{e.get('message')} (Authorization: {authorization})"}
+                for e in (errors or json.loads(_error_body(status))["errors"])
+            ]
+        if errors is not None:
+            payload = json.dumps({"errors": errors}).encode()
         elif fault.body is not None:
             payload = fault.body
         else:
