@@ -277,7 +277,8 @@ def test_import_and_add_refuse_control_characters_naming_the_line(site: Site) ->
 
     assert "Traceback" not in imported.stderr
     main = site.root / "subscribers" / "main.csv"
-    assert imported.stdout == f"{main}: 2 added, 0 already on the list\n"
+    assert imported.returncode == 1  # rows were rejected
+    assert imported.stdout == f"{main}: 2 added, 0 already on the list, 6 rows rejected\n"
     assert imported.stderr.splitlines() == [
         "rejected: line 3: name contains a control character (U+000D); it must be one line of plain text",
         "rejected: line 5: name contains a control character (U+001B); it must be one line of plain text",
@@ -326,6 +327,8 @@ def test_subscribers_list_shows_control_characters_escaped_not_raw(site: Site) -
 
 def test_a_story_title_with_an_escape_sequence_is_shown_by_check_as_text(site: Site) -> None:
     site.story("lead", title="Lead\x1b]0;owned\x07 \x1b[2Jstory", author="A\x9bB")
+    (site.root / "subscribers").mkdir()
+    (site.root / "subscribers" / "main.csv").write_text("email\n", encoding="utf-8")
 
     result = newsletter(site, "check", "--date", DATE)
 
