@@ -22,7 +22,7 @@ from newsletter.scheduler import SchedulerService, next_run
 
 from .conftest import Site
 from .support.sendgrid_emulator import Fault, SendGridEmulator
-from .test_send_sendgrid import env, newsletter, setup_site
+from .test_send_sendgrid import HELD, env, newsletter, setup_site
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -351,7 +351,7 @@ def test_two_schedulers_on_one_database_send_once(
     schedulers: Callable[..., SchedulerProcess],
 ) -> None:
     fire = just_missed()
-    emails = real_site(site, sendgrid_emulator, fire, 300, batch_size=100)
+    emails = real_site(site, sendgrid_emulator, fire, 300, batch_size=100, timeout=HELD)
     sendgrid_emulator.fail_all(Fault(status=503))  # SendGrid was down when the run was due
     failed = service(site, Clock(fire), database_url).run_issue(fire)
     assert failed is not None and failed.outcome == "failed" and not failed.permanent
@@ -392,7 +392,7 @@ def test_sigterm_mid_send_finishes_the_batch_and_the_next_start_resumes(
     site: Site, sendgrid_emulator: SendGridEmulator, schedulers: Callable[..., SchedulerProcess]
 ) -> None:
     fire = just_missed()
-    emails = real_site(site, sendgrid_emulator, fire, 1000, batch_size=100)
+    emails = real_site(site, sendgrid_emulator, fire, 1000, batch_size=100, timeout=HELD)
     went_down_before(site, fire)
     sendgrid_emulator.script(Fault(), Fault(), Fault(hold=True))  # batch 3 is in flight...
     first = schedulers(site)
