@@ -16,6 +16,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -89,9 +90,10 @@ def one_try(config: Path, url: str, processes: int, timeout: float) -> list[tupl
 
 
 def failure_kind(code: int, err: str) -> str:
-    """The last line of the error, or the exit code: enough to tell the races apart."""
+    """The exception line, else the last line without its time: enough to tell the races apart."""
     lines = [line for line in err.splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    last = errors[-1] if errors else re.sub(r"^\S+Z ", "", lines[-1] if lines else "")
     return f"exit {code}: {last[:160]}"
 
 
