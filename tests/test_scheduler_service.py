@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from newsletter.ledger import Ledger
+from newsletter.ledger import SCHEMA_LOCK_KEY, Ledger
 from newsletter.scheduler import SchedulerService, next_run
 
 from .conftest import Site
@@ -386,6 +387,35 @@ def test_schedulers_starting_together_on_a_new_database_all_start_and_stop(
     assert [code for code, _ in results] == [0] * 4, logs(*group)
     assert not any("Traceback" in err for _, err in results), logs(*group)
     assert all("scheduler stopped" in err for _, err in results), logs(*group)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_sigterm_while_starting_is_neither_lost_nor_fatal(
+    site: Site, database_url: str, schedulers: Callable[..., SchedulerProcess]
+) -> None:
+    """SIGTERM while the scheduler waits to create the schema (the test holds the lock):
+    it starts, stops at once, and exits 0."""
+    setup_site(site, None, 3)
+    engine = sa.create_engine(database_url)
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    try:
+        with engine.connect() as holder:
+            holder.execute(sa.select(sa.func.pg_advisory_lock(SCHEMA_LOCK_KEY)))
+            starting = schedulers(site, database_url=database_url)
+            with engine.connect() as conn:
+                blocked = wait_until(lambda: conn.execute(waiting).scalar() == 1, timeout=90)
+            assert blocked, starting.log
+            starting.signal(signal.SIGTERM)
+            holder.execute(sa.select(sa.func.pg_advisory_unlock(SCHEMA_LOCK_KEY)))
+        code, err = starting.finish()
+    finally:
+        engine.dispose()
+    assert code == 0, err
+    assert "scheduler started" in err and "SIGTERM received" in err, err
+    assert "scheduler stopped" in err and "Traceback" not in err, err
 
 
 def test_sigterm_mid_send_finishes_the_batch_and_the_next_start_resumes(
