@@ -274,6 +274,15 @@ class Ledger:
     def close(self) -> None:
         self.engine.dispose()
 
+    def create_tables(self, tables: Sequence[sa.Table]) -> None:
+        """Create another component's tables (APScheduler's job store) under the schema lock."""
+        try:
+            _create_schema(self.engine, tables)
+        except SQLAlchemyError as exc:
+            raise LedgerError(
+                f"cannot create {', '.join(t.name for t in tables)}: {_safe(exc, self.url)}"
+            ) from None
+
     @contextlib.contextmanager
     def _atomic(self) -> Iterator[sa.Connection]:
         """A transaction that savepoints cannot end early, on SQLite too.
@@ -985,22 +994,43 @@ def _insert_missing(
         return inserted
 
 
-def _create_schema(engine: sa.Engine, attempts: int = 10) -> None:
-    """Create missing tables; processes opening a new database at once all succeed.
+# Any 64-bit key; every process creating the schema of a PostgreSQL database takes it.
+SCHEMA_LOCK_KEY = 0x6E6577736C6574  # "newslet"
 
-    Two creators race: the loser's CREATE fails ("already exists", or on
-    PostgreSQL a unique violation in its catalogue) once the winner has made
-    the table, so look again and create only what is still missing.
+
+def _create_schema(engine: sa.Engine, tables: Sequence[sa.Table] | None = None) -> None:
+    """Create the missing tables once, however many processes open a new database at once.
+
+    Two creators would race (the loser's CREATE fails: "already exists", or on
+    PostgreSQL a unique violation in its catalogue), so creation holds a lock:
+    a transaction-level advisory lock on PostgreSQL, the write lock (BEGIN
+    IMMEDIATE) on SQLite. Whoever waited finds the tables there and creates
+    nothing. DDL is transactional on both, so the lock covers the whole schema.
     """
-    for attempt in range(attempts):
-        try:
-            metadata.create_all(engine)
-            return
-        except SQLAlchemyError as exc:
-            lost_race = isinstance(exc, sa.exc.IntegrityError) or "already exists" in str(exc)
-            if not lost_race or attempt == attempts - 1:
-                raise
-            time.sleep(0.01 * (attempt + 1))
+    wanted = list(metadata.sorted_tables if tables is None else tables)
+    with engine.connect() as conn:
+        existing = set(sa.inspect(conn).get_table_names())
+    if all(table.name in existing for table in wanted):
+        return  # the usual case: no lock taken
+    with _schema_lock(engine) as conn:
+        for table in wanted:  # in dependency order, each with its indexes
+            table.create(conn, checkfirst=True)
+
+
+@contextlib.contextmanager
+def _schema_lock(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that no other schema creator runs alongside."""
+    if engine.dialect.name == "postgresql":
+        # READ COMMITTED: each statement sees what the previous lock holder committed
+        options = {"isolation_level": "READ COMMITTED"}
+        with engine.connect().execution_options(**options) as conn, conn.begin():
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
+            yield conn
+        return
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits (busy_timeout) for the write lock
+        yield conn
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

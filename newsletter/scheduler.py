@@ -8,6 +8,7 @@ ledger's per-date claim makes every run safe to repeat.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import logging
@@ -23,8 +24,8 @@ from zoneinfo import ZoneInfo
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 
@@ -42,6 +43,7 @@ log = logging.getLogger("newsletter.schedule")
 JOB_ID = "newsletter-daily-issue"
 JOB_TABLE = "apscheduler_jobs"
 LOOKAHEAD_DAYS = 14
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 class DailyIssueTrigger(BaseTrigger):
@@ -183,6 +185,8 @@ class SchedulerService:
     stopping: threading.Event = field(default_factory=threading.Event)
     idle: threading.Event = field(default_factory=threading.Event)
     scheduler: BaseScheduler | None = None
+    # stopping is set, and a run marks itself busy, under this lock: a stop sees every run
+    _starting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -203,9 +207,10 @@ class SchedulerService:
 
     def run_issue(self, scheduled: dt.datetime) -> SendReport | None:
         """Send the issue of `scheduled`'s date if it is still in time; report either way."""
-        if self.stopping.is_set():
-            return None
-        self.idle.clear()
+        with self._starting:
+            if self.stopping.is_set():
+                return None
+            self.idle.clear()
         try:
             return self._run(scheduled)
         finally:
@@ -344,11 +349,11 @@ class SchedulerService:
     # -- the service ---------------------------------------------------------------
 
     def build_scheduler(
-        self, config: Config, ledger: Ledger, kind: type[BaseScheduler] = BlockingScheduler
+        self, config: Config, ledger: Ledger, kind: type[BaseScheduler] = BackgroundScheduler
     ) -> BaseScheduler:
         scheduler = kind(
             jobstores={
-                "default": SQLAlchemyJobStore(engine=ledger.engine, tablename=JOB_TABLE),
+                "default": job_store(ledger),
                 "retries": MemoryJobStore(),
             },
             executors={"default": {"type": "threadpool", "max_workers": 1}},
@@ -399,47 +404,85 @@ class SchedulerService:
         return CatchUp(owed.skipped, due)
 
     def serve(self) -> int:
-        """Run until SIGTERM/SIGINT; a send in progress finishes its batch first. Exit 0."""
+        """Run until SIGTERM/SIGINT; a send in progress finishes its batch first. Exit 0.
+
+        The stop signals are blocked from the first moment and taken with sigwait
+        once the scheduler runs: one that arrives while starting is neither lost
+        nor fatal, and no signal handler runs in the middle of a lock.
+        """
         global _service
-        config = self.config()
-        tz = config.newsletter.tz
-        with Ledger(config.database_url) as ledger:
-            stored_next = next_run(ledger)  # before the job is replaced
-            scheduler = self.build_scheduler(config, ledger)
-            self.scheduler = scheduler
-            _service = self
-            self.prepare(scheduler, config, stored_next)
-            upcoming = trigger_for(config).upcoming(self.clock(), 1)
-            if upcoming:
-                first = upcoming[0]
-                log_event(
-                    logging.INFO,
-                    f"scheduler started; next run {first.astimezone(tz):%Y-%m-%d %H:%M %Z} "
-                    f"({first.astimezone(dt.UTC):%H:%M} UTC)",
-                    {"event": "scheduler", "phase": "started", "next_run": first.isoformat()},
-                )
-            handlers = {
-                sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-            }
-            try:
-                scheduler.start()  # blocks until a signal shuts it down
-            finally:
-                for sig, handler in handlers.items():
-                    signal.signal(sig, handler)
-                self.idle.wait()  # the batch in flight is recorded before we leave
-                _service = None
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            config = self.config()
+            with Ledger(config.database_url) as ledger:
+                stored_next = next_run(ledger)  # before the job is replaced
+                scheduler = self.build_scheduler(config, ledger)
+                self.scheduler = scheduler
+                _service = self
+                try:
+                    owed = self.prepare(scheduler, config, stored_next)
+                    scheduler.start()  # threads started from here on keep the signals blocked
+                    self._log_started(scheduler, config, owed)
+                    signum = signal.sigwait(STOP_SIGNALS)
+                    log.info(
+                        "%s received: finishing the current batch, then stopping",
+                        signal.Signals(signum).name,
+                    )
+                finally:
+                    self._stop(scheduler)
+                    _service = None
             log_event(logging.INFO, "scheduler stopped", {"event": "scheduler", "phase": "stopped"})
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return 0
 
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        if self.stopping.is_set():
-            raise KeyboardInterrupt  # a second signal: stop now
-        self.stopping.set()
-        log.info(
-            "%s received: finishing the current batch, then stopping", signal.Signals(signum).name
-        )
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+    def _stop(self, scheduler: BaseScheduler) -> None:
+        """No new run starts; the one in flight finishes its batch, unless a second signal comes."""
+        with self._starting:
+            self.stopping.set()
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        with _interrupted_by(STOP_SIGNALS):
+            self.idle.wait()  # the batch in flight is recorded before we leave
+
+    def _log_started(self, scheduler: BaseScheduler, config: Config, owed: CatchUp) -> None:
+        """Say when the daily job runs next, as the running scheduler has it, and what is owed."""
+        tz = config.newsletter.tz
+        job = scheduler.get_job(JOB_ID)
+        first: dt.datetime | None = job.next_run_time if job is not None else None
+        if first is None:
+            message = f"scheduler started; no run in the next {LOOKAHEAD_DAYS} days"
+        else:
+            message = (
+                f"scheduler started; next run {first.astimezone(tz):%Y-%m-%d %H:%M %Z} "
+                f"({first.astimezone(dt.UTC):%H:%M} UTC)"
+            )
+        if owed.due is not None:
+            message += f"; the {owed.due.astimezone(tz):%Y-%m-%d %H:%M} run is owed: running it now"
+        fields = {
+            "event": "scheduler",
+            "phase": "started",
+            "next_run": first.isoformat() if first else None,
+            "owed": owed.due.isoformat() if owed.due else None,
+        }
+        log_event(logging.INFO, message, fields)
+
+
+@contextlib.contextmanager
+def _interrupted_by(signals: frozenset[signal.Signals]) -> Iterator[None]:
+    """Within the block, any of `signals` raises KeyboardInterrupt in the main thread."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    handlers = {sig: signal.signal(sig, interrupt) for sig in signals}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def queue_run(scheduler: BaseScheduler, scheduled: dt.datetime, when: dt.datetime) -> None:
@@ -456,9 +499,20 @@ def queue_run(scheduler: BaseScheduler, scheduled: dt.datetime, when: dt.datetim
     )
 
 
+def job_store(ledger: Ledger) -> SQLAlchemyJobStore:
+    """APScheduler's job store in the state database, its table made under the schema lock.
+
+    APScheduler's own check-then-create fails in one of two schedulers starting
+    on a new database at once; once the table exists it creates nothing.
+    """
+    store = SQLAlchemyJobStore(engine=ledger.engine, tablename=JOB_TABLE)
+    ledger.create_tables([store.jobs_t])
+    return store
+
+
 def next_run(ledger: Ledger) -> dt.datetime | None:
     """The daily job's next run as the job store has it (None: no scheduler ever ran)."""
-    store = SQLAlchemyJobStore(engine=ledger.engine, tablename=JOB_TABLE)
+    store = job_store(ledger)
     store.start(None, "default")  # type: ignore[arg-type]
     try:
         job = store.lookup_job(JOB_ID)

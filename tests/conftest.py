@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,16 @@ path = "stories"
 [templates]
 path = "templates"
 """
+
+
+def example_copy(folder: Path) -> Path:
+    """A copy of the repository's example newsletter, without the state and outbox that the
+    README's own commands leave in the repository; returns its config file."""
+    folder.mkdir(parents=True)
+    shutil.copy(REPO / "config.example.toml", folder / "config.example.toml")
+    for name in ("stories", "templates", "subscribers"):
+        shutil.copytree(REPO / name, folder / name)
+    return folder / "config.example.toml"
 
 
 def utc(*args: int) -> dt.datetime:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import REPO, Site
+from .conftest import Site, example_copy
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -74,15 +74,17 @@ def test_template_error_is_one_clear_line(site: Site, tmp_path: Path) -> None:
 
 
 def test_the_example_newsletter_gives_a_full_issue_on_any_day(tmp_path: Path) -> None:
+    # a copy: the README's main job leaves a state database (stories already sent) and an outbox
+    config = example_copy(tmp_path / "example")
     output = tmp_path / "issue.html"
-    result = run("--config", str(REPO / "config.example.toml"), "preview", "--output", str(output))
+    result = run("--config", str(config), "preview", "--output", str(output))
     assert result.returncode == 0, result.stderr
     html = output.read_text(encoding="utf-8")
     assert "The Morning Brief" in html
     assert "Putin Meets Top Chinese General" in html
     assert "Good morning. Here is what happened" in html  # the example's own intro partial
     assert "4 stories" in result.stderr
-    assert not (REPO / "outbox").exists()
+    assert not (config.parent / "outbox").exists()  # a preview sends nothing
 
 
 def test_version_and_help() -> None:

@@ -145,6 +145,51 @@ def test_story_text_cannot_forge_a_token(site: Site) -> None:
     assert "Click %%unsubscribe_url%% or here %%first_name%%" in visible
 
 
+# Every story field the theme shows, each with its own forged token: the name tells which
+# field's guard gave way. The text part shows no tags, image or alt text.
+TRAP_FIELDS = {
+    "html": ("title", "url", "author", "tag", "image", "alt", "summary", "body"),
+    "text": ("title", "url", "author", "summary", "body"),
+}
+
+
+@pytest.mark.parametrize("story_text", ["full", "summary"])
+def test_no_story_field_can_forge_a_token(site: Site, story_text: str) -> None:
+    site.write_config(extra=f'[issue]\nstory_text = "{story_text}"\n')
+    fields = {
+        "title": "Win %%in_title%%",
+        "url": "https://example.com/%%in_url%%",
+        "author": "Ann %%in_author%%",
+        "tags": ["%%in_tag%%", "%%in_second_tag%%"],
+        "image": "https://cdn.example.com/%%in_image%%.jpg",
+        "image_alt": "A crowd %%in_alt%% and %%in_alt:text%%",
+        "summary": "Summary %%in_summary%% and %%in_summary:text%%",
+    }
+    site.story("full", "Body %%in_body%% and %%in_body:text%%\n", **fields)
+    # without a body, full mode shows the summary too (another URL: not a duplicate)
+    fields["url"] = "https://example.com/short/%%in_url%%"
+    site.story("short", "", **fields, date="2024-03-05 05:00:00+00:00")
+    built = build(site)
+
+    html_names = Personaliser(built.email.html).names
+    text_names = Personaliser(built.email.text).names
+    assert html_names == {"email", "unsubscribe_url"}, html_names
+    assert text_names == {"email", "unsubscribe_url"}, text_names
+    # each trap reached the part it was meant to test, visibly and broken
+    html = lxml.html.fromstring(built.email.html)
+    seen_html = html.text_content() + " ".join(html.xpath("//@href | //@src | //@alt"))
+    shown = {
+        part: seen.replace("\u2060", "").replace("%25%25", "%%")
+        for part, seen in (("html", seen_html), ("text", built.email.text))
+    }
+    for part, names in TRAP_FIELDS.items():
+        for name in names:
+            if name == "body" and story_text == "summary":
+                assert f"%%in_{name}%%" not in shown[part], part
+            else:
+                assert f"%%in_{name}%%" in shown[part], (part, name)
+
+
 def test_values_are_escaped_in_html_but_not_in_text(two_stories: Site) -> None:
     built = build(two_stories)
     html, text = built.personalised({**VALUES, "email": "a&b<i>@example.org"})

@@ -9,19 +9,21 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from newsletter.ledger import Ledger
-from newsletter.scheduler import SchedulerService, next_run
+from newsletter.ledger import SCHEMA_LOCK_KEY, Ledger
+from newsletter.scheduler import SchedulerService, next_run, trigger_for
 
 from .conftest import Site
 from .support.sendgrid_emulator import Fault, SendGridEmulator
-from .test_send_sendgrid import env, newsletter, setup_site
+from .test_send_sendgrid import HELD, env, newsletter, setup_site
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -184,10 +186,18 @@ def test_a_permanent_failure_is_not_retried_and_the_admin_is_told(
 
 
 # -- the real process ----------------------------------------------------------------------
+#
+# APScheduler in a child process reads the real clock, so these tests never wait for a run
+# time to come: the run is already owed when the process starts (a scheduler that went down
+# just before it, or a run that failed), and each step waits for what the process says it
+# did, or for a request the SendGrid emulator holds until the test lets it go.
+
+BUSY = "busy (the issue is claimed by another sender)"
 
 
-def soon(seconds: float) -> dt.datetime:
-    return dt.datetime.now(LONDON) + dt.timedelta(seconds=seconds)
+def just_missed() -> dt.datetime:
+    """A run time a minute ago, to the second: well inside misfire_grace (2 h)."""
+    return (dt.datetime.now(LONDON) - dt.timedelta(minutes=1)).replace(microsecond=0)
 
 
 def real_site(
@@ -201,131 +211,247 @@ def real_site(
     return emails
 
 
-def start_scheduler(
-    site: Site, *args: str, database_url: str | None = None
-) -> subprocess.Popen[str]:
-    extra = {"NEWSLETTER_DATABASE_URL": database_url} if database_url else {}
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", *args, "--config", str(site.config_path), "schedule"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra),
-    )  # fmt: skip
+def went_down_before(site: Site, fire: dt.datetime, database_url: str | None = None) -> None:
+    """Leave the job store as a scheduler that stopped a minute before `fire` left it."""
+    runner = service(site, Clock(fire - dt.timedelta(minutes=1)), database_url)
+    config = runner.config()
+    with Ledger(config.database_url) as ledger:
+        scheduler = runner.build_scheduler(config, ledger, StoreOnly)
+        runner.prepare(scheduler, config, next_run(ledger))
+        scheduler.start(paused=True)  # the job reaches the job store
+        scheduler.shutdown(wait=False)
+        assert next_run(ledger) == fire
 
 
-def stop(process: subprocess.Popen[str], timeout: float = 15) -> tuple[int, str]:
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=timeout)
-    return process.returncode, err
+class SchedulerProcess:
+    """`newsletter schedule` in a child process, its log read as it comes."""
+
+    def __init__(self, site: Site, *args: str, database_url: str | None = None) -> None:
+        extra = {"NEWSLETTER_DATABASE_URL": database_url} if database_url else {}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", *args, "--config", str(site.config_path), "schedule"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(**extra),
+        )  # fmt: skip
+        self._lines: list[str] = []
+        self._ended = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "".join(self._lines)
+
+    def said(self, fragment: str) -> bool:
+        with self._changed:
+            return any(fragment in line for line in self._lines)
+
+    def wait_for(self, fragment: str, timeout: float = 90) -> bool:
+        """True once a log line has `fragment`; False if the process ends first (or hangs)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._ended or self.said(fragment), timeout)
+        return self.said(fragment)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def finish(self, timeout: float = 60) -> tuple[int | None, str]:
+        """Its exit code (None: still running) and its whole log."""
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None, self.log
+        with self._changed:
+            self._changed.wait_for(lambda: self._ended, timeout)
+        return self.process.returncode, self.log
+
+    def stop(self) -> tuple[int | None, str]:
+        self.signal(signal.SIGTERM)
+        return self.finish()
 
 
-def wait_until(condition, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+def logs(*processes: SchedulerProcess) -> str:
+    """Every process's log, for an assertion's message."""
+    return "\n".join(f"--- scheduler {n}:\n{p.log}" for n, p in enumerate(processes, 1))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll `condition`; the timeout only bounds a failure, it is no margin a pass relies on."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-    return False
+    return True
 
 
-def sent_status(site: Site, database_url: str | None = None) -> str | None:
-    url = database_url or site.config().database_url
-    with Ledger(url) as ledger:
-        issues = ledger.recent_issues("main")
-    return issues[0].status if issues else None
+def sent_to(emulator: SendGridEmulator) -> collections.Counter[str]:
+    return collections.Counter(emulator.recipients())
 
 
 @pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def schedulers() -> Iterator[Callable[..., SchedulerProcess]]:
+    started: list[SchedulerProcess] = []
+
+    def start(site: Site, *args: str, database_url: str | None = None) -> SchedulerProcess:
+        started.append(SchedulerProcess(site, *args, database_url=database_url))
+        return started[-1]
+
+    yield start
+    for each in started:
+        if each.process.poll() is None:
+            each.process.kill()
+            each.process.wait()
 
 
-def test_the_scheduler_sends_on_time_once_and_stops_cleanly(
-    site: Site, sendgrid_emulator: SendGridEmulator, processes: list[subprocess.Popen[str]]
+def test_a_missed_run_goes_out_once_late_and_a_restart_sends_nothing(
+    site: Site, sendgrid_emulator: SendGridEmulator, schedulers: Callable[..., SchedulerProcess]
 ) -> None:
-    emails = real_site(site, sendgrid_emulator, soon(4), 30)
-    first = start_scheduler(site)
-    processes.append(first)
-    assert wait_until(lambda: sent_status(site) == "sent", timeout=30)
-    code, err = stop(first)
-    assert code == 0, err
-    assert "run finished for main" in err and ": sent (1 story, 30 of 30 recipients, 1 batch" in err
-    assert "scheduler stopped" in err and "Traceback" not in err
-    assert collections.Counter(sendgrid_emulator.recipients()) == collections.Counter(emails)
-    status = newsletter(site, "status").stdout
-    tomorrow = (dt.datetime.now(LONDON) + dt.timedelta(days=1)).date()
-    assert f"Next scheduled run: {tomorrow}" in status
-    assert "Last issue: " in status and "(main) sent" in status
+    fire = just_missed()
+    emails = real_site(site, sendgrid_emulator, fire, 30)
+    went_down_before(site, fire)
 
-    second = start_scheduler(site)  # the same database: the day's issue is done
-    processes.append(second)
-    time.sleep(3)
-    code, err = stop(second)
+    first = schedulers(site)
+    assert first.wait_for("run finished for main"), first.log
+    code, err = first.stop()
     assert code == 0, err
+    assert f"the {fire:%Y-%m-%d %H:%M} run is owed: running it now" in err
+    assert ": sent (1 story, 30 of 30 recipients, 1 batch" in err
+    assert "scheduler stopped" in err and "Traceback" not in err
+    assert sent_to(sendgrid_emulator) == collections.Counter(emails)
+    tomorrow = trigger_for(site.config()).fire_time(fire.date() + dt.timedelta(days=1))
+    status = newsletter(site, "status").stdout
+    assert f"Next scheduled run: {tomorrow:%Y-%m-%d %H:%M}" in status
+    assert f"Last issue: {fire.date()} (main) sent" in status
+
+    # the same database: the day's issue is done. The start line is logged once the scheduler
+    # runs with what it decided it owes, so waiting for it cannot be too early.
+    second = schedulers(site)
+    assert second.wait_for("scheduler started"), second.log
+    code, err = second.stop()
+    assert code == 0, err
+    assert f"scheduler started; next run {tomorrow:%Y-%m-%d %H:%M}" in err
+    assert "is owed" not in err and "run started" not in err
     assert len(sendgrid_emulator.mail_requests()) == 1
-    assert "scheduler started; next run" in err and "run started" not in err
 
 
 def test_two_schedulers_on_one_database_send_once(
     site: Site,
     sendgrid_emulator: SendGridEmulator,
     database_url: str,
-    processes: list[subprocess.Popen[str]],
+    schedulers: Callable[..., SchedulerProcess],
 ) -> None:
-    emails = real_site(site, sendgrid_emulator, soon(5), 300, batch_size=100)
-    sendgrid_emulator.fail_all(Fault(delay=0.3))
-    pair = [start_scheduler(site, database_url=database_url) for _ in range(2)]
-    processes.extend(pair)
-    assert wait_until(lambda: sent_status(site, database_url) == "sent", timeout=40)
-    results = [stop(p) for p in pair]
-    assert [code for code, _ in results] == [0, 0]
-    logs = [err for _, err in results]
-    assert sum(": sent (" in log for log in logs) == 1
-    assert (
-        sum(
-            "busy (the issue is claimed by another sender)" in log or ": already_sent" in log
-            for log in logs
-        )
-        == 1
+    fire = just_missed()
+    emails = real_site(site, sendgrid_emulator, fire, 300, batch_size=100, timeout=HELD)
+    sendgrid_emulator.fail_all(Fault(status=503))  # SendGrid was down when the run was due
+    failed = service(site, Clock(fire), database_url).run_issue(fire)
+    assert failed is not None and failed.outcome == "failed" and not failed.permanent
+    sendgrid_emulator.reset()
+    sendgrid_emulator.fail_all(Fault(hold=True))  # each batch waits for the test's word
+
+    # both start at once on a job store nobody created yet; both owe the failed issue
+    pair = [schedulers(site, database_url=database_url) for _ in range(2)]
+    assert sendgrid_emulator.wait_for_held(1, timeout=90), logs(*pair)
+    # one holds the claim, its first batch in flight: the other must find it claimed
+    assert wait_until(lambda: any(p.said(BUSY) for p in pair), timeout=90), logs(*pair)
+    sendgrid_emulator.release()
+    [sender] = [p for p in pair if not p.said(BUSY)]
+    assert sender.wait_for("run finished for main"), logs(*pair)
+
+    results = [p.stop() for p in pair]
+    assert [code for code, _ in results] == [0, 0], logs(*pair)
+    assert ": sent (300 of 300 recipients, 3 batches" in sender.log, logs(*pair)
+    assert sum(": sent (" in p.log for p in pair) == 1, logs(*pair)
+    assert not any("Traceback" in p.log for p in pair), logs(*pair)
+    assert sent_to(sendgrid_emulator) == collections.Counter(emails)
+
+
+def test_schedulers_starting_together_on_a_new_database_all_start_and_stop(
+    site: Site, database_url: str, schedulers: Callable[..., SchedulerProcess]
+) -> None:
+    setup_site(site, None, 3)  # nothing is owed: they only create the schema and wait
+    group = [schedulers(site, database_url=database_url) for _ in range(4)]
+    for each in group:
+        assert each.wait_for("scheduler started"), logs(*group)
+    results = [each.stop() for each in group]  # SIGTERM at once after starting is no problem
+    assert [code for code, _ in results] == [0] * 4, logs(*group)
+    assert not any("Traceback" in err for _, err in results), logs(*group)
+    assert all("scheduler stopped" in err for _, err in results), logs(*group)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_sigterm_while_starting_is_neither_lost_nor_fatal(
+    site: Site, database_url: str, schedulers: Callable[..., SchedulerProcess]
+) -> None:
+    """SIGTERM while the scheduler waits to create the schema (the test holds the lock):
+    it starts, stops at once, and exits 0."""
+    setup_site(site, None, 3)
+    engine = sa.create_engine(database_url)
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     )
-    assert collections.Counter(sendgrid_emulator.recipients()) == collections.Counter(emails)
+    try:
+        with engine.connect() as holder:
+            holder.execute(sa.select(sa.func.pg_advisory_lock(SCHEMA_LOCK_KEY)))
+            starting = schedulers(site, database_url=database_url)
+            with engine.connect() as conn:
+                blocked = wait_until(lambda: conn.execute(waiting).scalar() == 1, timeout=90)
+            assert blocked, starting.log
+            starting.signal(signal.SIGTERM)
+            holder.execute(sa.select(sa.func.pg_advisory_unlock(SCHEMA_LOCK_KEY)))
+        code, err = starting.finish()
+    finally:
+        engine.dispose()
+    assert code == 0, err
+    assert "scheduler started" in err and "SIGTERM received" in err, err
+    assert "scheduler stopped" in err and "Traceback" not in err, err
 
 
 def test_sigterm_mid_send_finishes_the_batch_and_the_next_start_resumes(
-    site: Site, sendgrid_emulator: SendGridEmulator, processes: list[subprocess.Popen[str]]
+    site: Site, sendgrid_emulator: SendGridEmulator, schedulers: Callable[..., SchedulerProcess]
 ) -> None:
-    emails = real_site(site, sendgrid_emulator, soon(3), 1000, batch_size=100)
-    sendgrid_emulator.fail_all(Fault(delay=0.4))
-    first = start_scheduler(site)
-    processes.append(first)
-    assert sendgrid_emulator.wait_for_requests(2, timeout=30)
-    code, err = stop(first)
+    fire = just_missed()
+    emails = real_site(site, sendgrid_emulator, fire, 1000, batch_size=100, timeout=HELD)
+    went_down_before(site, fire)
+    sendgrid_emulator.script(Fault(), Fault(), Fault(hold=True))  # batch 3 is in flight...
+    first = schedulers(site)
+    assert sendgrid_emulator.wait_for_held(1, timeout=90), first.log
+    first.signal(signal.SIGTERM)  # ...when SIGTERM comes
+    assert first.wait_for("SIGTERM received: finishing the current batch"), first.log
+    sendgrid_emulator.release()
+    code, err = first.finish()
     assert code == 0, err
-    assert "SIGTERM received: finishing the current batch" in err
     assert ": stopped (" in err
     with Ledger(site.config().database_url) as ledger:
         [issue] = ledger.recent_issues("main")
         counts = ledger.batch_counts(issue.id)
     assert issue.status == "stopped"
     assert "submitting" not in counts  # the batch in flight was recorded, not left ambiguous
-    done = counts["submitted"][1]
-    assert 0 < done < 1000 and len(sendgrid_emulator.recipients()) == done
+    assert counts["submitted"] == (3, 300) and len(sendgrid_emulator.recipients()) == 300
 
-    sendgrid_emulator.clear_faults()
-    second = start_scheduler(site, "--log-format", "json")
-    processes.append(second)
-    assert wait_until(lambda: sent_status(site) == "sent", timeout=30)
-    code, err = stop(second)
+    second = schedulers(site, "--log-format", "json")
+    assert second.wait_for("run finished for main"), second.log
+    code, err = second.stop()
     assert code == 0, err
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     [finished] = [e for e in events if e.get("phase") == "finished"]
     assert finished["outcome"] == "sent" and finished["list"] == "main"
-    assert finished["recipients"] == 1000 and finished["submitted"] == 1000 - done
+    assert finished["recipients"] == 1000 and finished["submitted"] == 700
     assert {"time", "level", "message", "batches", "duration"} <= finished.keys()
-    assert collections.Counter(sendgrid_emulator.recipients()) == collections.Counter(emails)
+    [started] = [e for e in events if e.get("phase") == "started" and e.get("event") == "scheduler"]
+    assert started["owed"] == fire.isoformat()
+    assert sent_to(sendgrid_emulator) == collections.Counter(emails)
 
 
 def test_dry_run_lists_the_next_runs_in_local_time_and_utc(site: Site) -> None:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from .conftest import REPO, Site
+from .conftest import Site, example_copy
 from .support.cli import read, run
 
 
 def test_the_readme_main_job_on_a_copy_of_the_example(tmp_path: Path) -> None:
-    example = tmp_path / "example"
-    example.mkdir()
-    for name in ("config.example.toml",):
-        shutil.copy(REPO / name, example / name)
-    for folder in ("stories", "templates", "subscribers"):
-        shutil.copytree(REPO / folder, example / folder)
-    config = example / "config.example.toml"
+    config = example_copy(tmp_path / "example")
+    example = config.parent
 
     first = run(config, "send", "--yes")
 

@@ -21,6 +21,7 @@ from .support.sendgrid_emulator import Fault, SendGridEmulator, group_key
 SECRET = "a-test-signing-secret-of-some-length"
 TRICKY_NAME = 'Zoë "Z" O\'Brien & <Co>\\ \u2603'  # quotes, backslash, markup, non-ASCII
 DATE = "2024-03-05"
+HELD = 300  # the client's timeout (the most allowed) while the emulator holds a request
 
 
 def setup_site(
@@ -31,6 +32,7 @@ def setup_site(
     batch_size: int = 1000,
     extra: str = "",
     url: str | None = None,
+    timeout: float = 2,
 ) -> list[str]:
     site.story(
         "lead", title="Lead story", date="2024-03-05 06:00:00+00:00", url="https://example.com/lead"
@@ -53,7 +55,7 @@ def setup_site(
 
         [sendgrid]
         api_url = "{api_url}"
-        timeout = 2
+        timeout = {timeout}
         categories = ["daily"]
         """
         + extra
@@ -462,18 +464,25 @@ def test_an_unsubscribe_after_planning_is_honoured_on_resume(
 def test_a_second_send_while_one_runs_refuses(
     site: Site, sendgrid_emulator: SendGridEmulator
 ) -> None:
-    emails = setup_site(site, sendgrid_emulator, 500, batch_size=100)
-    sendgrid_emulator.fail_all(Fault(delay=0.4))
+    # the first batch is in flight until we say so (the client waits as long as it takes)
+    emails = setup_site(site, sendgrid_emulator, 500, batch_size=100, timeout=HELD)
+    sendgrid_emulator.script(Fault(hold=True))
     first = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "--config", str(site.config_path), "send", "--date", DATE, "--yes"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
     )  # fmt: skip
-    assert sendgrid_emulator.wait_for_requests(1, timeout=20)
-    second = send(site)
-    assert second.returncode == 1
+    try:
+        held = sendgrid_emulator.wait_for_held(1, timeout=60)
+        second = send(site) if held else None
+    finally:
+        sendgrid_emulator.release()
+    _, err = first.communicate(timeout=60)
+    assert second is not None, err
+    assert second.returncode == 1, second.stdout + second.stderr
     assert "is being sent by" in second.stderr and "not sending it twice" in second.stderr
-    assert first.wait(timeout=60) == 0
+    assert first.returncode == 0, err
     assert delivered(sendgrid_emulator) == collections.Counter(emails)
+    assert len(sendgrid_emulator.mail_requests()) == 5  # the second send asked for nothing
 
 
 def test_killed_mid_send_resumes_without_sending_anyone_twice(

@@ -383,6 +383,40 @@ def test_stop_releases_a_request_still_hanging(sendgrid_emulator: SendGridEmulat
     assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
 
 
+def test_a_held_request_is_answered_when_released_and_dropped_on_stop(
+    sendgrid_emulator: SendGridEmulator,
+) -> None:
+    sendgrid_emulator.script(Fault(hold=True))
+    answers: list[Any] = []
+
+    def send() -> None:
+        try:
+            answers.append(client(sendgrid_emulator, timeout=60).send(mail()).status_code)
+        except Exception as exc:
+            answers.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert sendgrid_emulator.wait_for_held(1, timeout=30)
+    assert answers == [] and sendgrid_emulator.requests == []  # in flight, not yet answered
+    sendgrid_emulator.release()
+    sender.join(30)
+    assert answers == [202]
+    [record] = sendgrid_emulator.requests
+    assert (record.status, record.fault, record.accepted) == (202, "hold", True)
+
+    sendgrid_emulator.reset()  # held again until released; this time the emulator stops
+    sendgrid_emulator.script(Fault(hold=True))
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert sendgrid_emulator.wait_for_held(1, timeout=30)
+    sendgrid_emulator.stop()
+    sender.join(30)
+    assert len(answers) == 2 and isinstance(answers[1], ConnectionError)
+    [record] = sendgrid_emulator.requests
+    assert (record.status, record.fault, record.accepted) == (None, "hold", False)
+
+
 def test_drop_closes_without_answer(sendgrid_emulator: SendGridEmulator) -> None:
     sendgrid_emulator.script(Fault(drop=True))
     with pytest.raises(ConnectionError):  # http.client.RemoteDisconnected

@@ -285,8 +285,10 @@ class Fault:
     """One scripted answer instead of the normal one.
 
     `status` answers with that code (body: `errors` as SendGrid-style JSON, else raw `body`, else a
-    generic SendGrid error); `delay` waits first (alone: then answers normally); `hang` reads the
-    request and never answers until the emulator stops; `drop` closes the connection unanswered.
+    generic SendGrid error); `delay` waits first (alone: then answers normally); `hold` waits until
+    the test calls `release()` (alone: then answers normally), so a test can act while a request
+    is known to be in flight; `hang` reads the request and never answers until the emulator
+    stops; `drop` closes the connection unanswered.
     `path` is the request path (prefix) the fault applies to; by default mail/send only.
     `echo_authorization` adds the request's own Authorization header (the API key) to each error
     message, as a careless server or proxy might.
@@ -297,6 +299,7 @@ class Fault:
     errors: list[dict[str, Any]] | None = None
     body: bytes | None = None
     delay: float = 0.0
+    hold: bool = False
     hang: bool = False
     drop: bool = False
     path: str = MAIL_SEND_PATH
@@ -307,9 +310,13 @@ class Fault:
             raise ValueError("a Fault is one of: status, hang or drop")
         if self.delay < 0:
             raise ValueError("delay must be >= 0")
+        if self.hold and (self.hang or self.delay):
+            raise ValueError("hold is its own wait: not with hang or delay")
 
     @property
     def kind(self) -> str:
+        if self.hold and self.status is None and not self.drop:
+            return "hold"
         if self.hang:
             return "hang"
         if self.drop:
@@ -559,6 +566,8 @@ class SendGridEmulator:
         self._normal_seq = 0
         self._script: deque[Fault] = deque()
         self._persistent: Fault | None = None
+        self._holding = 0  # requests waiting for release()
+        self._released = False
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -604,7 +613,9 @@ class SendGridEmulator:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
-        self._stopping.set()
+        with self._changed:
+            self._stopping.set()
+            self._changed.notify_all()  # held requests give up
         server.shutdown()
         server.cut_connections(join_timeout=2.0)
         server.server_close()
@@ -633,6 +644,28 @@ class SendGridEmulator:
         with self._lock:
             self._script.clear()
             self._persistent = None
+
+    def release(self) -> None:
+        """Let every held request (and any later `hold` fault) go on, until `reset()`."""
+        with self._changed:
+            self._released = True
+            self._changed.notify_all()
+
+    def wait_for_held(self, count: int, timeout: float = 5.0) -> bool:
+        """Block until `count` requests are waiting for `release()`; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._holding >= count, timeout)
+
+    def _hold(self) -> bool:
+        """Wait for `release()`; False if the emulator stops first."""
+        with self._changed:
+            self._holding += 1
+            self._changed.notify_all()
+            try:
+                self._changed.wait_for(lambda: self._released or self._stopping.is_set())
+            finally:
+                self._holding -= 1
+            return not self._stopping.is_set()
 
     def pending_faults(self) -> int:
         with self._lock:
@@ -699,6 +732,7 @@ class SendGridEmulator:
             self._normal_seq = 0
             self._script.clear()
             self._persistent = None
+            self._released = False
 
     def _need_bodies(self) -> None:
         if not self.record_bodies:
@@ -720,6 +754,10 @@ class SendGridEmulator:
         record = _Pending(method, path, query, headers, body)
 
         fault = self._take_fault(path)
+        if fault is not None and fault.hold and not self._hold():
+            handler.close_connection = True
+            self._record(record, None, fault=fault)
+            return
         if fault is not None and fault.delay and self._stopping.wait(fault.delay):
             handler.close_connection = True
             self._record(record, None, fault=fault)
