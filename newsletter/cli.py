@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.text import Text
 
 from newsletter import __version__, logs
@@ -36,12 +35,13 @@ from newsletter.subscribers import (
     read_list,
     remove_addresses,
 )
+from newsletter.terminal import SafeConsole
 from newsletter.timings import Timings
 from newsletter.words import noun, plural
 
-# markup off: messages carry data (subjects, addresses, API errors) that may contain [brackets]
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# messages carry data (subjects, addresses, server replies): never markup, never an escape
+err = SafeConsole(stderr=True)
+out = SafeConsole()
 
 
 def _config_here(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
@@ -511,7 +511,9 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
             name = list_name or app.config.schedule.list
             row = ledger.issue(name, _date(date) or app.today())
             if row is not None:
-                for address in ledger.batch_addresses(row.id, ["submitting", "skipped"]):
+                for address in ledger.in_doubt_addresses(row.id):
+                    click.echo(address)
+                for address in ledger.batch_addresses(row.id, ["skipped"]):
                     click.echo(address)
             return
         if date is None:
@@ -574,8 +576,10 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
             out.print(
                 f"  #{batch.seq:<5} {batch.status:<10} {batch.size:>5}  {batch.message_id or '-'}{note}"
             )
-        for state, label in (("submitting", "in doubt"), ("skipped", "skipped as in doubt")):
-            addresses = ledger.batch_addresses(row.id, [state])
+        for label, addresses in (
+            ("in doubt", ledger.in_doubt_addresses(row.id)),
+            ("skipped as in doubt", ledger.batch_addresses(row.id, ["skipped"])),
+        ):
             if addresses:
                 shown = ", ".join(addresses[:SHOWN_ADDRESSES])
                 more = len(addresses) - SHOWN_ADDRESSES

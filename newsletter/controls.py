@@ -57,3 +57,10 @@ def printable(value: str) -> str:
     if _CONTROL.search(value) is None:
         return value
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], value)
+
+
+def masked(value: str) -> str:
+    """Each control character as U+FFFD: the same length, so styled spans stay in place."""
+    if _CONTROL.search(value) is None:
+        return value
+    return _CONTROL.sub("\ufffd", value)

@@ -112,7 +112,9 @@ def database_name(url: str) -> str:
         return "(an unreadable URL)"
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or "(in memory)"
-    return parsed.render_as_string(hide_password=True)
+    # libpq also takes passwords as query parameters: `?password=...`
+    secret = {k: "***" for k in parsed.query if "password" in k.lower()}
+    return parsed.update_query_dict(secret).render_as_string(hide_password=True)
 
 
 def explain(kind: str, url: str, detail: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import compress
 from typing import Protocol, TypeVar
 
-from newsletter.errors import NewsletterError
+from newsletter.errors import LedgerError, NewsletterError
 from newsletter.failpoints import failpoint
 from newsletter.ledger import BatchRow, Ledger, unpack_recipients
 from newsletter.models import Subscriber
@@ -28,6 +28,7 @@ from newsletter.transports.base import (
     Batch,
     BatchFailure,
     InDoubt,
+    InDoubtFailure,
     Message,
     PermanentFailure,
     Receipt,
@@ -231,7 +232,7 @@ def send_with_retries(
             log.warning("%s; retry %d of %d in %.1fs", exc, attempt, policy.attempts - 1, delay)
             sleep(delay)
             continue
-        except PermanentFailure as exc:
+        except (PermanentFailure, InDoubtFailure) as exc:  # never retried
             exc.done += len(recipients) - len(remaining)
             exc.rejected = rejected + exc.rejected
             raise
@@ -283,6 +284,7 @@ class Deliverer:
     should_stop: Callable[[], bool] = lambda: False
     sleep: Callable[[float], None] = time.sleep
     in_doubt: InDoubt = "batch"
+    heartbeat_every: float = 5.0  # seconds between signs of life while batches are in flight
     _local: threading.local = field(default_factory=threading.local)
     _transports: list[Transport] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -306,17 +308,14 @@ class Deliverer:
     ) -> BatchResult:
         columns, rows = unpack_recipients(blob)
         recipients, dropped = build_batch(columns, rows, links, suppressed)
+        if dropped:  # the batch as really sent: who was left out is neither sent nor in doubt
+            rows = [row for row in rows if row[0].lower() not in suppressed]
+            self.ledger.replace_batch_recipients(batch_id, columns, rows)
         result = BatchResult(dropped=dropped, handled=len(rows))
         if not recipients:
             return result
-        # where each recipient sits among the stored rows, to cut the batch after a failure
-        positions = (
-            range(len(rows))
-            if not dropped
-            else [i for i, row in enumerate(rows) if row[0].lower() not in suppressed]
-        )
         if self.in_doubt == "message":
-            return self._one_at_a_time(batch_id, message, recipients, positions, result)
+            return self._one_at_a_time(batch_id, message, recipients, result)
         try:
             result.receipt = send_with_retries(
                 self._transport(), message, recipients, self.policy, sleep=self.sleep
@@ -325,40 +324,36 @@ class Deliverer:
             failpoint("deliver.batch_sent")
         except BatchFailure as exc:
             result.failure = exc
-            result.sent = exc.done
-            result.handled = positions[exc.done] if exc.done else 0
+            result.sent = result.handled = min(exc.done, len(recipients))
         return result
 
     def _one_at_a_time(
-        self,
-        batch_id: int,
-        message: Message,
-        recipients: Batch,
-        positions: Sequence[int],
-        result: BatchResult,
+        self, batch_id: int, message: Message, recipients: Batch, result: BatchResult
     ) -> BatchResult:
-        """Each message handed over on its own, and recorded before the next one goes: a
-        crash leaves only the message in flight in doubt, a stop ends between two."""
+        """Each message handed over on its own, its place recorded before it goes: a crash
+        leaves only the message in flight in doubt, and a stop ends between two."""
         transport = self._transport()
         rejected: list[tuple[str, str]] = []
         for index in range(len(recipients)):
             if index and self.should_stop():
-                result.stopped = True
-                result.handled = positions[index]
+                result.stopped, result.handled = True, index
                 break
+            if not self.ledger.record_progress(batch_id, index):
+                raise LedgerError(
+                    f"batch taken over by another sender after {index} messages: this run "
+                    "stops (the other sends the rest)"
+                )
             try:
                 receipt = send_with_retries(
                     transport, message, recipients[index : index + 1], self.policy, sleep=self.sleep
                 )
             except BatchFailure as exc:
                 exc.rejected = rejected + exc.rejected
-                result.failure = exc
-                result.handled = positions[index] if index else 0
-                break
+                result.failure, result.handled = exc, index
+                return result
             failpoint("deliver.message_sent")
             rejected.extend(receipt.rejected)
             result.sent += 1
-            self.ledger.record_progress(batch_id, positions[index] + 1)
             self.progress.advance(1)
             result.advanced += 1
         result.receipt = Receipt(message_id=None, rejected=rejected)
@@ -379,13 +374,13 @@ class Deliverer:
         todo = self.ledger.batches(issue_id, sendable)
         self.progress.start(sum(b.size for b in todo), len(todo))
         in_flight: dict[Future[BatchResult], BatchRow] = {}
-        last_beat = time.monotonic()
+        heartbeat = Heartbeat(lambda: self.ledger.beat(issue_id, owner), self.heartbeat_every)
         pool = ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="send")
         try:
             for batch in todo:
                 # at most one batch per worker: a stop or a refusal leaves nothing queued
                 while len(in_flight) >= self.workers:
-                    self._collect(in_flight, outcome, block=True)
+                    self._collect(in_flight, outcome, heartbeat)
                 if self.should_stop() or outcome.permanent or outcome.failed_batches:
                     outcome.stopped = outcome.stopped or self.should_stop()
                     break
@@ -395,12 +390,10 @@ class Deliverer:
                 failpoint("deliver.batch_taken")
                 future = pool.submit(self._work, batch.id, message, blob, links, suppressed)
                 in_flight[future] = batch
-                self._collect(in_flight, outcome, block=False)
-                if time.monotonic() - last_beat > 5:
-                    self.ledger.beat(issue_id, owner)
-                    last_beat = time.monotonic()
+                self._collect(in_flight, outcome, None)
+                heartbeat.beat_if_due()
             while in_flight:
-                self._collect(in_flight, outcome, block=True)
+                self._collect(in_flight, outcome, heartbeat)
         finally:
             pool.shutdown(wait=True)
             for transport in self._transports:
@@ -413,12 +406,21 @@ class Deliverer:
         self,
         in_flight: dict[Future[BatchResult], BatchRow],
         outcome: Outcome,
-        *,
-        block: bool,
+        heartbeat: Heartbeat | None,
     ) -> None:
+        """Record the batches that finished; with a heartbeat, wait for one, showing the
+        claim is alive meanwhile (a batch over a slow SMTP relay can take many minutes)."""
         if not in_flight:
             return
-        done, _ = wait(list(in_flight), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        while True:
+            done, _ = wait(
+                list(in_flight),
+                timeout=0 if heartbeat is None else heartbeat.every,
+                return_when=FIRST_COMPLETED,
+            )
+            if done or heartbeat is None:
+                break
+            heartbeat.beat_if_due()
         submitted: list[tuple[int, str | None, str | None]] = []
         for future in done:
             batch = in_flight.pop(future)
@@ -436,18 +438,12 @@ class Deliverer:
             outcome.dropped_suppressed += result.dropped
             finished = result.failure is None and not result.stopped
             self.progress.advance((batch.size if finished else result.sent) - result.advanced)
-            receipt = result.receipt
-            if receipt is not None and receipt.rejected:
-                outcome.rejected.extend(receipt.rejected)
             if result.failure is not None:
-                outcome.rejected.extend(result.failure.rejected)
-                self.ledger.split_batch(
-                    batch.id, result.handled, rest="failed", note=str(result.failure)
-                )
-                outcome.failed_batches += 1
-                outcome.errors.append(f"batch {batch.seq}: {result.failure}")
-                outcome.permanent |= isinstance(result.failure, PermanentFailure)
+                self._record_failure(batch, result, outcome)
                 continue
+            receipt = result.receipt
+            if receipt is not None:
+                outcome.rejected.extend(receipt.rejected)
             if result.stopped:
                 self.ledger.split_batch(batch.id, result.handled, rest="pending")
                 outcome.stopped = True
@@ -466,6 +462,37 @@ class Deliverer:
         self.ledger.mark_submitted_many(submitted)
         if submitted:
             failpoint("deliver.batches_recorded")
+
+    def _record_failure(self, batch: BatchRow, result: BatchResult, outcome: Outcome) -> None:
+        """Cut the batch where it stopped: the part that went out is submitted, the rest is
+        owed; what was handed over without an answer stays in doubt, never resent."""
+        failure = result.failure
+        assert failure is not None
+        outcome.rejected.extend(failure.rejected)
+        outcome.failed_batches += 1
+        outcome.errors.append(f"batch {batch.seq}: {failure}")
+        outcome.permanent |= isinstance(failure, PermanentFailure)
+        if not isinstance(failure, InDoubtFailure):
+            self.ledger.split_batch(batch.id, result.handled, rest="failed", note=str(failure))
+        elif self.in_doubt == "message":
+            self.ledger.split_batch(
+                batch.id, result.handled, in_doubt=1, rest="failed", note=str(failure)
+            )
+        # else: the whole request is in doubt, and stays `submitting`
+
+
+class Heartbeat:
+    """Shows the claim is alive every `every` seconds, so nobody takes over a live send."""
+
+    def __init__(self, beat: Callable[[], None], every: float = 5.0) -> None:
+        self._beat = beat
+        self.every = every
+        self._last = time.monotonic()
+
+    def beat_if_due(self) -> None:
+        if time.monotonic() - self._last > self.every:
+            self._beat()
+            self._last = time.monotonic()
 
 
 def _reason(exc: BaseException) -> str:

@@ -107,9 +107,10 @@ sa.Index("ix_batches_issue_status", batches.c.issue_id, batches.c.status)
 
 # How far a batch handed over one message at a time (SMTP) got: its first `done`
 # recipients were accepted, so after a crash only the message in flight, the one at
-# `done`, can be in doubt. A row with kind "none" marks a batch taken by a transport
-# that can resend it harmlessly (the outbox, which sees who already has the issue).
-# Batches sent in one request (SendGrid) have no row: a crash leaves all of it in doubt.
+# `done`, can be in doubt (NOT_STARTED: none was being handed over yet). A row with kind
+# "none" marks a batch taken by a transport that can resend it harmlessly (the outbox,
+# which sees who already has the issue). Batches sent in one request (SendGrid) have no
+# row: a crash leaves all of it in doubt.
 batch_progress = sa.Table(
     "batch_progress",
     metadata,
@@ -230,6 +231,7 @@ class BatchRow:
 
 
 IN_DOUBT_NOTE = "in doubt: being sent when a run stopped"
+NOT_STARTED = -1  # batch_progress.done of a batch taken but not yet being handed over
 _ADVANCE = (
     sa.update(batch_progress)
     .where(batch_progress.c.batch_id == sa.bindparam("batch"))
@@ -358,7 +360,9 @@ class Ledger:
         if issue.status == "sent":
             return Claim("sent", issue)
         takeover = issue.status in RESUMABLE or (
-            issue.status == "sending" and _claim_is_stale(issue, now, stale_after)
+            issue.status == "sending"
+            # this very process, whose earlier attempt ended without closing the issue
+            and (issue.claimed_by == owner or _claim_is_stale(issue, now, stale_after))
         )
         if takeover:
             with self.engine.begin() as conn:
@@ -549,11 +553,15 @@ class Ledger:
             ).first()
             if row is not None and kind != "batch":
                 conn.execute(sa.delete(batch_progress).where(batch_progress.c.batch_id == batch_id))
-                conn.execute(sa.insert(batch_progress).values(batch_id=batch_id, kind=kind, done=0))
+                conn.execute(
+                    sa.insert(batch_progress).values(batch_id=batch_id, kind=kind, done=NOT_STARTED)
+                )
         return row[0] if row is not None else None
 
-    def record_progress(self, batch_id: int, done: int) -> None:
-        """The batch's first `done` recipients were accepted: written before the next goes.
+    def record_progress(self, batch_id: int, done: int) -> bool:
+        """The batch's first `done` recipients were accepted, and the one at `done` is being
+        handed over: written before it goes. False if the batch is no longer ours (another
+        sender took the issue over and settled it): stop, do not send it.
 
         On PostgreSQL without waiting for the server's disk: what this guards against is the
         sender dying, and the server keeps what it acknowledged through that.
@@ -561,7 +569,7 @@ class Ledger:
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            conn.execute(_ADVANCE, {"batch": batch_id, "done": done})
+            return bool(conn.execute(_ADVANCE, {"batch": batch_id, "done": done}).rowcount)
 
     def split_batch(
         self,
@@ -627,10 +635,40 @@ class Ledger:
         with self.engine.connect() as conn:
             interrupted = conn.execute(query).all()
         for batch_id, size, kind, done in interrupted:
-            if kind == "message":
+            if kind == "message" and done == NOT_STARTED:
+                self.split_batch(batch_id, 0, rest="pending")
+            elif kind == "message":
                 self.split_batch(batch_id, done, in_doubt=min(1, size - done))
             elif resend_safely:
                 self.split_batch(batch_id, 0, rest="pending")
+
+    def replace_batch_recipients(
+        self, batch_id: int, columns: Sequence[str], rows: Sequence[Sequence[str]]
+    ) -> None:
+        """The batch as it is really sent: without readers suppressed since it was planned,
+        so nobody who was left out is counted as sent, or named as in doubt."""
+        self._set_batch(batch_id, recipients=pack_recipients(columns, rows), size=len(rows))
+
+    def in_doubt_addresses(self, issue_id: int) -> list[str]:
+        """Who may or may not have the issue: the message in flight of each batch sent one at
+        a time, every reader of a batch sent in one request, nobody for a transport that
+        resends harmlessly. Read before a rerun settles anything, as after."""
+        query = (
+            sa.select(batches.c.recipients, batch_progress.c.kind, batch_progress.c.done)
+            .outerjoin(batch_progress, batch_progress.c.batch_id == batches.c.id)
+            .where(batches.c.issue_id == issue_id, batches.c.status == "submitting")
+            .order_by(batches.c.seq)
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query).all()
+        addresses: list[str] = []
+        for blob, kind, done in found:
+            rows = unpack_recipients(blob)[1]
+            if kind is None:
+                addresses += [row[0] for row in rows]
+            elif kind == "message" and done != NOT_STARTED:
+                addresses += [row[0] for row in rows[done : done + 1]]
+        return addresses
 
     def skip_in_doubt(self, issue_id: int, note: str) -> int:
         """Batches left in doubt become `skipped`: not resent, and never counted as sent."""
@@ -1053,10 +1091,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 def _safe(exc: Exception, url: str | None = None) -> str:
     """A database error without the URL's password in it."""
     text = (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
-    match = re.search(r"://[^/@:]*:([^/@]+)@", url or "")
-    if match:
-        for secret in {match.group(1), unquote(match.group(1))}:
-            text = text.replace(secret, "***")
+    # the password in the user part, or as a query parameter (libpq takes `?password=`)
+    found = re.findall(r"://[^/@:]*:([^/@]+)@|[?&][a-z]*password=([^&]+)", url or "", re.I)
+    for secret in {
+        unquoted for pair in found for part in pair if part for unquoted in (part, unquote(part))
+    }:
+        text = text.replace(secret, "***")
     return text
 
 
@@ -1103,6 +1143,8 @@ def process_owner() -> str:
 
 
 def _claim_is_stale(issue: IssueRow, now: dt.datetime, stale_after: dt.timedelta) -> bool:
+    """A dead owner on this host, or one elsewhere that stopped beating. A live process on
+    this host is never taken over, however slow: two senders would send the same rows."""
     owner = issue.claimed_by or ""
     host, _, pid = owner.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
@@ -1112,6 +1154,7 @@ def _claim_is_stale(issue: IssueRow, now: dt.datetime, stale_after: dt.timedelta
             return True
         except PermissionError:
             pass
+        return False
     return issue.heartbeat is None or now - issue.heartbeat > stale_after
 
 

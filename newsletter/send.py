@@ -321,6 +321,13 @@ class Sending:
             report.outcome, report.subject = "already_sent", existing.subject or ""
             report.recipients = existing.recipients
             return report
+        if existing is not None and existing.planned and existing.transport != transport:
+            raise ConfigError(
+                f"the {date} issue for list {list_name!r} was started with the "
+                f"{existing.transport} transport: resume it with the same one "
+                f"(--transport {existing.transport}). Switching half way would leave the "
+                "readers it may have reached in doubt on one and unknown to the other."
+            )
         outbox = self.outbox_folder(list_name, date, test=False) if transport == "outbox" else None
         factory = self.transport_factory(transport, outbox)
         links = self.unsubscribe_links(list_name, transport)
@@ -464,6 +471,9 @@ class Sending:
                 owner,
                 resend_ambiguous=request.resend_ambiguous,
             )
+        # a worker that failed unexpectedly left its batch `submitting`: cut it now, so the
+        # report names only the message it had in flight
+        ledger.settle_interrupted(issue_row.id, resend_safely=IN_DOUBT[transport] == "none")
         counts = ledger.batch_counts(issue_row.id)
         report.batches = sum(n for n, _ in counts.values())
         report.delivered = counts.get("submitted", (0, 0))[1]
@@ -473,7 +483,7 @@ class Sending:
         report.permanent = outcome.permanent
         report.suppressed += outcome.dropped_suppressed
         report.ambiguous = [b.seq for b in ledger.batches(issue_row.id, ["submitting"])]
-        report.in_doubt = ledger.batch_addresses(issue_row.id, ["submitting"])
+        report.in_doubt = ledger.in_doubt_addresses(issue_row.id)
         report.skipped = ledger.batch_addresses(issue_row.id, ["skipped"])
         unfinished = {k: v for k, v in counts.items() if k not in BATCH_DONE}
         if not unfinished:
@@ -488,7 +498,7 @@ class Sending:
             summary = "; ".join(outcome.errors[:3]) or waiting
             ledger.finish(issue_row.id, "failed", summary)
             report.outcome = "failed"
-            if not outcome.errors and set(unfinished) == {"submitting"}:
+            if set(unfinished) == {"submitting"}:
                 # only the editor can say whether they got it: trying again changes nothing
                 report.permanent, report.detail = True, waiting
         return report

@@ -149,3 +149,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         pytest.skip("set NEWSLETTER_TEST_DATABASE_URL to a PostgreSQL URL (.ci/run does)")
     _reset_postgres(PG_URL)
     return PG_URL
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Each run's fault figures (RELIABILITY.md) start from an empty table."""
+    from tests.support.faults import ARTIFACTS
+
+    (ARTIFACTS / "reliability.tsv").unlink(missing_ok=True)

@@ -239,6 +239,15 @@ def test_a_claim_of_a_live_process_on_this_host_is_kept(ledger: Ledger) -> None:
     assert claim(ledger, BOB).state == "busy"
 
 
+def test_a_live_process_on_this_host_is_never_taken_over_however_slow(ledger: Ledger) -> None:
+    first = claim(ledger, f"{HOST}:{os.getpid()}")
+    set_heartbeat(ledger, first.issue.id, dt.datetime.now(dt.UTC) - 2 * HOUR)
+
+    assert claim(ledger, BOB, stale_after=HOUR).state == "busy"
+    # the process itself, coming back to an issue its earlier attempt left open
+    assert claim(ledger, f"{HOST}:{os.getpid()}").state == "resumed"
+
+
 def test_a_claim_from_another_host_is_taken_over_only_once_its_heartbeat_is_stale(
     ledger: Ledger,
 ) -> None:
@@ -447,6 +456,66 @@ def test_only_one_of_several_callers_takes_a_batch(ledger: Ledger, database_url:
     assert sorted(taken) == [False] * 5 + [True]
     (after,) = ledger.batches(issue_id)
     assert (after.status, after.attempts) == ("submitting", 1)
+
+
+def test_a_batch_sent_one_message_at_a_time_is_cut_where_a_dead_run_left_it(
+    ledger: Ledger,
+) -> None:
+    """The SMTP path: a run takes three batches and dies. The one not started goes back to
+    pending, the one half sent is cut at the message in flight, and only that message is
+    named in doubt; before the rerun settles anything, status names the same."""
+    issue_id = claim(ledger, ALICE).issue.id
+    third = [["fa@example.com", "Fa"], ["gi@example.com", "Gi"]]
+    plan(ledger, issue_id, batches=[(COLUMNS, FIRST), (COLUMNS, SECOND), (COLUMNS, third)])
+    one, two, three = ledger.batches(issue_id)
+    for batch in (one, two):
+        assert ledger.take_batch(batch.id, ["pending"], "message") is not None
+    assert ledger.take_batch(three.id, ["pending"], "none") is not None
+    assert ledger.record_progress(one.id, 0) and ledger.record_progress(one.id, 2)
+
+    assert ledger.in_doubt_addresses(issue_id) == ["cy@example.com"]  # two: not started
+
+    ledger.settle_interrupted(issue_id, resend_safely=False)
+
+    after = {b.seq: (b.status, b.size) for b in ledger.batches(issue_id)}
+    assert after == {
+        1: ("submitted", 2),
+        2: ("pending", 2),
+        3: ("submitting", 2),  # the outbox's own: left for a run that can resend it safely
+        4: ("submitting", 1),
+    }
+    assert ledger.batch_addresses(issue_id, ["submitted"]) == ["ann@example.com", "bo@example.com"]
+    assert ledger.in_doubt_addresses(issue_id) == ["cy@example.com"]
+    # the first run, if it were still alive, finds the batch is no longer its own
+    assert not ledger.record_progress(one.id, 3)
+
+    ledger.settle_interrupted(issue_id, resend_safely=True)
+    assert ledger.batches(issue_id, ["pending"])[-1].seq == 3
+
+    assert ledger.skip_in_doubt(issue_id, "not resent") == 1
+    assert ledger.in_doubt_addresses(issue_id) == []
+    assert ledger.batch_addresses(issue_id, ["skipped"]) == ["cy@example.com"]
+    assert ledger.batch_counts(issue_id) == {
+        "submitted": (1, 2),
+        "pending": (2, 4),
+        "skipped": (1, 1),
+    }
+
+
+def test_a_batch_sent_in_one_request_is_in_doubt_whole_and_rows_left_out_are_dropped(
+    ledger: Ledger,
+) -> None:
+    issue_id = claim(ledger, ALICE).issue.id
+    plan(ledger, issue_id, batches=[(COLUMNS, FIRST)])
+    (batch,) = ledger.batches(issue_id)
+    assert ledger.take_batch(batch.id, ["pending"]) is not None
+
+    # a reader unsubscribed since planning: the batch is recorded as really sent
+    ledger.replace_batch_recipients(batch.id, COLUMNS, [FIRST[0], FIRST[2]])
+    ledger.settle_interrupted(issue_id, resend_safely=True)  # nothing to cut in a request
+
+    assert ledger.in_doubt_addresses(issue_id) == ["ann@example.com", "cy@example.com"]
+    assert ledger.batch_counts(issue_id) == {"submitting": (1, 2)}
 
 
 def test_a_plan_of_25000_recipients_is_saved_in_one_go(ledger: Ledger) -> None:

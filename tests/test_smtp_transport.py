@@ -33,10 +33,17 @@ from cryptography.x509.oid import NameOID
 
 from newsletter.app import App
 from newsletter.config import SmtpSettings
-from newsletter.delivery import RetryPolicy, send_with_retries
+from newsletter.delivery import Deliverer, RetryPolicy, send_with_retries
+from newsletter.ledger import Ledger
 from newsletter.send import Sending, SendReport, SendRequest
 from newsletter.signing import Signer
-from newsletter.transports.base import Message, PermanentFailure, Recipient, TemporaryFailure
+from newsletter.transports.base import (
+    InDoubtFailure,
+    Message,
+    PermanentFailure,
+    Recipient,
+    TemporaryFailure,
+)
 from newsletter.transports.smtp import SmtpTransport
 
 from .conftest import NOW, Site
@@ -292,15 +299,18 @@ def test_one_connection_per_worker_is_reused_across_recipients_and_batches(
 @pytest.mark.parametrize(
     ("fault", "retries"),
     [
-        pytest.param(DROP, 0, id="hang-up-without-reply"),
+        pytest.param("rcpt", 0, id="hang-up-before-the-message"),
         pytest.param("421 4.3.2 Service shutting down", 1, id="421-then-close"),
     ],
 )
 def test_a_dropped_connection_is_reopened_and_nobody_gets_two(
     server: SmtpServer, fault: str, retries: int
 ) -> None:
-    server.handler.data_faults[4] = fault  # the 4th message of 10
     recipients = people(10)
+    if fault == "rcpt":  # the 4th message never became whole: the server holds nothing of it
+        server.handler.rcpt_drops[recipients[3].email] = 1
+    else:  # the 4th message refused, and the connection closed
+        server.handler.data_faults[4] = fault
     transport = SmtpTransport(settings(server), password=None)
     sleeps = Sleeps([])
 
@@ -314,7 +324,6 @@ def test_a_dropped_connection_is_reopened_and_nobody_gets_two(
     assert receipt.rejected == []
     assert recipients_of(server) == Counter(r.email for r in recipients)  # exactly one each
     assert [m.rcpt_tos[0] for m in server.messages] == [r.email for r in recipients]
-    assert server.handler.data_commands == 11  # the dropped one was tried once more
     assert server.connections == 2
     assert [m.connection for m in server.messages] == [1, 1, 1, *[2] * 7]
     # a hang-up is retried at once inside the transport; a 421 is a temporary
@@ -325,14 +334,37 @@ def test_a_dropped_connection_is_reopened_and_nobody_gets_two(
         assert parse(received)["To"].addresses[0].addr_spec == recipient.email
 
 
+def test_a_hang_up_after_the_whole_message_leaves_it_in_doubt_and_never_resends_it(
+    server: SmtpServer,
+) -> None:
+    """The server had the whole 4th message and closed without a word: it may have queued
+    it (a real server often has), so sending it again could make two. It is in doubt."""
+    server.handler.data_faults[4] = DROP
+    recipients = people(10)
+    transport = SmtpTransport(settings(server), password=None)
+    sleeps = Sleeps([])
+
+    with pytest.raises(InDoubtFailure, match=r"p3@example\.com was sent but") as failure:
+        send_with_retries(
+            transport, issue_message(), recipients, RetryPolicy(attempts=3), sleep=sleeps
+        )
+    transport.close()
+
+    assert failure.value.done == 3  # the three before went out; the 4th is the one in doubt
+    assert sleeps.calls == []  # not retried
+    assert server.handler.data_commands == 4  # and not sent again
+    assert [m.rcpt_tos[0] for m in server.messages] == [r.email for r in recipients[:3]]
+
+
 def test_a_second_drop_in_a_row_is_a_temporary_failure_saying_how_far_it_got(
     server: SmtpServer,
 ) -> None:
-    server.handler.data_faults.update({3: DROP, 4: DROP})
+    recipients = people(5)
+    server.handler.rcpt_drops[recipients[2].email] = 2  # the first try and the reconnect
     transport = SmtpTransport(settings(server), password=None)
 
     with pytest.raises(TemporaryFailure, match="SMTP connection lost") as failure:
-        transport.send_batch(issue_message(), people(5))
+        transport.send_batch(issue_message(), recipients)
     transport.close()
 
     assert failure.value.done == 2
@@ -652,3 +684,36 @@ def test_tls_refuses_a_certificate_the_system_does_not_trust(certificate: Certif
         transport.close()
 
     assert server.messages == []
+
+
+def test_a_slow_batch_keeps_showing_the_claim_is_alive(
+    server: SmtpServer, database_url: str
+) -> None:
+    """A batch over a slow relay can take longer than `stale_claim`: the sender beats while
+    it waits for its workers, so nobody takes a live send over and sends its rows again."""
+    server.handler.data_delay = 0.2
+    owner = "this-host.example:1"
+    with Ledger(database_url) as ledger:
+        issue = ledger.claim("main", dt.date(2024, 3, 5), owner, dt.timedelta(hours=1)).issue
+        rows = [[r.email, r.name] for r in people(5)]
+        ledger.save_plan(
+            issue.id, subject="s", html="<p>%%name%%</p>", text="%%name:text%%",
+            tokens=["name"], story_keys=[], window_start=None, window_end=NOW,
+            transport="smtp", batches_of_recipients=[(["email", "name"], rows)],
+        )  # fmt: skip
+        before = ledger.issue("main", dt.date(2024, 3, 5))
+        assert before is not None and before.heartbeat is not None
+        deliverer = Deliverer(
+            ledger=ledger,
+            make_transport=lambda: SmtpTransport(settings(server), password=None),
+            workers=1,
+            in_doubt="message",
+            heartbeat_every=0.1,
+        )
+
+        outcome = deliverer.deliver(issue.id, issue_message(), None, frozenset(), owner)
+
+        after = ledger.issue("main", dt.date(2024, 3, 5))
+    assert outcome.submitted_recipients == 5 and len(server.messages) == 5
+    assert after is not None and after.heartbeat is not None
+    assert after.heartbeat - before.heartbeat >= dt.timedelta(seconds=0.5)  # beat mid-batch

@@ -147,3 +147,11 @@ class TemporaryFailure(BatchFailure):
 
 class PermanentFailure(BatchFailure):
     """Retrying would fail the same way: stop and show the reason."""
+
+
+class InDoubtFailure(BatchFailure):
+    """Handed over, but no answer came: it may or may not have gone out.
+
+    Never retried (that could send it twice): the batch, or for a transport that goes
+    one message at a time the message at `done`, is left in doubt for the editor.
+    """

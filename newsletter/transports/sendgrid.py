@@ -32,6 +32,7 @@ from newsletter.transports.base import (
     Batch,
     BatchFailure,
     InDoubt,
+    InDoubtFailure,
     Message,
     PermanentFailure,
     Receipt,
@@ -220,20 +221,21 @@ class SendGridTransport:
     def send_batch(self, message: Message, recipients: Sequence[Recipient]) -> Receipt:
         body = _Payload(self.request_json(message, recipients))
         response = self._call(
-            lambda: self.api.client.mail.send.post(request_body=body, request_headers=JSON_UTF8)
+            lambda: self.api.client.mail.send.post(request_body=body, request_headers=JSON_UTF8),
+            sends_mail=True,
         )
         return Receipt(message_id=response.headers.get("X-Message-Id"))
 
-    def _call(self, request: Callable[[], Any]) -> Any:
+    def _call(self, request: Callable[[], Any], *, sends_mail: bool = False) -> Any:
         """Run one API request; what went wrong as a temporary or permanent failure, with
         the key masked: an error body may quote the request back, and it is shown and stored."""
         try:
-            return self._classified(request)
+            return self._classified(request, sends_mail)
         except BatchFailure as exc:
             exc.args = (redact(str(exc), [self._key]),)
             raise
 
-    def _classified(self, request: Callable[[], Any]) -> Any:
+    def _classified(self, request: Callable[[], Any], sends_mail: bool) -> Any:
         try:
             return request()
         except HTTPError as exc:
@@ -244,16 +246,25 @@ class SendGridTransport:
                     retry_after=self._retry_after(exc.headers),
                 ) from None
             raise PermanentFailure(_refusal(status, exc.body)) from None
-        except TimeoutError:
-            raise TemporaryFailure(
-                f"no answer from SendGrid within {self.settings.timeout:g}s"
-            ) from None
         except urllib.error.URLError as exc:
+            # urllib raises this while connecting or writing the request: SendGrid has not
+            # got all of it, so asking again cannot send anything twice
             raise TemporaryFailure(
                 f"cannot reach SendGrid at {self.settings.api_url}: {exc.reason}"
             ) from None
-        except (HTTPException, ConnectionError, OSError) as exc:
-            raise TemporaryFailure(f"connection to SendGrid failed: {exc!r}") from None
+        except (TimeoutError, HTTPException, OSError) as exc:
+            # the whole request went out and no answer came back: SendGrid may have taken
+            # it, so a mail send is in doubt, never retried (a read is simply asked again)
+            what = (
+                f"no answer from SendGrid within {self.settings.timeout:g}s"
+                if isinstance(exc, TimeoutError)
+                else f"the connection to SendGrid failed before its answer: {exc!r}"
+            )
+            if sends_mail:
+                raise InDoubtFailure(
+                    f"{what}; SendGrid had the whole request and may have accepted it"
+                ) from None
+            raise TemporaryFailure(what) from None
 
     def _retry_after(self, headers: Any) -> float | None:
         if headers is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from newsletter.redaction import login_forms, redact
 from newsletter.transports.base import (
     BatchFailure,
     InDoubt,
+    InDoubtFailure,
     Message,
     PermanentFailure,
     Receipt,
@@ -95,17 +97,24 @@ class SmtpTransport:
                 self._eight_bit = self._connection.has_extn("8bitmime")
             try:
                 data = builder.build_bytes(recipient, self._eight_bit)
-                if data is None:  # an address only the email package can write
-                    self._connection.send_message(builder.build(recipient))
-                else:
-                    options = ["BODY=8BITMIME"] if self._eight_bit else []
-                    self._connection.sendmail(builder.sender, [recipient.email], data, options)
+                options = ["BODY=8BITMIME"] if self._eight_bit else []
+                if data is None:  # an address only the email package can write: SMTPUTF8
+                    mail = builder.build(recipient)
+                    data = mail.as_bytes(policy=mail.policy.clone(utf8=True))
+                    options = ["SMTPUTF8", "BODY=8BITMIME"]
+                _transfer(self._connection, builder.sender, recipient.email, data, options)
                 return None
+            except _HandedOver as exc:
+                self._drop()
+                raise InDoubtFailure(
+                    f"the message to {recipient.email} was sent but the SMTP server did not "
+                    f"answer ({self._said(exc.reason)}): it may or may not have been accepted"
+                ) from None
             except smtplib.SMTPRecipientsRefused as exc:
                 code, reason = next(iter(exc.recipients.values()))
                 refusal = self._said(f"{code} {reason.decode(errors='replace')}")
                 if 400 <= code < 500:  # greylisting, a busy mailbox, 421: "later", not "never"
-                    if code == 421:  # smtplib has closed the connection
+                    if code == 421:  # the server is closing the connection
                         self._drop()
                     raise TemporaryFailure(f"SMTP server deferred a recipient: {refusal}") from None
                 return refusal
@@ -114,11 +123,15 @@ class SmtpTransport:
                 # this one, the others can still go (raised as is, it hid `done`)
                 return "not sent: the server does not support SMTPUTF8 (non-ASCII address)"
             except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError) as exc:
+                # before the message was whole: the server keeps nothing of it, so resending
+                # it over a new connection cannot make two
                 self._drop()
                 if attempt == 2:
                     raise TemporaryFailure(f"SMTP connection lost: {self._said(exc)}") from None
                 log.info("SMTP connection lost, reconnecting")
             except smtplib.SMTPResponseException as exc:
+                if exc.smtp_code == 421:
+                    self._drop()
                 if 400 <= exc.smtp_code < 500:
                     raise TemporaryFailure(f"SMTP server said {exc.smtp_code}") from None
                 raise PermanentFailure(
@@ -143,3 +156,53 @@ class SmtpTransport:
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 self._connection.quit()
             self._drop()
+
+
+class _HandedOver(Exception):
+    """The whole message went out, and the connection failed before the server answered."""
+
+    def __init__(self, reason: BaseException) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+
+
+def _transfer(conn: smtplib.SMTP, sender: str, to: str, data: bytes, options: list[str]) -> None:
+    """MAIL, RCPT and DATA for one message, as `sendmail` does, but knowing the moment the
+    message is whole on the wire: a failure before it leaves the server with nothing (safe
+    to send again), a failure after it (`_HandedOver`) may hide an accepted message."""
+    code, reply = conn.mail(sender, options)
+    if code != 250:
+        _abandon(conn, code)
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    code, reply = conn.rcpt(to)
+    if code not in (250, 251):
+        _abandon(conn, code)
+        raise smtplib.SMTPRecipientsRefused({to: (code, reply)})
+    code, reply = conn.docmd("data")
+    if code != 354:
+        _abandon(conn, code)
+        raise smtplib.SMTPDataError(code, reply)
+    body = _LINE_START_DOT.sub(b"..", data)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    conn.send(body + b".\r\n")
+    try:
+        code, reply = conn.getreply()
+    except (smtplib.SMTPServerDisconnected, OSError) as exc:
+        raise _HandedOver(exc) from None
+    if code != 250:
+        if code == 421:
+            conn.close()
+        raise smtplib.SMTPDataError(code, reply)
+
+
+def _abandon(conn: smtplib.SMTP, code: int) -> None:
+    """End a refused transaction: a 421 closes the connection, anything else resets it."""
+    if code == 421:
+        conn.close()
+        return
+    with contextlib.suppress(smtplib.SMTPServerDisconnected):
+        conn.rset()

@@ -80,6 +80,15 @@ def command(site: Site, *flags: str) -> list[str]:
     ]  # fmt: skip
 
 
+def newsletter(site: Site, *args: str) -> Run:
+    """Any other `newsletter` command on the same newsletter."""
+    done = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(site.config_path), *args],
+        capture_output=True, text=True, timeout=120, env=environment(),
+    )  # fmt: skip
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
 def send(site: Site, *flags: str, failpoints: str = "") -> Run:
     extra = {"NEWSLETTER_FAILPOINTS": failpoints} if failpoints else {}
     done = subprocess.run(
@@ -162,6 +171,10 @@ def record(
 ) -> None:
     """One row of what a fault test measured, for RELIABILITY.md's table."""
     ARTIFACTS.mkdir(exist_ok=True)
+    table = ARTIFACTS / "reliability.tsv"
+    if not table.exists():
+        names = ["transport", "fault", "readers", "received", "twice", "in doubt", "lost"]
+        table.write_text("\t".join(names) + "\n", encoding="utf-8")
     row = [
         transport,
         fault,
@@ -171,5 +184,5 @@ def record(
         len(doubt),
         sum(1 for a in emails if not got[a] and a not in doubt),
     ]
-    with (ARTIFACTS / "reliability.tsv").open("a", encoding="utf-8") as handle:
+    with table.open("a", encoding="utf-8") as handle:
         handle.write("\t".join(map(str, row)) + "\n")

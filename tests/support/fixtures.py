@@ -20,6 +20,8 @@ import pytest
 from .sendgrid_emulator import SendGridEmulator
 
 SENDGRID_TEST_API_KEY = "SG.test-emulator-key"
+# the client's timeout (the most allowed) while the emulator holds a request until released
+HELD = 300
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@
 Scripted faults, set before or during a test (addresses in lower case):
 
     server.handler.rcpt_replies["ann@example.com"] = "550 5.1.1 no such user"
+    server.handler.rcpt_drops["bob@example.com"] = 2     # hang up at his RCPT, twice
     server.handler.data_faults[3] = DROP          # the 3rd DATA: hang up without a reply
     server.handler.data_faults[4] = "421 4.3.2 closing"
     server.handler.data_delay = 0.02               # a slow server: each DATA answered late
@@ -51,6 +52,7 @@ class RecordingHandler:
     """Accepts everything unless told otherwise; stores each accepted envelope."""
 
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> RCPT reply
+    rcpt_drops: dict[str, int] = field(default_factory=dict)  # address -> hang-ups at RCPT
     data_faults: dict[int, str] = field(default_factory=dict)  # nth DATA -> reply or DROP
     data_delay: float = 0.0  # seconds before a whole message is accepted (and recorded)
     messages: list[Received] = field(default_factory=list)
@@ -64,6 +66,11 @@ class RecordingHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if self.rcpt_drops.get(address.lower()):  # hang up before the message is whole
+            self.rcpt_drops[address.lower()] -= 1
+            assert server.transport is not None
+            server.transport.close()
+            return "451 never seen"
         reply = self.rcpt_replies.get(address.lower())
         if reply is not None:
             return reply
