@@ -113,6 +113,27 @@ def test_every_column_token_is_filled_per_recipient(site: Site) -> None:
     assert "Hi  of &lt;Bob Co&gt; ()" in bob.get_body(("html",)).get_content()
 
 
+def test_non_ascii_addresses_are_written_as_smtputf8_not_as_encoded_words(site: Site) -> None:
+    """An address cannot be an encoded word (`0@a.=?utf-8?b?...?=` reaches nobody): a message
+    to a non-ASCII address is an SMTPUTF8 one, its headers UTF-8 (RFC 6532)."""
+    outbox_site(site)
+    people = ["reader@bücher.example", "ünï@example.com", "0@a.慈善"]
+    (site.root / "subscribers" / "main.csv").write_text(
+        "email,name\n" + "".join(f"{a},Zoë\n" for a in people), encoding="utf-8"
+    )
+
+    result = run(site.config_path, "send", "--date", "2024-03-05", "--yes")
+
+    assert result.returncode == 0, result.stderr
+    files = sorted((site.root / "outbox" / "2024-03-05-main").glob("*.eml"))
+    assert len(files) == 3
+    for path in files:
+        raw = path.read_bytes()
+        assert b"=?utf-8?" not in raw.split(b"\r\nTo: ", 1)[1].split(b"\r\n", 1)[0]
+    addresses = sorted(read(path)["To"].addresses[0].addr_spec for path in files)
+    assert addresses == sorted(people)
+
+
 def test_a_token_without_a_column_is_refused(site: Site) -> None:
     outbox_site(site)
     site.template("partials/intro.html", "<tr><td>{{ subscriber.plan }}</td></tr>\n")

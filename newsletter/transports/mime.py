@@ -90,10 +90,13 @@ class MimeBuilder:
         return b"".join([head, text, middle, html, f"\r\n--{b}--\r\n".encode("ascii")])
 
     def build(self, recipient: Recipient) -> EmailMessage:
-        """The same message through the `email` package, for non-ASCII addresses."""
+        """The same message through the `email` package, for non-ASCII addresses.
+
+        Such a message needs SMTPUTF8 (RFC 6531/6532): its headers are written as UTF-8,
+        since an address cannot be an encoded word (`0@a.=?utf-8?b?...?=` is nobody)."""
         m = self.message
         values = _body_values(recipient.values)
-        mail = EmailMessage(policy=MAIL_POLICY)
+        mail = EmailMessage(policy=MAIL_POLICY.clone(utf8=True))
         mail["Subject"] = one_line(m.subject)
         mail["From"] = _address(check_address(m.from_email), m.from_name)
         mail["To"] = _address(check_address(recipient.email), recipient.name)

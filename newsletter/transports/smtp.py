@@ -99,8 +99,7 @@ class SmtpTransport:
                 data = builder.build_bytes(recipient, self._eight_bit)
                 options = ["BODY=8BITMIME"] if self._eight_bit else []
                 if data is None:  # an address only the email package can write: SMTPUTF8
-                    mail = builder.build(recipient)
-                    data = mail.as_bytes(policy=mail.policy.clone(utf8=True))
+                    data = builder.build(recipient).as_bytes()
                     options = ["SMTPUTF8", "BODY=8BITMIME"]
                 _transfer(self._connection, builder.sender, recipient.email, data, options)
                 return None

@@ -19,4 +19,10 @@ def run(config: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str
 
 
 def read(path: Path) -> email.message.EmailMessage:
-    return email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[return-value]
+    """An .eml file as a message. One to a non-ASCII address is SMTPUTF8 (RFC 6532): its
+    headers are UTF-8, which the email package reads only from text, not from bytes."""
+    data = path.read_bytes()
+    head = data.split(b"\r\n\r\n", 1)[0]
+    if head.isascii():
+        return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_string(data.decode("utf-8"), policy=email.policy.default)  # type: ignore[return-value]
