@@ -14,18 +14,28 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-EMULATOR = REPO / "tests" / "support" / "sendgrid_emulator.py"
+from harness import (
+    REPO,
+    Emulator,
+    child_env,
+    log,
+    newsletter_command,
+    reader,
+    report,
+    reset_state,
+    run_timed,
+    story,
+    write_newsletter,
+)
+
 DIGEST = REPO / "tests" / "fixtures" / "digest-2023-11-09.txt"
 API_KEY = "SG.bench-key"
 SECRET = "bench-signing-secret-0123456789"
@@ -36,22 +46,23 @@ SUPPRESSED_SHARE = 100  # one subscriber in this many has unsubscribed
 VALIDATE_EVERY = 250
 
 
-def write_newsletter(folder: Path, recipients: int, api_url: str, workers: int = 4) -> None:
+def build_newsletter(folder: Path, recipients: int, api_url: str, workers: int = 4) -> None:
     """A newsletter with ten stories and a deterministic list of `recipients` subscribers."""
-    (folder / "stories").mkdir(parents=True, exist_ok=True)
-    (folder / "subscribers").mkdir(exist_ok=True)
     paragraphs = [
         p.strip() for p in DIGEST.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 80
     ]
+    stories = {}
     for n in range(10):
         body = "\n\n".join(paragraphs[(n + k) % len(paragraphs)] for k in range(3))
-        (folder / "stories" / f"story-{n}.md").write_text(
-            f"---\ntitle: Story number {n} of the day\ndate: 2024-03-05 0{n % 7}:0{n % 6}:00+00:00\n"
-            f"url: https://example.com/2024/03/05/story-{n}\nauthor: Desk\ntags: [News]\n---\n{body}\n",
-            encoding="utf-8",
-        )
-    (folder / "config.toml").write_text(
-        f"""
+        front = {
+            "title": f"Story number {n} of the day",
+            "date": f"2024-03-05 0{n % 7}:0{n % 6}:00+00:00",
+            "url": f"https://example.com/2024/03/05/story-{n}",
+            "author": "Desk",
+            "tags": "[News]",
+        }
+        stories[f"story-{n}.md"] = story(front, body)
+    config = f"""
 [newsletter]
 name = "The Bench Times"
 timezone = "UTC"
@@ -84,28 +95,24 @@ base_url = "https://example.com/n"
 [sendgrid]
 api_url = "{api_url}"
 timeout = 60
-""",
-        encoding="utf-8",
-    )
-    with (folder / "subscribers" / "main.csv").open("w", encoding="utf-8") as out:
-        out.write("email,name\n")
-        step = 50_000
-        for start in range(0, recipients, step):
-            end = min(recipients, start + step)
-            out.write("".join(f"reader{n:07d}@example.com,Reader {n}\n" for n in range(start, end)))
-            # and one former subscriber per hundred, who unsubscribed: the send must skip them
-            out.write(
-                "".join(
-                    f"gone{n:07d}@example.com,Gone {n}\n"
-                    for n in range(start, end, SUPPRESSED_SHARE)
-                )
-            )
+"""
+    write_newsletter(folder, config, stories, readers(recipients))
+
+
+def readers(recipients: int) -> Iterator[tuple[str, str]]:
+    """`recipients` readers and, after each 50,000 of them, one former subscriber per
+    hundred, who unsubscribed: the send must skip them."""
+    step = 50_000
+    for start in range(0, recipients, step):
+        end = min(recipients, start + step)
+        yield from map(reader, range(start, end))
+        for n in range(start, end, SUPPRESSED_SHARE):
+            yield f"gone{n:07d}@example.com", f"Gone {n}"
 
 
 def seed_state(folder: Path, recipients: int) -> int:
     """A fresh state database in which the former subscribers are suppressed."""
-    for stale in folder.glob("newsletter.db*"):
-        stale.unlink()
+    reset_state(folder)
     from newsletter.ledger import Ledger
 
     gone = [
@@ -116,48 +123,26 @@ def seed_state(folder: Path, recipients: int) -> int:
     return len(gone)
 
 
-class Emulator:
-    """The SendGrid emulator in its own process, validating the first request and a sample."""
-
-    def __init__(self, stats: Path) -> None:
-        self.stats = stats
-        self.process = subprocess.Popen(
-            [sys.executable, str(EMULATOR), "--port", "0", "--api-key", API_KEY,
-             "--validate", f"sample:{VALIDATE_EVERY}", "--no-bodies", "--stats-file", str(stats)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
-
-    def stop(self) -> dict[str, Any]:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        return json.loads(self.stats.read_text())
-
-
 def run_send(folder: Path) -> dict[str, Any]:
     """One `newsletter send` process: wall, CPU and peak RSS of that process alone."""
     timings = folder / "timings.json"
-    env = {**os.environ, "SENDGRID_API_KEY": API_KEY, "NEWSLETTER_SECRET": SECRET}
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(folder / "config.toml"),
-         "send", "--yes", "--date", DATE, "--timings", str(timings)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    out = process.stdout.read().decode() if process.stdout else ""
-    err = process.stderr.read().decode() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0 or "Sent " not in out:
-        raise SystemExit(f"send failed:\n{out}\n{err}")
+    env = child_env(SECRET, drop=(), SENDGRID_API_KEY=API_KEY)
+    command = newsletter_command(
+        folder / "config.toml", "send", "--yes", "--date", DATE, "--timings", str(timings)
+    )
+    with (folder / "send.out").open("wb") as out, (folder / "send.err").open("wb") as err:
+        timed = run_timed(command, env=env, stdout=out, stderr=err)
+    printed = (folder / "send.out").read_text(encoding="utf-8")
+    if timed.exit_code != 0 or "Sent " not in printed:
+        errors = (folder / "send.err").read_text(encoding="utf-8")
+        raise SystemExit(f"send failed:\n{printed}\n{errors}")
     phases = json.loads(timings.read_text())
     return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "wall_s": timed.wall_s,
+        "cpu_s": timed.cpu_s,
+        "peak_rss_mb": timed.peak_rss_mb,
         "phases": phases,
-        "startup_and_rest_s": wall - sum(phases.values()),
+        "startup_and_rest_s": timed.wall_s - sum(phases.values()),
     }
 
 
@@ -248,7 +233,7 @@ def point_at(folder: Path, api_url: str) -> None:
 def one_run(work: Path, folder: Path, recipients: int) -> dict[str, Any]:
     """A fresh emulator and state database, one send, and what the emulator received."""
     suppressed = seed_state(folder, recipients)
-    emulator = Emulator(work / "emulator-stats.json")
+    emulator = Emulator(work / "emulator-stats.json", API_KEY, VALIDATE_EVERY)
     try:
         point_at(folder, emulator.url)
         result = run_send(folder)
@@ -274,12 +259,10 @@ def main() -> None:
     try:
         results = []
         for recipients in args.recipients:
-            write_newsletter(folder, recipients, "http://127.0.0.1:9", args.workers)
+            build_newsletter(folder, recipients, "http://127.0.0.1:9", args.workers)
             runs = []
             for run in range(args.runs):
-                print(
-                    f"{recipients:,} recipients, run {run + 1} of {args.runs} ...", file=sys.stderr
-                )
+                log(f"{recipients:,} recipients, run {run + 1} of {args.runs} ...")
                 runs.append(one_run(work, folder, recipients))
             first = runs[0]
             results.append(
@@ -294,7 +277,7 @@ def main() -> None:
                 }
             )
         render = render_once(folder)
-        emulator = Emulator(work / "emulator-stats.json")
+        emulator = Emulator(work / "emulator-stats.json", API_KEY, VALIDATE_EVERY)
         try:
             slow = naive(folder, emulator.url, args.naive_sample)
         finally:
@@ -303,8 +286,8 @@ def main() -> None:
             naive_s = slow["naive_per_recipient_ms"] / 1000 * result["recipients"]
             result["naive_scaled_s"] = round(naive_s, 1)
             result["speedup_vs_naive"] = round(naive_s / result["wall_s"], 1)
-            print(json.dumps(result))
-        print(json.dumps({**render, **slow}))
+            report(result)
+        report({**render, **slow})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
