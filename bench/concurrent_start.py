@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import os
 import re
 import shutil
 import signal
@@ -26,8 +24,8 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from harness import REPO, child_env, log, newsletter_command, report
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = ("config.example.toml", "stories", "templates", "subscribers")
 
 
@@ -54,9 +52,10 @@ def empty_postgres(url: str) -> None:
 
 def one_try(config: Path, url: str, processes: int, timeout: float) -> list[tuple[int, str]]:
     """(exit code, stderr) of each process; -9 for one that ignored SIGTERM and was killed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEWSLETTER_", "SENDGRID_"))}
-    env |= {"NEWSLETTER_DATABASE_URL": url, "NEWSLETTER_SECRET": "bench-secret-" + "x" * 24}
-    command = [sys.executable, "-m", "newsletter", "--config", str(config), "schedule"]
+    env = child_env(
+        "bench-secret-" + "x" * 24, drop=("NEWSLETTER_", "SENDGRID_"), NEWSLETTER_DATABASE_URL=url
+    )
+    command = newsletter_command(config, "schedule")
     started = [
         subprocess.Popen(
             command,
@@ -121,10 +120,10 @@ def main() -> int:
                     failures += 1
                     kinds[failure_kind(code, err)] += 1
                     first_failure = first_failure or err
-            print(f"try {n + 1}/{args.tries}: {failures} failed so far", file=sys.stderr)
+            log(f"try {n + 1}/{args.tries}: {failures} failed so far")
     kind = "postgresql" if args.database_url else "sqlite"
-    report = {"database": kind, "tries": args.tries, "processes": args.processes}
-    print(json.dumps(report | {"failed_processes": failures, "kinds": kinds}))
+    summary = {"database": kind, "tries": args.tries, "processes": args.processes}
+    report(summary | {"failed_processes": failures, "kinds": kinds})
     if first_failure:
         print("first failure's stderr:\n" + first_failure, file=sys.stderr)
     return 1 if failures else 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import resource
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from harness import free_port
 
 # aiosmtpd calls socket.getfqdn() for every connection unless given a name;
 # one-connection-per-message clients would pay for the sink's DNS lookups.
@@ -97,13 +97,6 @@ class CountingHandler:
                 self.epoch += 1
                 self._reset()
         return stats
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1 (aiosmtpd's Controller cannot bind port 0 itself)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

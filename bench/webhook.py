@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +26,9 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from harness import child_env, free_port, newsletter_command, report
 
 SECRET = "bench-signing-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def events(start: int, count: int, issue_id: int = 1) -> list[dict[str, object]]:
@@ -85,11 +77,9 @@ webhook_public_key = "{public}"
 """,
             encoding="utf-8",
         )
-        env = {**os.environ, "NEWSLETTER_SECRET": SECRET}
         server = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "--config", str(folder / "config.toml"),
-             "serve", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            newsletter_command(folder / "config.toml", "serve", "--port", str(port)),
+            env=child_env(SECRET, drop=()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             with httpx.Client(base_url=url, timeout=60) as http:
@@ -110,13 +100,13 @@ webhook_public_key = "{public}"
                         start += size
                         times.append(post(http, key, body, expect_new=size))
                     replay = post(http, key, body, expect_new=0)
-                    print(json.dumps({
+                    report({
                         "events": size, "posts": args.posts,
                         "median_ms": round(statistics.median(times) * 1000, 1),
                         "per_event_us": round(statistics.median(times) / size * 1e6, 1),
                         "runs_ms": [round(t * 1000, 1) for t in times],
                         "replay_ms": round(replay * 1000, 1),
-                    }))  # fmt: skip
+                    })  # fmt: skip
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
