@@ -2,8 +2,9 @@
 
 Sections, in the order a benchmark uses them: progress and the JSON report; the
 throwaway newsletter folder; the child process's environment and command line;
-timing a child process; the counting SMTP sink; and what the figures were measured
-on (the package copy, the commit, the machine).
+timing a child process; the receivers (the counting SMTP sink, the SendGrid
+emulator); and what the figures were measured on (the package copy, the commit,
+the machine).
 
 Nothing here imports `newsletter` at import time: the SMTP sink's process imports
 this module too, and must stay small.
