@@ -106,7 +106,7 @@ def seed_state(folder: Path, recipients: int) -> int:
     """A fresh state database in which the former subscribers are suppressed."""
     for stale in folder.glob("newsletter.db*"):
         stale.unlink()
-    from newsletter.ledger import Ledger
+    from newsletter.state import Ledger
 
     gone = [
         (f"gone{n:07d}@example.com", "unsubscribed") for n in range(0, recipients, SUPPRESSED_SHARE)

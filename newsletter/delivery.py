@@ -20,9 +20,10 @@ from typing import Protocol, TypeVar
 
 from newsletter.errors import LedgerError, NewsletterError
 from newsletter.failpoints import failpoint
-from newsletter.ledger import BatchRow, Ledger, unpack_recipients
 from newsletter.models import Subscriber
 from newsletter.signing import Signer, unsubscribe_url
+from newsletter.state import Ledger
+from newsletter.state.batches import BatchRow, unpack_recipients
 from newsletter.subscribers import Chunk
 from newsletter.transports.base import (
     Batch,

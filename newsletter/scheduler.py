@@ -32,9 +32,9 @@ from apscheduler.triggers.date import DateTrigger
 from newsletter.app import App, system_clock
 from newsletter.config import Config, load_config, parse_days
 from newsletter.errors import NewsletterError
-from newsletter.ledger import Ledger
 from newsletter.models import local_time_on
 from newsletter.send import Sending, SendReport, SendRequest
+from newsletter.state import Ledger
 from newsletter.transports.base import BatchFailure, Message, PermanentFailure, Recipient
 from newsletter.words import plural
 

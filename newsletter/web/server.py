@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from newsletter.config import Config
 from newsletter.controls import one_line
 from newsletter.errors import NewsletterError
-from newsletter.ledger import IssueRow, Ledger
+from newsletter.state import Ledger
+from newsletter.state.issues import IssueRow
 from newsletter.subscribers import check_address
 from newsletter.web.archive import archived_html, atom_feed
 from newsletter.web.events import (

@@ -19,8 +19,8 @@ import jinja2
 
 from newsletter.config import Config
 from newsletter.errors import SubscriberError, TransportError
-from newsletter.ledger import Ledger
 from newsletter.signing import CONFIRM, UNSUBSCRIBE, Signer
+from newsletter.state import Ledger
 from newsletter.subscribers import add_subscriber, list_names, list_path
 from newsletter.transports.base import Message, PermanentFailure, Recipient, Transport
 
