@@ -1,9 +1,9 @@
 """Planning batches and sending them: retries, worker threads, progress, resume.
 
-The ledger is the source of truth (Ghost's batch state machine): a batch is
-pending -> submitting -> submitted | failed. It is marked `submitting` before
-the request leaves, so a crash in between leaves it visibly ambiguous rather
-than silently resent.
+The ledger's batches (`newsletter/state/batches.py`) are the source of truth
+(Ghost's batch state machine): a batch is pending -> submitting -> submitted |
+failed. It is marked `submitting` before the request leaves, so a crash in
+between leaves it visibly ambiguous rather than silently resent.
 """
 
 from __future__ import annotations
