@@ -113,7 +113,7 @@ def readers(recipients: int) -> Iterator[tuple[str, str]]:
 def seed_state(folder: Path, recipients: int) -> int:
     """A fresh state database in which the former subscribers are suppressed."""
     reset_state(folder)
-    from newsletter.ledger import Ledger
+    from newsletter.state import Ledger
 
     gone = [
         (f"gone{n:07d}@example.com", "unsubscribed") for n in range(0, recipients, SUPPRESSED_SHARE)

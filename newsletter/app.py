@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from newsletter.config import Config, FeedSourceSettings, MarkdownSourceSettings, load_config
-from newsletter.ledger import Ledger
 from newsletter.models import Issue, RenderedEmail, Window, local_time_on
 from newsletter.preview import PreviewPage
 from newsletter.render import Renderer
+from newsletter.state import Ledger
 from newsletter.stories import StorySource, gather
 from newsletter.stories.cache import FeedCache
 from newsletter.subscribers import list_path

@@ -1,9 +1,10 @@
 """State-database failures a person can fix, said as what happened and what to do.
 
 A damaged file, a read-only file or folder, a full disk, a server gone away:
-none of these is a bug, so none may end in a traceback. The ledger turns the
-driver's error into one `LedgerError` line naming the database; anything not
-recognised here (a constraint the ledger relies on, a bug) keeps its type.
+none of these is a bug, so none may end in a traceback. The ledger
+(`newsletter/state/database.py`) turns the driver's error into one `LedgerError`
+line naming the database; anything not recognised here (a constraint the ledger
+relies on, a bug) keeps its type.
 
 The error codes are the drivers' own (SQLite's result codes, PostgreSQL's
 SQLSTATE), not their wording, which differs between versions.

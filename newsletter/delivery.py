@@ -1,9 +1,9 @@
 """Planning batches and sending them: retries, worker threads, progress, resume.
 
-The ledger is the source of truth (Ghost's batch state machine): a batch is
-pending -> submitting -> submitted | failed. It is marked `submitting` before
-the request leaves, so a crash in between leaves it visibly ambiguous rather
-than silently resent.
+The ledger's batches (`newsletter/state/batches.py`) are the source of truth
+(Ghost's batch state machine): a batch is pending -> submitting -> submitted |
+failed. It is marked `submitting` before the request leaves, so a crash in
+between leaves it visibly ambiguous rather than silently resent.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Protocol, TypeVar
 
 from newsletter.errors import LedgerError, NewsletterError
 from newsletter.failpoints import failpoint
-from newsletter.ledger import BatchRow, Ledger, unpack_recipients
 from newsletter.models import Subscriber
 from newsletter.signing import Signer, unsubscribe_url
+from newsletter.state.batches import BatchRow, unpack_recipients
 from newsletter.subscribers import Chunk
 from newsletter.transports.base import (
     Batch,
@@ -267,6 +267,40 @@ class Outcome:
     permanent: bool = False
 
 
+class DeliveryState(Protocol):
+    """What delivering uses of the state database: the batch state machine
+    (`newsletter.state.batches.BatchStore`) and the claim's heartbeat
+    (`newsletter.state.issues.IssueStore.beat`), and nothing else."""
+
+    def batches(self, issue_id: int, statuses: Sequence[str] | None = None) -> list[BatchRow]: ...
+
+    def take_batch(
+        self, batch_id: int, from_statuses: Sequence[str], kind: str = "batch"
+    ) -> bytes | None: ...
+
+    def record_progress(self, batch_id: int, done: int) -> bool: ...
+
+    def replace_batch_recipients(
+        self, batch_id: int, columns: Sequence[str], rows: Sequence[Sequence[str]]
+    ) -> None: ...
+
+    def split_batch(
+        self,
+        batch_id: int,
+        sent: int,
+        *,
+        in_doubt: int = 0,
+        rest: str = "pending",
+        note: str | None = None,
+    ) -> None: ...
+
+    def mark_submitted_many(
+        self, accepted: Sequence[tuple[int, str | None, str | None]]
+    ) -> None: ...
+
+    def beat(self, issue_id: int, owner: str) -> None: ...
+
+
 @dataclass
 class Deliverer:
     """Sends an issue's unsent batches from the ledger with worker threads.
@@ -276,7 +310,7 @@ class Deliverer:
     after each: SMTP), or "none" (resending is harmless: the outbox).
     """
 
-    ledger: Ledger
+    ledger: DeliveryState
     make_transport: Callable[[], Transport]
     policy: RetryPolicy = RetryPolicy()
     workers: int = 4

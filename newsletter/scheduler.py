@@ -32,9 +32,11 @@ from apscheduler.triggers.date import DateTrigger
 from newsletter.app import App, system_clock
 from newsletter.config import Config, load_config, parse_days
 from newsletter.errors import NewsletterError
-from newsletter.ledger import Ledger
 from newsletter.models import local_time_on
 from newsletter.send import Sending, SendReport, SendRequest
+from newsletter.state import Ledger
+from newsletter.state.database import Database
+from newsletter.state.issues import IssueStore
 from newsletter.transports.base import BatchFailure, Message, PermanentFailure, Recipient
 from newsletter.words import plural
 
@@ -309,7 +311,7 @@ class SchedulerService:
             f"it is now {now.astimezone(tz):%Y-%m-%d %H:%M}, past misfire_grace "
             f"({config.schedule.misfire_grace})"
         )
-        with Ledger(config.database_url) as ledger:
+        with IssueStore(config.database_url) as ledger:
             new = ledger.record_skipped(list_name, date, reason)
         if new:
             fields = {"event": "run", "phase": "skipped", "list": list_name, "date": date.isoformat(), "outcome": "skipped", "error": reason}  # fmt: skip
@@ -349,7 +351,7 @@ class SchedulerService:
     # -- the service ---------------------------------------------------------------
 
     def build_scheduler(
-        self, config: Config, ledger: Ledger, kind: type[BaseScheduler] = BackgroundScheduler
+        self, config: Config, ledger: Database, kind: type[BaseScheduler] = BackgroundScheduler
     ) -> BaseScheduler:
         scheduler = kind(
             jobstores={
@@ -395,7 +397,7 @@ class SchedulerService:
             # a run that failed or was stopped (SIGTERM) resumes on the next start
             list_name = self.list_for(config)
             date = latest.astimezone(config.newsletter.tz).date()
-            with Ledger(config.database_url) as ledger:
+            with IssueStore(config.database_url) as ledger:
                 issue = ledger.issue(list_name, date)
             if issue is not None and issue.status in ("failed", "stopped", "sending"):
                 due = latest
@@ -414,7 +416,7 @@ class SchedulerService:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             config = self.config()
-            with Ledger(config.database_url) as ledger:
+            with Database(config.database_url) as ledger:
                 stored_next = next_run(ledger)  # before the job is replaced
                 scheduler = self.build_scheduler(config, ledger)
                 self.scheduler = scheduler
@@ -499,7 +501,7 @@ def queue_run(scheduler: BaseScheduler, scheduled: dt.datetime, when: dt.datetim
     )
 
 
-def job_store(ledger: Ledger) -> SQLAlchemyJobStore:
+def job_store(ledger: Database) -> SQLAlchemyJobStore:
     """APScheduler's job store in the state database, its table made under the schema lock.
 
     APScheduler's own check-then-create fails in one of two schedulers starting
@@ -510,7 +512,7 @@ def job_store(ledger: Ledger) -> SQLAlchemyJobStore:
     return store
 
 
-def next_run(ledger: Ledger) -> dt.datetime | None:
+def next_run(ledger: Database) -> dt.datetime | None:
     """The daily job's next run as the job store has it (None: no scheduler ever ran)."""
     store = job_store(ledger)
     store.start(None, "default")  # type: ignore[arg-type]

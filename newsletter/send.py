@@ -29,9 +29,10 @@ from newsletter.delivery import (
 )
 from newsletter.errors import ConfigError, LedgerError, SubscriberError
 from newsletter.failpoints import failpoint
-from newsletter.ledger import BATCH_DONE, IssueRow, process_owner
 from newsletter.models import Subscriber
 from newsletter.signing import DEVELOPMENT_SECRET, Signer
+from newsletter.state.batches import BATCH_DONE
+from newsletter.state.issues import IssueRow, process_owner
 from newsletter.subscribers import (
     Chunk,
     ListReport,

@@ -487,6 +487,9 @@ def count(path: Path) -> int:
 
 
 class SuppressionStore(Protocol):
+    """What list editing needs of the suppressions: `newsletter.state.suppressions`'s
+    store of the same name, or a test's stand-in."""
+
     def suppressed(self, list_name: str | None = None) -> frozenset[str]: ...
 
     def resubscribe(self, email: str, list_name: str, other_lists: Iterable[str]) -> bool: ...

@@ -127,7 +127,7 @@ def _reset_postgres(url: str) -> None:
     """Every test starts from an empty database: our tables and APScheduler's dropped."""
     import sqlalchemy as sa
 
-    from newsletter.ledger import metadata
+    from newsletter.state.database import metadata
 
     engine = sa.create_engine(url)
     try:

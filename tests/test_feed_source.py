@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from newsletter.errors import SourceError
-from newsletter.ledger import Ledger
 from newsletter.models import SourceProblem, Window
+from newsletter.state import Ledger
 from newsletter.stories.base import gather
 from newsletter.stories.cache import FeedCache, MemoryFeedCache
 from newsletter.stories.feed import FeedSource

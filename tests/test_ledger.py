@@ -26,7 +26,10 @@ import pytest
 import sqlalchemy as sa
 
 from newsletter.errors import LedgerError
-from newsletter.ledger import Claim, Ledger, MailEvent, feed_cache, issues
+from newsletter.state import Ledger
+from newsletter.state.events import MailEvent
+from newsletter.state.feeds import feed_cache
+from newsletter.state.issues import Claim, issues
 from newsletter.stories.feed import CachedFeed
 
 T = TypeVar("T")

@@ -18,8 +18,9 @@ import pytest
 import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from newsletter.ledger import SCHEMA_LOCK_KEY, Ledger
 from newsletter.scheduler import SchedulerService, next_run, trigger_for
+from newsletter.state import Ledger
+from newsletter.state.database import SCHEMA_LOCK_KEY
 
 from .conftest import Site
 from .support.sendgrid_emulator import Fault, SendGridEmulator

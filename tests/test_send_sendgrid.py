@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from newsletter.ledger import Ledger
 from newsletter.signing import Signer, unsubscribe_url
+from newsletter.state import Ledger
 
 from .conftest import SENDGRID_TEST_API_KEY, Site
 from .support.fixtures import HELD

@@ -13,8 +13,8 @@ import time
 import httpx
 import pytest
 
-from newsletter.ledger import Ledger
 from newsletter.signing import UNSUBSCRIBE, Signer
+from newsletter.state import Ledger
 
 from .conftest import Site
 from .support.cli import run

@@ -29,8 +29,9 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from newsletter.errors import NewsletterError
-from newsletter.ledger import consents, list_suppressions, mail_events, suppressions
 from newsletter.signing import CONFIRM, CSRF, UNSUBSCRIBE, Signer
+from newsletter.state.events import mail_events
+from newsletter.state.suppressions import consents, list_suppressions, suppressions
 from newsletter.subscribers import ListReport, check_address, read_list
 
 from .conftest import NOW

@@ -34,9 +34,9 @@ from cryptography.x509.oid import NameOID
 from newsletter.app import App
 from newsletter.config import SmtpSettings
 from newsletter.delivery import Deliverer, RetryPolicy, send_with_retries
-from newsletter.ledger import Ledger
 from newsletter.send import Sending, SendReport, SendRequest
 from newsletter.signing import Signer
+from newsletter.state import Ledger
 from newsletter.transports.base import (
     InDoubtFailure,
     Message,

@@ -21,7 +21,7 @@ from typing import cast
 import pytest
 
 from newsletter.errors import SubscriberError
-from newsletter.ledger import Ledger
+from newsletter.state import Ledger
 from newsletter.subscribers import (
     ListReport,
     add_subscriber,

@@ -1,5 +1,5 @@
 """What a feed source remembers between runs, kept free of HTTP and XML imports
-(the ledger stores it, and every command opens the ledger)."""
+(the ledger stores it, `newsletter/state/feeds.py`, and every command opens the ledger)."""
 
 from __future__ import annotations
 

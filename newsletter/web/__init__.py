@@ -67,7 +67,9 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
     templates = app.renderer.env
     return WebParts(
         config=config,
-        ledger=app.ledger,
+        events=app.ledger,
+        archive=app.ledger,
+        database=app.ledger,
         subscriptions=Subscriptions(
             config,
             app.ledger,

@@ -10,7 +10,7 @@ import datetime as dt
 import xml.etree.ElementTree as ET
 
 from newsletter.config import NewsletterSettings
-from newsletter.ledger import IssueRow
+from newsletter.state.issues import IssueRow
 from newsletter.tokens import Personaliser
 
 ATOM = "http://www.w3.org/2005/Atom"

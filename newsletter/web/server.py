@@ -27,7 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from newsletter.config import Config
 from newsletter.controls import one_line
 from newsletter.errors import NewsletterError
-from newsletter.ledger import IssueRow, Ledger
+from newsletter.state.archive import ArchiveStore
+from newsletter.state.database import Database
+from newsletter.state.events import EventStore
+from newsletter.state.issues import IssueRow
 from newsletter.subscribers import check_address
 from newsletter.web.archive import archived_html, atom_feed
 from newsletter.web.events import (
@@ -57,10 +60,16 @@ SECURITY_HEADERS = {
 
 @dataclass
 class WebParts:
-    """What the app needs, built by the composition root (or a test)."""
+    """What the app needs, built by the composition root (or a test).
+
+    `events`, `archive` and `database` are the parts of the state database each
+    page uses (the composition root passes its one Ledger as all three).
+    """
 
     config: Config
-    ledger: Ledger
+    events: EventStore
+    archive: ArchiveStore
+    database: Database  # the health check's round trip
     subscriptions: Subscriptions
     templates: jinja2.Environment
     public_url: str
@@ -344,7 +353,7 @@ class _Pages:
             log.warning("SendGrid event batch rejected: %s", exc)
             return PlainTextResponse(f"{exc}\n", status_code=exc.status)
         # committed before the answer: an acknowledged event is never lost
-        new = await run_in_threadpool(self.parts.ledger.apply_mail_events, events)
+        new = await run_in_threadpool(self.parts.events.apply_mail_events, events)
         received = len(events) + skipped
         if skipped:
             log.warning("SendGrid events: %d malformed ones skipped", skipped)
@@ -360,13 +369,15 @@ class _Pages:
 
     async def archive_index(self, request: Request) -> Response:
         lists = self.config.archive_lists
-        rows = await run_in_threadpool(self.parts.ledger.sent_issues, lists, 1000)
+        rows = await run_in_threadpool(self.parts.archive.sent_issues, lists, 1000)
         return self.page(
             "web/archive.html", issues=_one_per_date(rows, lists), archive_url=self.archive_url()
         )
 
     async def archive_feed(self, request: Request) -> Response:
-        rows = await run_in_threadpool(self.parts.ledger.sent_issues, self.config.archive_lists, 50)
+        rows = await run_in_threadpool(
+            self.parts.archive.sent_issues, self.config.archive_lists, 50
+        )
         archive = self.archive_url()
         body = atom_feed(rows, self.config.newsletter, archive, f"{archive}/feed.xml")
         return Response(body, media_type="application/atom+xml")
@@ -376,7 +387,9 @@ class _Pages:
             date = dt.date.fromisoformat(request.path_params["date"])
         except ValueError:
             return await self.not_found(request, LookupError())
-        row = await run_in_threadpool(self.parts.ledger.sent_issue, self.config.archive_lists, date)
+        row = await run_in_threadpool(
+            self.parts.archive.sent_issue, self.config.archive_lists, date
+        )
         if row is None:
             return await self.not_found(request, LookupError())
         return HTMLResponse(archived_html(row, self.parts.public_url))
@@ -385,7 +398,7 @@ class _Pages:
 
     async def health(self, request: Request) -> Response:
         try:
-            await run_in_threadpool(self.parts.ledger.ping)
+            await run_in_threadpool(self.parts.database.ping)
         except Exception as exc:  # any failure means "not healthy", said without a traceback
             log.error("health check: the state database does not answer: %s", exc)
             return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)

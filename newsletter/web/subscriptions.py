@@ -19,8 +19,8 @@ import jinja2
 
 from newsletter.config import Config
 from newsletter.errors import SubscriberError, TransportError
-from newsletter.ledger import Ledger
 from newsletter.signing import CONFIRM, UNSUBSCRIBE, Signer
+from newsletter.state.suppressions import SuppressionStore
 from newsletter.subscribers import add_subscriber, list_names, list_path
 from newsletter.transports.base import Message, PermanentFailure, Recipient, Transport
 
@@ -97,7 +97,7 @@ class Subscriptions:
     def __init__(
         self,
         config: Config,
-        ledger: Ledger,
+        ledger: SuppressionStore,
         signer: Signer,
         mailer: Mailer,
         templates: jinja2.Environment,

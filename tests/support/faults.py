@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from newsletter.ledger import Ledger
+from newsletter.state import Ledger
 from newsletter.words import plural
 
 from ..conftest import SENDGRID_TEST_API_KEY, Site

@@ -1,0 +1,47 @@
+"""The SQL state of a newsletter (SQLAlchemy Core): one database, any SQLAlchemy URL.
+
+One module per concern, each owning its tables and their queries:
+
+    database       the engine, the schema (created under a lock), the one transaction
+                   helper, database failures as one LedgerError line
+    issues         issues: the per-(list, date) claim, the stored plan, finish, history
+    batches        batches and the send state machine, progress, who is in doubt
+    suppressions   suppressions (every list or one) and sign-up consents
+    events         mail events, applied once each, and their counts
+    archive        the sent issues, as the public archive shows them
+    feeds          the feed cache
+
+A caller names the store it uses (`BatchStore`, `SuppressionStore`, ...); the
+composition root opens one `Ledger`, which is every store at once over one engine.
+Importing this package imports every module, so any store creates the whole schema.
+"""
+
+from __future__ import annotations
+
+from newsletter.state.archive import ArchiveStore
+from newsletter.state.batches import BatchStore
+from newsletter.state.database import Database
+from newsletter.state.events import EventStore
+from newsletter.state.feeds import FeedCacheStore
+from newsletter.state.issues import IssueStore
+from newsletter.state.suppressions import SuppressionStore
+
+
+class Ledger(IssueStore, BatchStore, SuppressionStore, EventStore, ArchiveStore, FeedCacheStore):
+    """The whole state database in one handle, for the composition root (and tests).
+
+    Every store shares `Database`'s engine, so one Ledger opens one engine;
+    hand each caller the store it needs, typed as that store.
+    """
+
+
+__all__ = [
+    "ArchiveStore",
+    "BatchStore",
+    "Database",
+    "EventStore",
+    "FeedCacheStore",
+    "IssueStore",
+    "Ledger",
+    "SuppressionStore",
+]

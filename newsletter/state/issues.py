@@ -1,0 +1,326 @@
+"""Issues: the per-(list, date) claim, the stored plan, the finish, and the history.
+
+An issue row is claimed atomically by its unique key, so exactly one sender
+sends it; the rendered email and its batches are stored in one transaction
+before anything leaves; a sent issue records its stories so later issues of
+the list skip them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from newsletter.state.batches import batches, pack_recipients
+from newsletter.state.database import Database, UTCDateTime, _aware, metadata, utcnow
+
+# One row per (list, date): claimed atomically by the unique constraint. The
+# rendered email is stored with the plan, so a resumed send sends the same thing.
+issues = sa.Table(
+    "issues",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("list_name", sa.String(64), nullable=False),
+    sa.Column("issue_date", sa.Date, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("claimed_by", sa.String(255)),
+    sa.Column("heartbeat", UTCDateTime()),
+    sa.Column("window_start", UTCDateTime()),
+    sa.Column("window_end", UTCDateTime()),
+    sa.Column("subject", sa.Text),
+    sa.Column("html", sa.Text),
+    sa.Column("text", sa.Text),
+    sa.Column("tokens", sa.Text),
+    sa.Column("story_keys", sa.Text),
+    sa.Column("transport", sa.String(16)),
+    sa.Column("recipients", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime()),
+    sa.UniqueConstraint("list_name", "issue_date", name="uq_issue_per_list_and_date"),
+)
+
+issue_stories = sa.Table(
+    "issue_stories",
+    metadata,
+    sa.Column("issue_id", sa.Integer, sa.ForeignKey("issues.id"), primary_key=True),
+    sa.Column("story_key", sa.String(2048), primary_key=True),
+)
+
+# a skipped issue can still be sent by hand; failed and stopped ones resume
+RESUMABLE = ("failed", "stopped", "skipped")
+
+
+@dataclass(frozen=True)
+class IssueRow:
+    id: int
+    list_name: str
+    issue_date: dt.date
+    status: str
+    claimed_by: str | None
+    heartbeat: dt.datetime | None
+    window_start: dt.datetime | None
+    window_end: dt.datetime | None
+    subject: str | None
+    html: str | None
+    text: str | None
+    tokens: frozenset[str]
+    story_keys: tuple[str, ...]
+    transport: str | None
+    recipients: int
+    error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+    @property
+    def planned(self) -> bool:
+        return self.subject is not None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of asking for an issue: ours now (new or resumed), already sent, or busy."""
+
+    state: str  # "new" | "resumed" | "sent" | "busy"
+    issue: IssueRow
+
+
+class IssueStore(Database):
+    """Issues: claim, plan, beat, finish, and what earlier issues of a list sent."""
+
+    def issue(self, list_name: str, date: dt.date) -> IssueRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(issues).where(
+                    issues.c.list_name == list_name, issues.c.issue_date == date
+                )
+            ).first()
+        return _issue_row(row) if row is not None else None
+
+    def claim(self, list_name: str, date: dt.date, owner: str, stale_after: dt.timedelta) -> Claim:
+        """Take the issue for this process, atomically; exactly one claimant wins.
+
+        A claim whose owner died (same host, pid gone) or stopped beating for
+        `stale_after` is taken over; a failed or stopped issue is resumed.
+        """
+        now = utcnow()
+        if self._insert_issue(list_name, date, status="sending", claimed_by=owner, heartbeat=now):
+            issue = self.issue(list_name, date)
+            assert issue is not None
+            return Claim("new", issue)
+        issue = self.issue(list_name, date)
+        assert issue is not None
+        if issue.status == "sent":
+            return Claim("sent", issue)
+        takeover = issue.status in RESUMABLE or (
+            issue.status == "sending"
+            # this very process, whose earlier attempt ended without closing the issue
+            and (issue.claimed_by == owner or _claim_is_stale(issue, now, stale_after))
+        )
+        if takeover:
+            with self.engine.begin() as conn:
+                won = conn.execute(
+                    sa.update(issues)
+                    .where(
+                        issues.c.id == issue.id,
+                        issues.c.status == issue.status,
+                        _same(issues.c.claimed_by, issue.claimed_by),
+                    )
+                    .values(status="sending", claimed_by=owner, heartbeat=now, error=None)
+                ).rowcount
+            fresh = self.issue(list_name, date)
+            assert fresh is not None
+            if won:
+                return Claim("resumed", fresh)
+            return Claim("sent" if fresh.status == "sent" else "busy", fresh)
+        return Claim("busy", issue)
+
+    def record_skipped(self, list_name: str, date: dt.date, reason: str) -> bool:
+        """Say that a scheduled issue did not go out, unless something already happened to it."""
+        return self._insert_issue(
+            list_name, date, status="skipped", error=reason, finished_at=utcnow()
+        )
+
+    def _insert_issue(self, list_name: str, date: dt.date, **values: object) -> bool:
+        """A new issue row; False if (list, date) has one already: the unique key decides."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.insert(issues).values(
+                        list_name=list_name,
+                        issue_date=date,
+                        recipients=0,
+                        created_at=utcnow(),
+                        **values,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def save_plan(
+        self,
+        issue_id: int,
+        *,
+        subject: str,
+        html: str,
+        text: str,
+        tokens: Iterable[str],
+        story_keys: Iterable[str],
+        window_start: dt.datetime | None,
+        window_end: dt.datetime,
+        transport: str,
+        batches_of_recipients: Iterable[tuple[Sequence[str], Sequence[Sequence[str]]]],
+    ) -> int:
+        """Store what will be sent and every batch with its recipients, in one transaction."""
+        now = utcnow()
+        total = 0
+        with self.engine.begin() as conn:
+            chunk: list[dict[str, object]] = []
+            for seq, (columns, rows) in enumerate(batches_of_recipients, start=1):
+                total += len(rows)
+                chunk.append(
+                    {
+                        "issue_id": issue_id,
+                        "seq": seq,
+                        "status": "pending",
+                        "size": len(rows),
+                        "recipients": pack_recipients(columns, rows),
+                        "attempts": 0,
+                        "updated_at": now,
+                    }
+                )
+                if len(chunk) >= 100:
+                    conn.execute(sa.insert(batches), chunk)
+                    chunk = []
+            if chunk:
+                conn.execute(sa.insert(batches), chunk)
+            conn.execute(
+                sa.update(issues)
+                .where(issues.c.id == issue_id)
+                .values(
+                    subject=subject,
+                    html=html,
+                    text=text,
+                    tokens=",".join(sorted(tokens)),
+                    story_keys=json.dumps(sorted(story_keys)),
+                    window_start=window_start,
+                    window_end=window_end,
+                    transport=transport,
+                    recipients=total,
+                    heartbeat=now,
+                )
+            )
+        return total
+
+    def beat(self, issue_id: int, owner: str) -> None:
+        """Show the claim is alive; a claim that stops beating can be taken over."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(issues)
+                .where(issues.c.id == issue_id, issues.c.claimed_by == owner)
+                .values(heartbeat=utcnow())
+            )
+
+    def finish(self, issue_id: int, status: str, error: str | None = None) -> None:
+        """Close the issue; a sent one records its stories so later issues skip them."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(issues)
+                .where(issues.c.id == issue_id)
+                .values(status=status, error=error, finished_at=utcnow(), claimed_by=None)
+            )
+            if status == "sent":
+                keys = conn.execute(
+                    sa.select(issues.c.story_keys).where(issues.c.id == issue_id)
+                ).scalar_one()
+                rows = [{"issue_id": issue_id, "story_key": k} for k in json.loads(keys or "[]")]
+                if rows:
+                    conn.execute(sa.insert(issue_stories), rows)
+
+    def sent_story_keys(self, list_name: str, before: dt.date) -> frozenset[str]:
+        """Stories earlier issues of this list carried: a story goes out once."""
+        query = (
+            sa.select(issue_stories.c.story_key)
+            .join(issues, issues.c.id == issue_stories.c.issue_id)
+            .where(
+                issues.c.list_name == list_name,
+                issues.c.status == "sent",
+                issues.c.issue_date < before,
+            )
+        )
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(query).scalars())
+
+    def previous_issue_end(self, list_name: str, before: dt.date) -> dt.datetime | None:
+        query = sa.select(sa.func.max(issues.c.window_end)).where(
+            issues.c.list_name == list_name,
+            issues.c.status == "sent",
+            issues.c.issue_date < before,
+        )
+        with self.engine.connect() as conn:
+            return _aware(conn.execute(query).scalar())
+
+    def recent_issues(self, list_name: str | None = None, limit: int = 10) -> list[IssueRow]:
+        query = (
+            sa.select(issues).order_by(issues.c.issue_date.desc(), issues.c.id.desc()).limit(limit)
+        )
+        if list_name:
+            query = query.where(issues.c.list_name == list_name)
+        with self.engine.connect() as conn:
+            return [_issue_row(r) for r in conn.execute(query)]
+
+
+def _same(column: sa.ColumnElement[str], value: str | None) -> sa.ColumnElement[bool]:
+    return column.is_(None) if value is None else column == value
+
+
+def _issue_row(row: sa.Row) -> IssueRow:  # type: ignore[type-arg]
+    m = row._mapping
+    return IssueRow(
+        id=m["id"],
+        list_name=m["list_name"],
+        issue_date=m["issue_date"],
+        status=m["status"],
+        claimed_by=m["claimed_by"],
+        heartbeat=_aware(m["heartbeat"]),
+        window_start=_aware(m["window_start"]),
+        window_end=_aware(m["window_end"]),
+        subject=m["subject"],
+        html=m["html"],
+        text=m["text"],
+        tokens=frozenset(t for t in (m["tokens"] or "").split(",") if t),
+        story_keys=tuple(json.loads(m["story_keys"] or "[]")),
+        transport=m["transport"],
+        recipients=m["recipients"] or 0,
+        error=m["error"],
+        created_at=_aware(m["created_at"]),  # type: ignore[arg-type]
+        finished_at=_aware(m["finished_at"]),
+    )
+
+
+def process_owner() -> str:
+    """Who holds a claim: host and pid, so a dead owner on this host is recognised."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim_is_stale(issue: IssueRow, now: dt.datetime, stale_after: dt.timedelta) -> bool:
+    """A dead owner on this host, or one elsewhere that stopped beating. A live process on
+    this host is never taken over, however slow: two senders would send the same rows."""
+    owner = issue.claimed_by or ""
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+    return issue.heartbeat is None or now - issue.heartbeat > stale_after
