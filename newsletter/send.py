@@ -17,11 +17,8 @@ from pathlib import Path
 from newsletter.app import App, BuiltIssue, empty_issue_message
 from newsletter.delivery import (
     BUILT_IN_TOKENS,
-    Deliverer,
     NoProgress,
     Progress,
-    RetryPolicy,
-    UnsubscribeLinks,
     build_batch,
     plan_batches,
     send_with_retries,
@@ -31,7 +28,7 @@ from newsletter.errors import ConfigError, LedgerError, SubscriberError
 from newsletter.failpoints import failpoint
 from newsletter.ledger import BATCH_DONE, IssueRow, process_owner
 from newsletter.models import Subscriber
-from newsletter.signing import DEVELOPMENT_SECRET, Signer
+from newsletter.parts import Parts, Route
 from newsletter.subscribers import (
     Chunk,
     ListReport,
@@ -43,16 +40,9 @@ from newsletter.subscribers import (
     read_list,
 )
 from newsletter.timings import Timings
-from newsletter.transports.base import BatchFailure, InDoubt, Message, Transport
-from newsletter.transports.outbox import OutboxTransport
-from newsletter.transports.sendgrid import SendGridTransport
-from newsletter.transports.smtp import SmtpTransport
+from newsletter.transports.base import BatchFailure
 
 log = logging.getLogger(__name__)
-
-IN_DOUBT: dict[str, InDoubt] = {
-    t.name: t.in_doubt for t in (SendGridTransport, SmtpTransport, OutboxTransport)
-}
 
 
 @dataclass(frozen=True)
@@ -135,96 +125,17 @@ class Sending:
         should_stop: Callable[[], bool] = lambda: False,
         sleep: Callable[[float], None] = time.sleep,
         timings: Timings | None = None,
+        parts: Parts | None = None,
     ) -> None:
         self.timings = timings or Timings()
         self.app = app
         self.config = app.config
+        self.parts = parts or app.parts
         self.progress = progress or NoProgress()
         self.should_stop = should_stop
         self.sleep = sleep
 
-    # -- parts -------------------------------------------------------------------------
-
-    def transport_name(self, request: SendRequest) -> str:
-        return request.transport or self.config.delivery.transport
-
-    def transport_factory(self, name: str, outbox: Path | None) -> Callable[[], Transport]:
-        cfg = self.config
-        if name == "sendgrid":
-            key = cfg.secret(cfg.sendgrid.api_key_env)
-            if not key:
-                raise ConfigError(
-                    f"SendGrid needs an API key: set the environment variable "
-                    f"{cfg.sendgrid.api_key_env} (named by sendgrid.api_key_env in {cfg.path.name})"
-                )
-            return lambda: SendGridTransport(cfg.sendgrid, key)
-        if name == "smtp":
-            password = cfg.secret(cfg.smtp.password_env)
-            if cfg.smtp.username and not password:
-                raise ConfigError(
-                    f"SMTP login as {cfg.smtp.username} needs a password: set the environment "
-                    f"variable {cfg.smtp.password_env} (named by smtp.password_env)"
-                )
-            return lambda: SmtpTransport(cfg.smtp, password)
-        assert outbox is not None
-        return lambda: OutboxTransport(outbox)
-
-    def unsubscribe_links(self, list_name: str, transport: str) -> UnsubscribeLinks | None:
-        """Per-recipient links for `hosted` mode; SendGrid makes its own in `sendgrid` mode."""
-        u = self.config.unsubscribe
-        if u.mode == "sendgrid":
-            if transport != "sendgrid":
-                raise ConfigError(
-                    f'{self.config.path.name}: unsubscribe.mode = "sendgrid" works only with the '
-                    f"sendgrid transport (this send uses {transport})"
-                )
-            if self.config.sendgrid.asm_group_id is None:
-                raise ConfigError(
-                    f"{self.config.path.name}: unsubscribe.mode = "
-                    '"sendgrid" needs sendgrid.asm_group_id'
-                )
-            return None
-        if u.mode is None:
-            return None
-        if not u.base_url:
-            raise ConfigError(
-                f'{self.config.path.name}: unsubscribe.mode = "hosted" needs unsubscribe.base_url'
-            )
-        return UnsubscribeLinks(self.signer(transport), u.base_url, list_name, u.mailto)
-
-    def signer(self, transport: str) -> Signer:
-        """Signs (and checks) subscriber links with the secret named by unsubscribe.secret_env."""
-        u = self.config.unsubscribe
-        secret = self.config.secret(u.secret_env)
-        if not secret:
-            if transport != "outbox":
-                raise ConfigError(
-                    f"unsubscribe links are signed with a secret: set the environment variable "
-                    f"{u.secret_env} (named by unsubscribe.secret_env) to a long random string"
-                )
-            log.warning(
-                "%s is not set: outbox links are signed with a development secret", u.secret_env
-            )
-            secret = DEVELOPMENT_SECRET
-        return Signer(secret)
-
-    def sync_suppressions(self, transport: str) -> int:
-        """Before a SendGrid send, learn who SendGrid already refuses to deliver to."""
-        if transport != "sendgrid":
-            return 0
-        client = self.transport_factory("sendgrid", None)()
-        assert isinstance(client, SendGridTransport)
-        try:
-            found = with_retries(
-                lambda: client.fetch_suppressions(self.config.sendgrid.asm_group_id),
-                self.retry_policy(),
-                sleep=self.sleep,
-            )
-        except BatchFailure as exc:  # keeps its kind: a scheduler retries only temporary ones
-            raise type(exc)(f"cannot sync suppressions from SendGrid: {exc}") from None
-        added = self.app.ledger.suppress(found, source="sendgrid")
-        log.info("synced %d suppressions from SendGrid (%d new)", len(found), added)
-        return added
+    # -- the list ------------------------------------------------------------------------
 
     def list_file(self, list_name: str) -> Path:
         return list_path(self.config.subscribers.path, list_name)
@@ -251,53 +162,18 @@ class Sending:
                 "\nfix these rows (or pass --skip-invalid to send without them)"
             )
 
-    def message(
-        self,
-        *,
-        subject: str,
-        html: str,
-        text: str,
-        tokens: frozenset[str],
-        issue_id: str,
-        list_name: str,
-        sandbox: bool,
-    ) -> Message:
-        s = self.config.sender
-        return Message(
-            subject=subject,
-            html=html,
-            text=text,
-            from_email=s.from_email,
-            from_name=s.from_name,
-            reply_to=s.reply_to,
-            tokens=tokens,
-            issue_id=issue_id,
-            list_name=list_name,
-            sandbox=sandbox,
-        )
-
-    def retry_policy(self) -> RetryPolicy:
-        d = self.config.delivery
-        return RetryPolicy(
-            d.attempts, d.retry_delay.total_seconds(), d.max_retry_delay.total_seconds()
-        )
-
-    def deliverer(self, factory: Callable[[], Transport], transport: str) -> Deliverer:
-        d = self.config.delivery
-        return Deliverer(
-            ledger=self.app.ledger,
-            make_transport=factory,
-            policy=self.retry_policy(),
-            workers=1 if transport == "outbox" else d.workers,
-            progress=self.progress,
-            should_stop=self.should_stop,
-            sleep=self.sleep,
-            in_doubt=IN_DOUBT[transport],
-        )
-
-    def outbox_folder(self, list_name: str, date: dt.date, test: bool) -> Path:
-        suffix = f"-{self.app.clock():%H%M%S}" if test else ""
-        return self.config.outbox.path / f"{date.isoformat()}-{list_name}{suffix}"
+    def sync_suppressions(self, transport: str) -> int:
+        """Before a SendGrid send, learn who SendGrid already refuses to deliver to."""
+        fetch = self.parts.suppressions_at_service(transport)
+        if fetch is None:
+            return 0
+        try:
+            found = with_retries(fetch, self.parts.retry_policy(), sleep=self.sleep)
+        except BatchFailure as exc:  # keeps its kind: a scheduler retries only temporary ones
+            raise type(exc)(f"cannot sync suppressions from SendGrid: {exc}") from None
+        added = self.app.ledger.suppress(found, source="sendgrid")
+        log.info("synced %d suppressions from SendGrid (%d new)", len(found), added)
+        return added
 
     # -- use cases -----------------------------------------------------------------------
 
@@ -308,13 +184,9 @@ class Sending:
         if request.to or list_name == TEST_LIST or request.sandbox:
             return self.send_test(request, list_name)
         date = request.date or self.app.today()
-        transport = self.transport_name(request)
+        transport = self.parts.transport_name(request.transport)
         report = SendReport("failed", list_name, date, transport=transport)
-        if self.config.unsubscribe.mode is None:
-            raise ConfigError(
-                f"{self.config.path.name}: a bulk send needs an unsubscribe link: "
-                'set unsubscribe.mode ("hosted" or "sendgrid")'
-            )
+        self.parts.require_unsubscribe()
         ledger = self.app.ledger
         existing = ledger.issue(list_name, date)
         if existing is not None and existing.status == "sent":
@@ -328,9 +200,7 @@ class Sending:
                 f"(--transport {existing.transport}). Switching half way would leave the "
                 "readers it may have reached in doubt on one and unknown to the other."
             )
-        outbox = self.outbox_folder(list_name, date, test=False) if transport == "outbox" else None
-        factory = self.transport_factory(transport, outbox)
-        links = self.unsubscribe_links(list_name, transport)
+        route = self.parts.route(list_name, date, transport, test=False)
         with self.timings.phase("suppressions"):
             if not request.dry_run:
                 self.sync_suppressions(transport)
@@ -415,9 +285,7 @@ class Sending:
                 report.suppressed, report.duplicates = len(skipped), list_report.duplicates
                 issue_row = ledger.issue(list_name, date) or issue_row
                 failpoint("send.planned")
-            return self._deliver(
-                report, issue_row, factory, links, suppressed, request, owner, transport, outbox
-            )
+            return self._deliver(report, issue_row, route, suppressed, request, owner)
         except BaseException as exc:
             status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
             self._record_end(issue_row.id, status, exc)
@@ -436,24 +304,21 @@ class Sending:
         self,
         report: SendReport,
         issue_row: IssueRow,
-        factory: Callable[[], Transport],
-        links: UnsubscribeLinks | None,
+        route: Route,
         suppressed: frozenset[str],
         request: SendRequest,
         owner: str,
-        transport: str,
-        outbox: Path | None,
     ) -> SendReport:
         ledger = self.app.ledger
         report.subject = issue_row.subject or ""
         report.recipients = issue_row.recipients
-        report.outbox = outbox
+        report.outbox = route.outbox
         # what a run that died left `submitting`: cut to the message in flight where the
         # transport went one message at a time; the rest is in doubt until the editor says
-        ledger.settle_interrupted(issue_row.id, resend_safely=IN_DOUBT[transport] == "none")
+        ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")
         if request.skip_ambiguous:
             ledger.skip_in_doubt(issue_row.id, "in doubt, not resent (--skip-ambiguous)")
-        message = self.message(
+        message = self.parts.message(
             subject=issue_row.subject or "",
             html=issue_row.html or "",
             text=issue_row.text or "",
@@ -463,17 +328,24 @@ class Sending:
             sandbox=False,
         )
         with self.timings.phase("send"):
-            outcome = self.deliverer(factory, transport).deliver(
+            deliverer = self.parts.deliverer(
+                route,
+                ledger,
+                progress=self.progress,
+                should_stop=self.should_stop,
+                sleep=self.sleep,
+            )
+            outcome = deliverer.deliver(
                 issue_row.id,
                 message,
-                links,
+                route.links,
                 suppressed,
                 owner,
                 resend_ambiguous=request.resend_ambiguous,
             )
         # a worker that failed unexpectedly left its batch `submitting`: cut it now, so the
         # report names only the message it had in flight
-        ledger.settle_interrupted(issue_row.id, resend_safely=IN_DOUBT[transport] == "none")
+        ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")
         counts = ledger.batch_counts(issue_row.id)
         report.batches = sum(n for n, _ in counts.values())
         report.delivered = counts.get("submitted", (0, 0))[1]
@@ -550,7 +422,7 @@ class Sending:
     def send_test(self, request: SendRequest, list_name: str) -> SendReport:
         """Any time, as often as asked; never recorded as the day's issue."""
         date = request.date or self.app.today()
-        transport = self.transport_name(request)
+        transport = self.parts.transport_name(request.transport)
         report = SendReport("failed", list_name, date, transport=transport)
         target_list = (
             self.config.schedule.list if list_name == TEST_LIST or request.to else list_name
@@ -585,9 +457,7 @@ class Sending:
             self.check_columns(list_name, tokens)
             list_report = ListReport(self.list_file(list_name))
             people = list(self.subscribers(list_name, request.skip_invalid, list_report))
-        outbox = self.outbox_folder(list_name, date, test=True) if transport == "outbox" else None
-        factory = self.transport_factory(transport, outbox)
-        links = self.unsubscribe_links(list_name, transport)
+        route = self.parts.route(list_name, date, transport, test=True)
         skipped: list[str] = []
         batches = list(
             plan_batches(people, suppressed, tokens, self.config.delivery.batch_size, skipped)
@@ -595,11 +465,11 @@ class Sending:
         report.suppressed = len(skipped)
         report.recipients = sum(len(rows) for _, rows in batches)
         report.batches = len(batches)
-        report.outbox = outbox
+        report.outbox = route.outbox
         if request.dry_run:
             report.outcome = "dry_run"
             return report
-        message = self.message(
+        message = self.parts.message(
             subject=report.subject,
             html=html,
             text=text,
@@ -608,12 +478,12 @@ class Sending:
             list_name=list_name,
             sandbox=request.sandbox,
         )
-        policy = self.retry_policy()
-        transport_obj = factory()
+        policy = self.parts.retry_policy()
+        transport_obj = route.make_transport()
         self.progress.start(report.recipients, report.batches)
         try:
             for columns, rows in batches:
-                recipients, _ = build_batch(columns, rows, links, suppressed)
+                recipients, _ = build_batch(columns, rows, route.links, suppressed)
                 receipt = send_with_retries(
                     transport_obj, message, recipients, policy, sleep=self.sleep
                 )
