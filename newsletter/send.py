@@ -1,8 +1,13 @@
 """The send use cases: the day's issue to a list exactly once, or a test send any time.
 
 A bulk send claims the issue in the ledger, stores what it will send and its
-batches, then delivers them; a rerun resumes from the ledger. Test sends
-(`--list test`, `--to`, `--sandbox`) are never recorded as the day's issue.
+batches (the plan), delivers them, and reports; a rerun resumes from the ledger.
+Test sends (`--list test`, `--to`, `--sandbox`) are never recorded as the day's issue.
+
+Nothing is built here: the transports and their secrets, the signed unsubscribe
+links, the retry policy, the `Deliverer`, outbox folders and the `Message` come
+from the composition root (`App.parts`, see `parts.py`). `SendRequest` is what
+was asked, `SendPreview` what a person confirms, `SendReport` what happened.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from newsletter.app import App, BuiltIssue, empty_issue_message
 from newsletter.delivery import (
     BUILT_IN_TOKENS,
     NoProgress,
+    Outcome,
     Progress,
     build_batch,
     plan_batches,
@@ -40,7 +46,7 @@ from newsletter.subscribers import (
     read_list,
 )
 from newsletter.timings import Timings
-from newsletter.transports.base import BatchFailure
+from newsletter.transports.base import BatchFailure, Message
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +121,13 @@ TEST_PREFIX = "[TEST] "
 
 
 class Sending:
-    """The send use cases: the day's issue to a list (once), or a test send (any time)."""
+    """The send use cases: the day's issue to a list (once), or a test send (any time).
+
+    `app` gives the state database, the issue (gathered and rendered once) and the
+    parts of sending (`app.parts`, or `parts` to swap them); `progress`, `should_stop`,
+    `sleep` and `timings` are the caller's: a progress bar, a stop request (SIGTERM),
+    the wait between retries, and the time each phase took.
+    """
 
     def __init__(
         self,
@@ -180,6 +192,9 @@ class Sending:
     def send(
         self, request: SendRequest, confirm: Callable[[SendPreview], bool] | None = None
     ) -> SendReport:
+        """The day's issue to a list, once: check it is still owed, on the same transport;
+        build its route, learn the suppressions, gather and render it (unless a run before
+        planned it), confirm; then claim, plan, deliver, report. A rerun resumes."""
         list_name = request.list_name or self.config.schedule.list
         if request.to or list_name == TEST_LIST or request.sandbox:
             return self.send_test(request, list_name)
@@ -237,59 +252,80 @@ class Sending:
                 return report
 
         owner = process_owner()
-        claim = ledger.claim(list_name, date, owner, self.config.delivery.stale_claim)
+        issue_row = self._claim(report, owner)
+        if issue_row is None:
+            return report
+        failpoint("send.claimed")
+        try:
+            if not issue_row.planned:
+                issue_row = self._plan(report, issue_row, built, suppressed, request)
+                failpoint("send.planned")
+            outcome = self._deliver(report, issue_row, route, suppressed, request, owner)
+            return self._report(report, issue_row, outcome)
+        except BaseException as exc:
+            status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._record_end(issue_row.id, status, exc)
+            raise
+
+    def _claim(self, report: SendReport, owner: str) -> IssueRow | None:
+        """The issue, claimed for this process; None (and why, in the report) if it cannot be."""
+        list_name, date = report.list_name, report.date
+        claim = self.app.ledger.claim(list_name, date, owner, self.config.delivery.stale_claim)
         if claim.state == "sent":
             report.outcome = "already_sent"
-            return report
+            return None
         if claim.state == "busy":
             report.outcome = "busy"
             report.detail = (
                 f"the {date} issue for list {list_name!r} is being sent by "
                 f"{claim.issue.claimed_by} (last seen {claim.issue.heartbeat:%Y-%m-%d %H:%M} UTC)"
             )
-            return report
-        issue_row = claim.issue
-        failpoint("send.claimed")
-        try:
-            if not issue_row.planned:
-                if built is None:
-                    built = self.app.build_issue(date, list_name)
-                list_report = ListReport(self.list_file(list_name))
-                skipped: list[str] = []
-                plan_started = time.perf_counter()
-                ledger.save_plan(
-                    issue_row.id,
-                    subject=built.email.subject,
-                    html=built.email.html,
-                    text=built.email.text,
-                    tokens=built.email.tokens,
-                    story_keys=[k for s in built.issue.stories for k in s.keys],
-                    window_start=built.issue.window.start,
-                    window_end=built.issue.window.end,
-                    transport=transport,
-                    batches_of_recipients=self.timings.timed(
-                        "load list and plan",
-                        plan_batches(
-                            self.subscribers(list_name, request.skip_invalid, list_report),
-                            suppressed,
-                            built.email.tokens,
-                            self.config.delivery.batch_size,
-                            skipped,
-                        ),
-                    ),
-                )
-                self.timings.add(
-                    "ledger writes",
-                    time.perf_counter() - plan_started - self.timings.phases["load list and plan"],
-                )
-                report.suppressed, report.duplicates = len(skipped), list_report.duplicates
-                issue_row = ledger.issue(list_name, date) or issue_row
-                failpoint("send.planned")
-            return self._deliver(report, issue_row, route, suppressed, request, owner)
-        except BaseException as exc:
-            status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self._record_end(issue_row.id, status, exc)
-            raise
+            return None
+        return claim.issue
+
+    def _plan(
+        self,
+        report: SendReport,
+        issue_row: IssueRow,
+        built: BuiltIssue | None,
+        suppressed: frozenset[str],
+        request: SendRequest,
+    ) -> IssueRow:
+        """Store the rendered issue and every batch of recipients, in one transaction."""
+        ledger = self.app.ledger
+        list_name, date = report.list_name, report.date
+        if built is None:
+            built = self.app.build_issue(date, list_name)
+        list_report = ListReport(self.list_file(list_name))
+        skipped: list[str] = []
+        plan_started = time.perf_counter()
+        ledger.save_plan(
+            issue_row.id,
+            subject=built.email.subject,
+            html=built.email.html,
+            text=built.email.text,
+            tokens=built.email.tokens,
+            story_keys=[k for s in built.issue.stories for k in s.keys],
+            window_start=built.issue.window.start,
+            window_end=built.issue.window.end,
+            transport=report.transport,
+            batches_of_recipients=self.timings.timed(
+                "load list and plan",
+                plan_batches(
+                    self.subscribers(list_name, request.skip_invalid, list_report),
+                    suppressed,
+                    built.email.tokens,
+                    self.config.delivery.batch_size,
+                    skipped,
+                ),
+            ),
+        )
+        self.timings.add(
+            "ledger writes",
+            time.perf_counter() - plan_started - self.timings.phases["load list and plan"],
+        )
+        report.suppressed, report.duplicates = len(skipped), list_report.duplicates
+        return ledger.issue(list_name, date) or issue_row
 
     def _record_end(self, issue_id: int, status: str, exc: BaseException) -> None:
         """Record why a send ended early; if the database fails here too (a full disk),
@@ -308,7 +344,8 @@ class Sending:
         suppressed: frozenset[str],
         request: SendRequest,
         owner: str,
-    ) -> SendReport:
+    ) -> Outcome:
+        """Send the batches still owed, after settling what a run that died left behind."""
         ledger = self.app.ledger
         report.subject = issue_row.subject or ""
         report.recipients = issue_row.recipients
@@ -346,6 +383,11 @@ class Sending:
         # a worker that failed unexpectedly left its batch `submitting`: cut it now, so the
         # report names only the message it had in flight
         ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")
+        return outcome
+
+    def _report(self, report: SendReport, issue_row: IssueRow, outcome: Outcome) -> SendReport:
+        """Say what the batches now are, and record how the issue ended."""
+        ledger = self.app.ledger
         counts = ledger.batch_counts(issue_row.id)
         report.batches = sum(n for n, _ in counts.values())
         report.delivered = counts.get("submitted", (0, 0))[1]
@@ -420,7 +462,11 @@ class Sending:
         return report
 
     def send_test(self, request: SendRequest, list_name: str) -> SendReport:
-        """Any time, as often as asked; never recorded as the day's issue."""
+        """Any time, as often as asked; never recorded as the day's issue.
+
+        The issue as planned (or rendered now), to the test list, `--to` addresses or
+        the list in sandbox mode: pick the people, build the route, plan, deliver, report.
+        """
         date = request.date or self.app.today()
         transport = self.parts.transport_name(request.transport)
         report = SendReport("failed", list_name, date, transport=transport)
@@ -478,6 +524,17 @@ class Sending:
             list_name=list_name,
             sandbox=request.sandbox,
         )
+        return self._deliver_test(report, route, message, batches, suppressed)
+
+    def _deliver_test(
+        self,
+        report: SendReport,
+        route: Route,
+        message: Message,
+        batches: list[tuple[list[str], list[Sequence[str]]]],
+        suppressed: frozenset[str],
+    ) -> SendReport:
+        """One transport, batch after batch, nothing recorded: a failure ends the test send."""
         policy = self.parts.retry_policy()
         transport_obj = route.make_transport()
         self.progress.start(report.recipients, report.batches)
