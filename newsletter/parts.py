@@ -1,4 +1,4 @@
-"""What a send is made of, built from the config in one place: the composition root's workshop.
+"""What sending is made of, built from the config in one place for the composition root.
 
 `App.parts` builds, and every use case asks it rather than building its own:
 
