@@ -1,7 +1,11 @@
 """The composition root and the use cases: build an issue, preview it, send it.
 
 Everything outside (the clock, the HTTP client, the state database) is passed
-in here and nowhere else, so tests swap parts without patching.
+in here and nowhere else, so tests swap parts without patching. `App` builds
+the parts once per run: the state database, the renderer, the story sources,
+and (through `App.parts`, see `parts.py`) what sending is made of: transports,
+signers, unsubscribe links, retries, outbox folders. The send use case itself
+is `send.py`; it asks the app for these rather than building them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.config import Config, FeedSourceSettings, MarkdownSourceSettings, load_config
 from newsletter.models import Issue, RenderedEmail, Window, local_time_on
+from newsletter.parts import Parts
 from newsletter.preview import PreviewPage
 from newsletter.render import Renderer
 from newsletter.state import Ledger
@@ -72,6 +77,11 @@ class App:
     @cached_property
     def renderer(self) -> Renderer:
         return Renderer(self.config)
+
+    @cached_property
+    def parts(self) -> Parts:
+        """Transports, signers, links and retries, built from the config (`parts.py`)."""
+        return Parts(self.config, self.clock)
 
     def _http(self) -> httpx.Client:
         import httpx  # only newsletters with feeds pay for it

@@ -325,10 +325,7 @@ class SchedulerService:
             return
         try:
             with App(config, clock=self.clock) as app:
-                sending = Sending(app)
-                name = self.transport or config.delivery.transport
-                folder = config.outbox.path / "admin" if name == "outbox" else None
-                transport = sending.transport_factory(name, folder)()
+                transport = app.parts.admin_transport(app.parts.transport_name(self.transport))
                 message = Message(
                     subject=f"[newsletter] {subject}",
                     html=f"<p>{_escape(body)}</p>",

@@ -1,8 +1,13 @@
 """The send use cases: the day's issue to a list exactly once, or a test send any time.
 
 A bulk send claims the issue in the ledger, stores what it will send and its
-batches, then delivers them; a rerun resumes from the ledger. Test sends
-(`--list test`, `--to`, `--sandbox`) are never recorded as the day's issue.
+batches (the plan), delivers them, and reports; a rerun resumes from the ledger.
+Test sends (`--list test`, `--to`, `--sandbox`) are never recorded as the day's issue.
+
+Nothing is built here: the transports and their secrets, the signed unsubscribe
+links, the retry policy, the `Deliverer`, outbox folders and the `Message` come
+from the composition root (`App.parts`, see `parts.py`). `SendRequest` is what
+was asked, `SendPreview` what a person confirms, `SendReport` what happened.
 """
 
 from __future__ import annotations
@@ -10,18 +15,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsletter.app import App, BuiltIssue, empty_issue_message
 from newsletter.delivery import (
     BUILT_IN_TOKENS,
-    Deliverer,
     NoProgress,
+    Outcome,
     Progress,
-    RetryPolicy,
-    UnsubscribeLinks,
     build_batch,
     plan_batches,
     send_with_retries,
@@ -30,7 +33,7 @@ from newsletter.delivery import (
 from newsletter.errors import ConfigError, LedgerError, SubscriberError
 from newsletter.failpoints import failpoint
 from newsletter.models import Subscriber
-from newsletter.signing import DEVELOPMENT_SECRET, Signer
+from newsletter.parts import Parts, Route
 from newsletter.state.batches import BATCH_DONE
 from newsletter.state.issues import IssueRow, process_owner
 from newsletter.subscribers import (
@@ -44,16 +47,9 @@ from newsletter.subscribers import (
     read_list,
 )
 from newsletter.timings import Timings
-from newsletter.transports.base import BatchFailure, InDoubt, Message, Transport
-from newsletter.transports.outbox import OutboxTransport
-from newsletter.transports.sendgrid import SendGridTransport
-from newsletter.transports.smtp import SmtpTransport
+from newsletter.transports.base import BatchFailure, Message
 
 log = logging.getLogger(__name__)
-
-IN_DOUBT: dict[str, InDoubt] = {
-    t.name: t.in_doubt for t in (SendGridTransport, SmtpTransport, OutboxTransport)
-}
 
 
 @dataclass(frozen=True)
@@ -126,7 +122,13 @@ TEST_PREFIX = "[TEST] "
 
 
 class Sending:
-    """The send use cases: the day's issue to a list (once), or a test send (any time)."""
+    """The send use cases: the day's issue to a list (once), or a test send (any time).
+
+    `app` gives the state database, the issue (gathered and rendered once) and the
+    parts of sending (`app.parts`, or `parts` to swap them); `progress`, `should_stop`,
+    `sleep` and `timings` are the caller's: a progress bar, a stop request (SIGTERM),
+    the wait between retries, and the time each phase took.
+    """
 
     def __init__(
         self,
@@ -136,96 +138,17 @@ class Sending:
         should_stop: Callable[[], bool] = lambda: False,
         sleep: Callable[[float], None] = time.sleep,
         timings: Timings | None = None,
+        parts: Parts | None = None,
     ) -> None:
         self.timings = timings or Timings()
         self.app = app
         self.config = app.config
+        self.parts = parts or app.parts
         self.progress = progress or NoProgress()
         self.should_stop = should_stop
         self.sleep = sleep
 
-    # -- parts -------------------------------------------------------------------------
-
-    def transport_name(self, request: SendRequest) -> str:
-        return request.transport or self.config.delivery.transport
-
-    def transport_factory(self, name: str, outbox: Path | None) -> Callable[[], Transport]:
-        cfg = self.config
-        if name == "sendgrid":
-            key = cfg.secret(cfg.sendgrid.api_key_env)
-            if not key:
-                raise ConfigError(
-                    f"SendGrid needs an API key: set the environment variable "
-                    f"{cfg.sendgrid.api_key_env} (named by sendgrid.api_key_env in {cfg.path.name})"
-                )
-            return lambda: SendGridTransport(cfg.sendgrid, key)
-        if name == "smtp":
-            password = cfg.secret(cfg.smtp.password_env)
-            if cfg.smtp.username and not password:
-                raise ConfigError(
-                    f"SMTP login as {cfg.smtp.username} needs a password: set the environment "
-                    f"variable {cfg.smtp.password_env} (named by smtp.password_env)"
-                )
-            return lambda: SmtpTransport(cfg.smtp, password)
-        assert outbox is not None
-        return lambda: OutboxTransport(outbox)
-
-    def unsubscribe_links(self, list_name: str, transport: str) -> UnsubscribeLinks | None:
-        """Per-recipient links for `hosted` mode; SendGrid makes its own in `sendgrid` mode."""
-        u = self.config.unsubscribe
-        if u.mode == "sendgrid":
-            if transport != "sendgrid":
-                raise ConfigError(
-                    f'{self.config.path.name}: unsubscribe.mode = "sendgrid" works only with the '
-                    f"sendgrid transport (this send uses {transport})"
-                )
-            if self.config.sendgrid.asm_group_id is None:
-                raise ConfigError(
-                    f"{self.config.path.name}: unsubscribe.mode = "
-                    '"sendgrid" needs sendgrid.asm_group_id'
-                )
-            return None
-        if u.mode is None:
-            return None
-        if not u.base_url:
-            raise ConfigError(
-                f'{self.config.path.name}: unsubscribe.mode = "hosted" needs unsubscribe.base_url'
-            )
-        return UnsubscribeLinks(self.signer(transport), u.base_url, list_name, u.mailto)
-
-    def signer(self, transport: str) -> Signer:
-        """Signs (and checks) subscriber links with the secret named by unsubscribe.secret_env."""
-        u = self.config.unsubscribe
-        secret = self.config.secret(u.secret_env)
-        if not secret:
-            if transport != "outbox":
-                raise ConfigError(
-                    f"unsubscribe links are signed with a secret: set the environment variable "
-                    f"{u.secret_env} (named by unsubscribe.secret_env) to a long random string"
-                )
-            log.warning(
-                "%s is not set: outbox links are signed with a development secret", u.secret_env
-            )
-            secret = DEVELOPMENT_SECRET
-        return Signer(secret)
-
-    def sync_suppressions(self, transport: str) -> int:
-        """Before a SendGrid send, learn who SendGrid already refuses to deliver to."""
-        if transport != "sendgrid":
-            return 0
-        client = self.transport_factory("sendgrid", None)()
-        assert isinstance(client, SendGridTransport)
-        try:
-            found = with_retries(
-                lambda: client.fetch_suppressions(self.config.sendgrid.asm_group_id),
-                self.retry_policy(),
-                sleep=self.sleep,
-            )
-        except BatchFailure as exc:  # keeps its kind: a scheduler retries only temporary ones
-            raise type(exc)(f"cannot sync suppressions from SendGrid: {exc}") from None
-        added = self.app.ledger.suppress(found, source="sendgrid")
-        log.info("synced %d suppressions from SendGrid (%d new)", len(found), added)
-        return added
+    # -- the list ------------------------------------------------------------------------
 
     def list_file(self, list_name: str) -> Path:
         return list_path(self.config.subscribers.path, list_name)
@@ -252,70 +175,34 @@ class Sending:
                 "\nfix these rows (or pass --skip-invalid to send without them)"
             )
 
-    def message(
-        self,
-        *,
-        subject: str,
-        html: str,
-        text: str,
-        tokens: frozenset[str],
-        issue_id: str,
-        list_name: str,
-        sandbox: bool,
-    ) -> Message:
-        s = self.config.sender
-        return Message(
-            subject=subject,
-            html=html,
-            text=text,
-            from_email=s.from_email,
-            from_name=s.from_name,
-            reply_to=s.reply_to,
-            tokens=tokens,
-            issue_id=issue_id,
-            list_name=list_name,
-            sandbox=sandbox,
-        )
-
-    def retry_policy(self) -> RetryPolicy:
-        d = self.config.delivery
-        return RetryPolicy(
-            d.attempts, d.retry_delay.total_seconds(), d.max_retry_delay.total_seconds()
-        )
-
-    def deliverer(self, factory: Callable[[], Transport], transport: str) -> Deliverer:
-        d = self.config.delivery
-        return Deliverer(
-            ledger=self.app.ledger,
-            make_transport=factory,
-            policy=self.retry_policy(),
-            workers=1 if transport == "outbox" else d.workers,
-            progress=self.progress,
-            should_stop=self.should_stop,
-            sleep=self.sleep,
-            in_doubt=IN_DOUBT[transport],
-        )
-
-    def outbox_folder(self, list_name: str, date: dt.date, test: bool) -> Path:
-        suffix = f"-{self.app.clock():%H%M%S}" if test else ""
-        return self.config.outbox.path / f"{date.isoformat()}-{list_name}{suffix}"
+    def sync_suppressions(self, transport: str) -> int:
+        """Before a SendGrid send, learn who SendGrid already refuses to deliver to."""
+        fetch = self.parts.suppressions_at_service(transport)
+        if fetch is None:
+            return 0
+        try:
+            found = with_retries(fetch, self.parts.retry_policy(), sleep=self.sleep)
+        except BatchFailure as exc:  # keeps its kind: a scheduler retries only temporary ones
+            raise type(exc)(f"cannot sync suppressions from SendGrid: {exc}") from None
+        added = self.app.ledger.suppress(found, source="sendgrid")
+        log.info("synced %d suppressions from SendGrid (%d new)", len(found), added)
+        return added
 
     # -- use cases -----------------------------------------------------------------------
 
     def send(
         self, request: SendRequest, confirm: Callable[[SendPreview], bool] | None = None
     ) -> SendReport:
+        """The day's issue to a list, once: check it is still owed, on the same transport;
+        build its route, learn the suppressions, gather and render it (unless a run before
+        planned it), confirm; then claim, plan, deliver, report. A rerun resumes."""
         list_name = request.list_name or self.config.schedule.list
         if request.to or list_name == TEST_LIST or request.sandbox:
             return self.send_test(request, list_name)
         date = request.date or self.app.today()
-        transport = self.transport_name(request)
+        transport = self.parts.transport_name(request.transport)
         report = SendReport("failed", list_name, date, transport=transport)
-        if self.config.unsubscribe.mode is None:
-            raise ConfigError(
-                f"{self.config.path.name}: a bulk send needs an unsubscribe link: "
-                'set unsubscribe.mode ("hosted" or "sendgrid")'
-            )
+        self.parts.require_unsubscribe()
         ledger = self.app.ledger
         existing = ledger.issue(list_name, date)
         if existing is not None and existing.status == "sent":
@@ -329,9 +216,7 @@ class Sending:
                 f"(--transport {existing.transport}). Switching half way would leave the "
                 "readers it may have reached in doubt on one and unknown to the other."
             )
-        outbox = self.outbox_folder(list_name, date, test=False) if transport == "outbox" else None
-        factory = self.transport_factory(transport, outbox)
-        links = self.unsubscribe_links(list_name, transport)
+        route = self.parts.route(list_name, date, transport, test=False)
         with self.timings.phase("suppressions"):
             if not request.dry_run:
                 self.sync_suppressions(transport)
@@ -368,61 +253,80 @@ class Sending:
                 return report
 
         owner = process_owner()
-        claim = ledger.claim(list_name, date, owner, self.config.delivery.stale_claim)
+        issue_row = self._claim(report, owner)
+        if issue_row is None:
+            return report
+        failpoint("send.claimed")
+        try:
+            if not issue_row.planned:
+                issue_row = self._plan(report, issue_row, built, suppressed, request)
+                failpoint("send.planned")
+            outcome = self._deliver(report, issue_row, route, suppressed, request, owner)
+            return self._report(report, issue_row, outcome)
+        except BaseException as exc:
+            status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._record_end(issue_row.id, status, exc)
+            raise
+
+    def _claim(self, report: SendReport, owner: str) -> IssueRow | None:
+        """The issue, claimed for this process; None (and why, in the report) if it cannot be."""
+        list_name, date = report.list_name, report.date
+        claim = self.app.ledger.claim(list_name, date, owner, self.config.delivery.stale_claim)
         if claim.state == "sent":
             report.outcome = "already_sent"
-            return report
+            return None
         if claim.state == "busy":
             report.outcome = "busy"
             report.detail = (
                 f"the {date} issue for list {list_name!r} is being sent by "
                 f"{claim.issue.claimed_by} (last seen {claim.issue.heartbeat:%Y-%m-%d %H:%M} UTC)"
             )
-            return report
-        issue_row = claim.issue
-        failpoint("send.claimed")
-        try:
-            if not issue_row.planned:
-                if built is None:
-                    built = self.app.build_issue(date, list_name)
-                list_report = ListReport(self.list_file(list_name))
-                skipped: list[str] = []
-                plan_started = time.perf_counter()
-                ledger.save_plan(
-                    issue_row.id,
-                    subject=built.email.subject,
-                    html=built.email.html,
-                    text=built.email.text,
-                    tokens=built.email.tokens,
-                    story_keys=[k for s in built.issue.stories for k in s.keys],
-                    window_start=built.issue.window.start,
-                    window_end=built.issue.window.end,
-                    transport=transport,
-                    batches_of_recipients=self.timings.timed(
-                        "load list and plan",
-                        plan_batches(
-                            self.subscribers(list_name, request.skip_invalid, list_report),
-                            suppressed,
-                            built.email.tokens,
-                            self.config.delivery.batch_size,
-                            skipped,
-                        ),
-                    ),
-                )
-                self.timings.add(
-                    "ledger writes",
-                    time.perf_counter() - plan_started - self.timings.phases["load list and plan"],
-                )
-                report.suppressed, report.duplicates = len(skipped), list_report.duplicates
-                issue_row = ledger.issue(list_name, date) or issue_row
-                failpoint("send.planned")
-            return self._deliver(
-                report, issue_row, factory, links, suppressed, request, owner, transport, outbox
-            )
-        except BaseException as exc:
-            status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self._record_end(issue_row.id, status, exc)
-            raise
+            return None
+        return claim.issue
+
+    def _plan(
+        self,
+        report: SendReport,
+        issue_row: IssueRow,
+        built: BuiltIssue | None,
+        suppressed: frozenset[str],
+        request: SendRequest,
+    ) -> IssueRow:
+        """Store the rendered issue and every batch of recipients, in one transaction."""
+        ledger = self.app.ledger
+        list_name, date = report.list_name, report.date
+        if built is None:
+            built = self.app.build_issue(date, list_name)
+        list_report = ListReport(self.list_file(list_name))
+        skipped: list[str] = []
+        plan_started = time.perf_counter()
+        ledger.save_plan(
+            issue_row.id,
+            subject=built.email.subject,
+            html=built.email.html,
+            text=built.email.text,
+            tokens=built.email.tokens,
+            story_keys=[k for s in built.issue.stories for k in s.keys],
+            window_start=built.issue.window.start,
+            window_end=built.issue.window.end,
+            transport=report.transport,
+            batches_of_recipients=self.timings.timed(
+                "load list and plan",
+                plan_batches(
+                    self.subscribers(list_name, request.skip_invalid, list_report),
+                    suppressed,
+                    built.email.tokens,
+                    self.config.delivery.batch_size,
+                    skipped,
+                ),
+            ),
+        )
+        self.timings.add(
+            "ledger writes",
+            time.perf_counter() - plan_started - self.timings.phases["load list and plan"],
+        )
+        report.suppressed, report.duplicates = len(skipped), list_report.duplicates
+        return ledger.issue(list_name, date) or issue_row
 
     def _record_end(self, issue_id: int, status: str, exc: BaseException) -> None:
         """Record why a send ended early; if the database fails here too (a full disk),
@@ -437,24 +341,22 @@ class Sending:
         self,
         report: SendReport,
         issue_row: IssueRow,
-        factory: Callable[[], Transport],
-        links: UnsubscribeLinks | None,
+        route: Route,
         suppressed: frozenset[str],
         request: SendRequest,
         owner: str,
-        transport: str,
-        outbox: Path | None,
-    ) -> SendReport:
+    ) -> Outcome:
+        """Send the batches still owed, after settling what a run that died left behind."""
         ledger = self.app.ledger
         report.subject = issue_row.subject or ""
         report.recipients = issue_row.recipients
-        report.outbox = outbox
+        report.outbox = route.outbox
         # what a run that died left `submitting`: cut to the message in flight where the
         # transport went one message at a time; the rest is in doubt until the editor says
-        ledger.settle_interrupted(issue_row.id, resend_safely=IN_DOUBT[transport] == "none")
+        ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")
         if request.skip_ambiguous:
             ledger.skip_in_doubt(issue_row.id, "in doubt, not resent (--skip-ambiguous)")
-        message = self.message(
+        message = self.parts.message(
             subject=issue_row.subject or "",
             html=issue_row.html or "",
             text=issue_row.text or "",
@@ -464,17 +366,29 @@ class Sending:
             sandbox=False,
         )
         with self.timings.phase("send"):
-            outcome = self.deliverer(factory, transport).deliver(
+            deliverer = self.parts.deliverer(
+                route,
+                ledger,
+                progress=self.progress,
+                should_stop=self.should_stop,
+                sleep=self.sleep,
+            )
+            outcome = deliverer.deliver(
                 issue_row.id,
                 message,
-                links,
+                route.links,
                 suppressed,
                 owner,
                 resend_ambiguous=request.resend_ambiguous,
             )
         # a worker that failed unexpectedly left its batch `submitting`: cut it now, so the
         # report names only the message it had in flight
-        ledger.settle_interrupted(issue_row.id, resend_safely=IN_DOUBT[transport] == "none")
+        ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")
+        return outcome
+
+    def _report(self, report: SendReport, issue_row: IssueRow, outcome: Outcome) -> SendReport:
+        """Say what the batches now are, and record how the issue ended."""
+        ledger = self.app.ledger
         counts = ledger.batch_counts(issue_row.id)
         report.batches = sum(n for n, _ in counts.values())
         report.delivered = counts.get("submitted", (0, 0))[1]
@@ -549,9 +463,13 @@ class Sending:
         return report
 
     def send_test(self, request: SendRequest, list_name: str) -> SendReport:
-        """Any time, as often as asked; never recorded as the day's issue."""
+        """Any time, as often as asked; never recorded as the day's issue.
+
+        The issue as planned (or rendered now), to the test list, `--to` addresses or
+        the list in sandbox mode: pick the people, build the route, plan, deliver, report.
+        """
         date = request.date or self.app.today()
-        transport = self.transport_name(request)
+        transport = self.parts.transport_name(request.transport)
         report = SendReport("failed", list_name, date, transport=transport)
         target_list = (
             self.config.schedule.list if list_name == TEST_LIST or request.to else list_name
@@ -586,9 +504,7 @@ class Sending:
             self.check_columns(list_name, tokens)
             list_report = ListReport(self.list_file(list_name))
             people = list(self.subscribers(list_name, request.skip_invalid, list_report))
-        outbox = self.outbox_folder(list_name, date, test=True) if transport == "outbox" else None
-        factory = self.transport_factory(transport, outbox)
-        links = self.unsubscribe_links(list_name, transport)
+        route = self.parts.route(list_name, date, transport, test=True)
         skipped: list[str] = []
         batches = list(
             plan_batches(people, suppressed, tokens, self.config.delivery.batch_size, skipped)
@@ -596,11 +512,11 @@ class Sending:
         report.suppressed = len(skipped)
         report.recipients = sum(len(rows) for _, rows in batches)
         report.batches = len(batches)
-        report.outbox = outbox
+        report.outbox = route.outbox
         if request.dry_run:
             report.outcome = "dry_run"
             return report
-        message = self.message(
+        message = self.parts.message(
             subject=report.subject,
             html=html,
             text=text,
@@ -609,12 +525,23 @@ class Sending:
             list_name=list_name,
             sandbox=request.sandbox,
         )
-        policy = self.retry_policy()
-        transport_obj = factory()
+        return self._deliver_test(report, route, message, batches, suppressed)
+
+    def _deliver_test(
+        self,
+        report: SendReport,
+        route: Route,
+        message: Message,
+        batches: list[tuple[list[str], list[Sequence[str]]]],
+        suppressed: frozenset[str],
+    ) -> SendReport:
+        """One transport, batch after batch, nothing recorded: a failure ends the test send."""
+        policy = self.parts.retry_policy()
+        transport_obj = route.make_transport()
         self.progress.start(report.recipients, report.batches)
         try:
             for columns, rows in batches:
-                recipients, _ = build_batch(columns, rows, links, suppressed)
+                recipients, _ = build_batch(columns, rows, route.links, suppressed)
                 receipt = send_with_retries(
                     transport_obj, message, recipients, policy, sleep=self.sleep
                 )

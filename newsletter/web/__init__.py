@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
-
 from newsletter.app import App
 from newsletter.errors import ConfigError
-from newsletter.send import Sending
-from newsletter.signing import Signer
-from newsletter.transports.base import Transport
-from newsletter.transports.sendgrid import SendGridTransport
 from newsletter.web.events import SignatureChecker
 from newsletter.web.guards import Csrf, RateLimiter
 from newsletter.web.server import WebParts, create_app
@@ -20,7 +14,11 @@ CONFIRMATIONS_PER_ADDRESS = 3
 
 
 def web_parts(app: App, transport: str | None = None) -> WebParts:
-    """Everything the web app uses, from the same config, lists and ledger as the CLI."""
+    """Everything the web app uses, from the same config, lists and ledger as the CLI.
+
+    The signer, the confirmation emails' transport and SendGrid's unsubscribe lists
+    come from `app.parts`, as a send's do; the web's own guards are built here.
+    """
     config = app.config
     public_url = config.unsubscribe.base_url
     if not public_url:
@@ -28,42 +26,15 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
             f"{config.path.name}: `serve` needs unsubscribe.base_url, the public address "
             "it is reached at (links in emails point there)"
         )
-    sending = Sending(app)
-    name = transport or config.delivery.transport
-    secret = config.secret(config.unsubscribe.secret_env)
-    if not secret:
-        # never the development secret here: anyone could forge links with it
-        raise ConfigError(
-            f"`serve` checks signed links: set the environment variable "
-            f"{config.unsubscribe.secret_env} (named by unsubscribe.secret_env) to the "
-            "secret `send` signs with"
-        )
-    signer = Signer(secret)
-    if name == "outbox":
-        # a folder per message: the outbox refuses to write one address twice
-        folder = config.outbox.path / "confirmations"
-
-        def make_transport() -> Transport:
-            unique = f"{app.clock():%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
-            return sending.transport_factory(name, folder / unique)()
-    else:
-        make_transport = sending.transport_factory(name, None)
+    name = app.parts.transport_name(transport)
+    signer = app.parts.serve_signer()
+    make_transport = app.parts.confirmation_transports(name)
     webhook = None
     if config.sendgrid.webhook_public_key:
         webhook = SignatureChecker(
             config.sendgrid.webhook_public_key, config.sendgrid.webhook_max_age
         )
-    forget = None
-    if name == "sendgrid":
-
-        def forget(address: str) -> None:
-            transport = make_transport()
-            assert isinstance(transport, SendGridTransport)
-            try:
-                transport.forget_unsubscribe(address, config.sendgrid.asm_group_id)
-            finally:
-                transport.close()
-
+    forget = app.parts.forget_at_service(name)
     templates = app.renderer.env
     return WebParts(
         config=config,
