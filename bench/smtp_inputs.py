@@ -19,7 +19,7 @@ from harness import child_env, reader, reset_state, story, write_newsletter
 
 from newsletter.app import SAMPLE_SUBSCRIBER, App, preview_page
 from newsletter.config import load_config
-from newsletter.delivery import UnsubscribeLinks
+from newsletter.planning import UnsubscribeLinks
 from newsletter.signing import Signer
 from newsletter.tokens import TOKEN_RE
 

@@ -23,8 +23,9 @@ from newsletter.app import App, empty_issue_message, list_problems, preview_page
 from newsletter.config import Config, find_config, load_config
 from newsletter.controls import printable
 from newsletter.errors import NewsletterError, SubscriberError
+from newsletter.models import SendPreview, SendReport, SendRequest
 from newsletter.progress import RichProgress
-from newsletter.send import Sending, SendPreview, SendReport, SendRequest
+from newsletter.send import Sending
 from newsletter.state.suppressions import SUPPRESSION_REASONS
 from newsletter.subscribers import (
     ImportReport,

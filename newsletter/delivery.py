@@ -1,4 +1,4 @@
-"""Planning batches and sending them: retries, worker threads, progress, resume.
+"""Sending an issue's batches: worker threads, progress, resume.
 
 The ledger's batches (`newsletter/state/batches.py`) are the source of truth
 (Ghost's batch state machine): a batch is pending -> submitting -> submitted |
@@ -9,21 +9,18 @@ between leaves it visibly ambiguous rather than silently resent.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from itertools import compress
 from typing import Protocol, TypeVar
 
 from newsletter.errors import LedgerError, NewsletterError
 from newsletter.failpoints import failpoint
-from newsletter.models import Subscriber
-from newsletter.signing import Signer, unsubscribe_url
+from newsletter.planning import UnsubscribeLinks, build_batch
+from newsletter.retry import RetryPolicy, send_with_retries
 from newsletter.state.batches import BatchRow, unpack_recipients
-from newsletter.subscribers import Chunk
 from newsletter.transports.base import (
     Batch,
     BatchFailure,
@@ -32,17 +29,11 @@ from newsletter.transports.base import (
     Message,
     PermanentFailure,
     Receipt,
-    Recipient,
-    TemporaryFailure,
     Transport,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_RANDOM = random.Random()  # retry jitter; seeding one per batch costs more than the batch
-
-FIXED_COLUMNS = ("email", "name")
-BUILT_IN_TOKENS = frozenset({"email", "name", "first_name", "unsubscribe_url"})
 
 
 class Progress(Protocol):
@@ -62,182 +53,6 @@ class NoProgress:
 
     def stop(self) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, bounded; the service's own hint wins."""
-
-    attempts: int = 5
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-
-    def delay(self, attempt: int, hint: float | None, rng: random.Random) -> float:
-        if hint is not None:
-            return min(hint, self.max_delay)
-        return rng.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-
-
-def value_columns(tokens: Set[str]) -> list[str]:
-    """What a batch row stores besides email and name: the other tokens the email uses."""
-    return sorted(set(tokens) - {"email", "name", "unsubscribe_url"})
-
-
-def plan_batches(
-    chunks: Iterable[Chunk],
-    suppressed: Set[str],
-    tokens: Set[str],
-    batch_size: int,
-    skipped: list[str] | None = None,
-) -> Iterator[tuple[list[str], list[Sequence[str]]]]:
-    """Batches of recipient rows (columns, rows), suppressed addresses left out.
-
-    Streams: a list's chunk and one batch are held at a time, whatever its size.
-    """
-    extra = value_columns(tokens)
-    columns = [*FIXED_COLUMNS, *extra]
-    pending: list[Sequence[str]] = []
-    for chunk in chunks:
-        keep = None
-        if suppressed and not suppressed.isdisjoint(chunk.keys):
-            keep = [key not in suppressed for key in chunk.keys]
-            if skipped is not None:
-                skipped.extend(e for e, k in zip(chunk.emails, keep, strict=True) if not k)
-        if extra:
-            people = chunk.subscribers()
-            rows = [
-                _row_with_values(s, extra) for s in (compress(people, keep) if keep else people)
-            ]
-        elif keep:
-            rows = list(compress(zip(chunk.emails, chunk.names, strict=True), keep))
-        else:
-            rows = list(zip(chunk.emails, chunk.names, strict=True))
-        pending += rows
-        while len(pending) >= batch_size:
-            yield columns, pending[:batch_size]
-            pending = pending[batch_size:]
-    if pending:
-        yield columns, pending
-
-
-def _row_with_values(subscriber: Subscriber, extra: Sequence[str]) -> list[str]:
-    values = subscriber.values()
-    return [subscriber[0], subscriber[1], *(values.get(column, "") for column in extra)]
-
-
-class UnsubscribeLinks:
-    """Each recipient's unsubscribe URL and the RFC 8058 one-click headers."""
-
-    def __init__(self, signer: Signer, base_url: str, list_name: str, mailto: str | None) -> None:
-        self.signer = signer
-        self.base_url = base_url
-        self.list_name = list_name
-        self.mailto = mailto
-        self._mailto = f", <mailto:{mailto}?subject=unsubscribe>" if mailto else ""
-
-    def for_address(self, email: str) -> tuple[str, dict[str, str]]:
-        url = unsubscribe_url(self.base_url, self.signer.sign("unsubscribe", self.list_name, email))
-        return url, self.headers(url)
-
-    def urls(self, emails: Sequence[str]) -> list[str]:
-        """Everyone's unsubscribe URL in one go (the signing loop is the costly part)."""
-        base = unsubscribe_url(self.base_url, "")
-        return [
-            base + token for token in self.signer.sign_many("unsubscribe", self.list_name, emails)
-        ]
-
-    def headers(self, url: str) -> dict[str, str]:
-        return {
-            "List-Unsubscribe": f"<{url}>{self._mailto}",
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-        }
-
-    def header_columns(self, urls: Sequence[str]) -> dict[str, list[str | None]]:
-        """`headers` for a whole batch, as columns."""
-        mailto = self._mailto
-        return {
-            "List-Unsubscribe": [f"<{url}>{mailto}" for url in urls],
-            "List-Unsubscribe-Post": ["List-Unsubscribe=One-Click"] * len(urls),
-        }
-
-
-def build_batch(
-    columns: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    links: UnsubscribeLinks | None,
-    suppressed: Set[str],
-) -> tuple[Batch, int]:
-    """A stored batch as columns, minus anyone suppressed since it was planned."""
-    kept = [row for row in rows if row[0].lower() not in suppressed] if suppressed else rows
-    emails = [row[0] for row in kept]
-    names = [row[1] for row in kept]
-    values: dict[str, list[str]] = {"email": emails, "name": names}
-    for index, column in enumerate(columns[2:], start=2):
-        values[column] = [row[index] for row in kept]
-    headers: dict[str, list[str | None]] = {}
-    if links is not None:
-        urls = links.urls(emails)
-        values["unsubscribe_url"] = urls
-        headers = links.header_columns(urls)
-    return Batch(emails, names, values, headers), len(rows) - len(kept)
-
-
-def with_retries(
-    action: Callable[[], T],
-    policy: RetryPolicy,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-) -> T:
-    """Any idempotent call to the service (reads), retried on temporary failures."""
-    rng = rng or _RANDOM
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return action()
-        except TemporaryFailure as exc:
-            if attempt == policy.attempts:
-                raise
-            delay = policy.delay(attempt, exc.retry_after, rng)
-            log.warning("%s; retry %d of %d in %.1fs", exc, attempt, policy.attempts - 1, delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def send_with_retries(
-    transport: Transport,
-    message: Message,
-    recipients: Sequence[Recipient],
-    policy: RetryPolicy,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-) -> Receipt:
-    """One batch, retried on temporary failures; never resends recipients already done."""
-    rng = rng or _RANDOM
-    remaining = recipients
-    rejected: list[tuple[str, str]] = []
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            receipt = transport.send_batch(message, remaining)
-        except TemporaryFailure as exc:
-            remaining = remaining[exc.done :]
-            rejected.extend(exc.rejected)
-            if attempt >= policy.attempts:
-                exc.done = len(recipients) - len(remaining)
-                exc.rejected = rejected
-                raise
-            delay = policy.delay(attempt, exc.retry_after, rng)
-            log.warning("%s; retry %d of %d in %.1fs", exc, attempt, policy.attempts - 1, delay)
-            sleep(delay)
-            continue
-        except (PermanentFailure, InDoubtFailure) as exc:  # never retried
-            exc.done += len(recipients) - len(remaining)
-            exc.rejected = rejected + exc.rejected
-            raise
-        rejected.extend(receipt.rejected)
-        return Receipt(message_id=receipt.message_id, rejected=rejected)
 
 
 @dataclass
@@ -312,7 +127,7 @@ class Deliverer:
 
     ledger: DeliveryState
     make_transport: Callable[[], Transport]
-    policy: RetryPolicy = RetryPolicy()
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
     workers: int = 4
     progress: Progress = field(default_factory=NoProgress)
     should_stop: Callable[[], bool] = lambda: False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -137,3 +138,75 @@ class Subscriber(NamedTuple):
         """The token values this subscriber contributes (the send adds unsubscribe_url)."""
         first = self.first_name or (self.name.split()[0] if self.name.strip() else "")
         return {**self.fields, "email": self.email, "name": self.name, "first_name": first}
+
+
+# -- a send: what was asked, what a person confirms, what happened ----------------------
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """What `newsletter send` was asked to do."""
+
+    list_name: str | None = None
+    date: dt.date | None = None
+    transport: str | None = None
+    to: tuple[str, ...] = ()
+    dry_run: bool = False
+    allow_empty: bool = False
+    sandbox: bool = False
+    resend_ambiguous: bool = False
+    skip_ambiguous: bool = False
+    skip_invalid: bool = False
+
+
+@dataclass(frozen=True)
+class SendPreview:
+    """Shown before a bulk send asks for confirmation."""
+
+    list_name: str
+    date: dt.date
+    subject: str
+    recipients: int
+    transport: str
+    resuming: bool
+
+
+@dataclass
+class SendReport:
+    # sent | already_sent | busy | empty | dry_run | cancelled | failed | stopped | test_sent
+    outcome: str
+    list_name: str
+    date: dt.date
+    subject: str = ""
+    transport: str = ""
+    recipients: int = 0
+    batches: int = 0
+    submitted: int = 0
+    suppressed: int = 0
+    duplicates: int = 0
+    ambiguous: list[int] = field(default_factory=list)  # batches left in doubt
+    in_doubt: list[str] = field(default_factory=list)  # who they were for
+    skipped: list[str] = field(default_factory=list)  # in doubt, not resent (--skip-ambiguous)
+    delivered: int = 0  # recipients in submitted batches, over every run of the issue
+    errors: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    outbox: Path | None = None
+    detail: str = ""
+    stories: int | None = None
+    permanent: bool = False  # failed in a way a retry cannot fix (a refused request)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in {
+            "sent",
+            "already_sent",
+            "empty",
+            "dry_run",
+            "cancelled",
+            "test_sent",
+            "stopped",
+        }
+
+
+TEST_LIST = "test"
+TEST_PREFIX = "[TEST] "

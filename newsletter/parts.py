@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from newsletter.config import Config
-from newsletter.delivery import Deliverer, Progress, RetryPolicy, UnsubscribeLinks
+from newsletter.delivery import Deliverer, Progress
 from newsletter.errors import ConfigError
+from newsletter.planning import UnsubscribeLinks
+from newsletter.retry import RetryPolicy
 from newsletter.signing import DEVELOPMENT_SECRET, Signer
 from newsletter.transports.base import InDoubt, Message, Transport
 from newsletter.transports.outbox import OutboxTransport

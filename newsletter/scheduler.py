@@ -32,8 +32,8 @@ from apscheduler.triggers.date import DateTrigger
 from newsletter.app import App, system_clock
 from newsletter.config import Config, load_config, parse_days
 from newsletter.errors import NewsletterError
-from newsletter.models import local_time_on
-from newsletter.send import Sending, SendReport, SendRequest
+from newsletter.models import SendReport, SendRequest, local_time_on
+from newsletter.send import Sending
 from newsletter.state import Ledger
 from newsletter.state.database import Database
 from newsletter.state.issues import IssueStore

@@ -1,128 +1,47 @@
-"""The send use cases: the day's issue to a list exactly once, or a test send any time.
+"""The day's send: an issue to a list exactly once; a rerun resumes from the ledger.
 
-A bulk send claims the issue in the ledger, stores what it will send and its
-batches (the plan), delivers them, and reports; a rerun resumes from the ledger.
-Test sends (`--list test`, `--to`, `--sandbox`) are never recorded as the day's issue.
+Claim the issue, store what will be sent and its batches (the plan), deliver
+them, report. Test sends (`--list test`, `--to`, `--sandbox`) go to `trial.py`
+and are never recorded as the day's issue.
 
 Nothing is built here: the transports and their secrets, the signed unsubscribe
 links, the retry policy, the `Deliverer`, outbox folders and the `Message` come
-from the composition root (`App.parts`, see `parts.py`). `SendRequest` is what
-was asked, `SendPreview` what a person confirms, `SendReport` what happened.
+from the composition root (`App.parts`, see `parts.py`). `SendRequest` (what was
+asked), `SendPreview` (what a person confirms) and `SendReport` (what happened)
+are in `models.py`; reading the list is `recipients.py`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 from newsletter.app import App, BuiltIssue, empty_issue_message
-from newsletter.delivery import (
-    BUILT_IN_TOKENS,
-    NoProgress,
-    Outcome,
-    Progress,
-    build_batch,
-    plan_batches,
-    send_with_retries,
-    with_retries,
-)
-from newsletter.errors import ConfigError, LedgerError, SubscriberError
+from newsletter.delivery import NoProgress, Outcome, Progress
+from newsletter.errors import ConfigError, LedgerError
 from newsletter.failpoints import failpoint
-from newsletter.models import Subscriber
+from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
 from newsletter.parts import Parts, Route
+from newsletter.planning import plan_batches
+from newsletter.recipients import check_columns, list_file, read_subscribers
+from newsletter.retry import with_retries
 from newsletter.state.batches import BATCH_DONE
 from newsletter.state.issues import IssueRow, process_owner
 from newsletter.subscribers import (
-    Chunk,
     ListReport,
-    check_address,
-    column_token,
-    list_path,
-    read_chunks,
-    read_header,
     read_list,
 )
 from newsletter.timings import Timings
-from newsletter.transports.base import BatchFailure, Message
+from newsletter.transports.base import BatchFailure
+from newsletter.trial import TrialSend
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SendRequest:
-    """What `newsletter send` was asked to do."""
-
-    list_name: str | None = None
-    date: dt.date | None = None
-    transport: str | None = None
-    to: tuple[str, ...] = ()
-    dry_run: bool = False
-    allow_empty: bool = False
-    sandbox: bool = False
-    resend_ambiguous: bool = False
-    skip_ambiguous: bool = False
-    skip_invalid: bool = False
-
-
-@dataclass(frozen=True)
-class SendPreview:
-    """Shown before a bulk send asks for confirmation."""
-
-    list_name: str
-    date: dt.date
-    subject: str
-    recipients: int
-    transport: str
-    resuming: bool
-
-
-@dataclass
-class SendReport:
-    # sent | already_sent | busy | empty | dry_run | cancelled | failed | stopped | test_sent
-    outcome: str
-    list_name: str
-    date: dt.date
-    subject: str = ""
-    transport: str = ""
-    recipients: int = 0
-    batches: int = 0
-    submitted: int = 0
-    suppressed: int = 0
-    duplicates: int = 0
-    ambiguous: list[int] = field(default_factory=list)  # batches left in doubt
-    in_doubt: list[str] = field(default_factory=list)  # who they were for
-    skipped: list[str] = field(default_factory=list)  # in doubt, not resent (--skip-ambiguous)
-    delivered: int = 0  # recipients in submitted batches, over every run of the issue
-    errors: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    outbox: Path | None = None
-    detail: str = ""
-    stories: int | None = None
-    permanent: bool = False  # failed in a way a retry cannot fix (a refused request)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in {
-            "sent",
-            "already_sent",
-            "empty",
-            "dry_run",
-            "cancelled",
-            "test_sent",
-            "stopped",
-        }
-
-
-TEST_LIST = "test"
-TEST_PREFIX = "[TEST] "
-
-
 class Sending:
-    """The send use cases: the day's issue to a list (once), or a test send (any time).
+    """The day's issue to a list, once (a test send is handed to `TrialSend`).
 
     `app` gives the state database, the issue (gathered and rendered once) and the
     parts of sending (`app.parts`, or `parts` to swap them); `progress`, `should_stop`,
@@ -148,32 +67,8 @@ class Sending:
         self.should_stop = should_stop
         self.sleep = sleep
 
-    # -- the list ------------------------------------------------------------------------
-
     def list_file(self, list_name: str) -> Path:
-        return list_path(self.config.subscribers.path, list_name)
-
-    def check_columns(self, list_name: str, tokens: frozenset[str]) -> None:
-        """A token the list has no column for would be sent empty: refuse before sending."""
-        path = self.list_file(list_name)
-        have = {column_token(h) for h in read_header(path)} if path.exists() else set()
-        missing = sorted(set(tokens) - BUILT_IN_TOKENS - have)
-        if missing:
-            names = ", ".join(f"{{{{ subscriber.{m} }}}}" for m in missing)
-            raise SubscriberError(
-                f"{path}: the templates use {names} but the list has no such column"
-            )
-
-    def subscribers(
-        self, list_name: str, skip_invalid: bool, report: ListReport
-    ) -> Iterator[Chunk]:
-        """The list's subscribers, a chunk at a time; afterwards, invalid rows stop the
-        send unless skipped."""
-        yield from read_chunks(self.list_file(list_name), report)
-        if report.problems and not skip_invalid:
-            report.raise_if_problems(
-                "\nfix these rows (or pass --skip-invalid to send without them)"
-            )
+        return list_file(self.config.subscribers.path, list_name)
 
     def sync_suppressions(self, transport: str) -> int:
         """Before a SendGrid send, learn who SendGrid already refuses to deliver to."""
@@ -198,7 +93,9 @@ class Sending:
         planned it), confirm; then claim, plan, deliver, report. A rerun resumes."""
         list_name = request.list_name or self.config.schedule.list
         if request.to or list_name == TEST_LIST or request.sandbox:
-            return self.send_test(request, list_name)
+            return TrialSend(self.app, self.parts, self.progress, self.sleep).send(
+                request, list_name
+            )
         date = request.date or self.app.today()
         transport = self.parts.transport_name(request.transport)
         report = SendReport("failed", list_name, date, transport=transport)
@@ -231,7 +128,7 @@ class Sending:
             if built.issue.is_empty and not request.allow_empty:
                 report.outcome, report.detail = "empty", empty_issue_message(built.issue)
                 return report
-            self.check_columns(list_name, built.email.tokens)
+            check_columns(self.list_file(list_name), built.email.tokens)
             report.subject = built.email.subject
             report.stories = len(built.issue.stories)
         else:
@@ -313,7 +210,7 @@ class Sending:
             batches_of_recipients=self.timings.timed(
                 "load list and plan",
                 plan_batches(
-                    self.subscribers(list_name, request.skip_invalid, list_report),
+                    read_subscribers(self.list_file(list_name), request.skip_invalid, list_report),
                     suppressed,
                     built.email.tokens,
                     self.config.delivery.batch_size,
@@ -451,7 +348,7 @@ class Sending:
         list_report = ListReport(self.list_file(report.list_name))
         skipped: list[str] = []
         for _, rows in plan_batches(
-            self.subscribers(report.list_name, request.skip_invalid, list_report),
+            read_subscribers(self.list_file(report.list_name), request.skip_invalid, list_report),
             suppressed,
             built.email.tokens,
             self.config.delivery.batch_size,
@@ -460,101 +357,4 @@ class Sending:
             report.batches += 1
             report.recipients += len(rows)
         report.suppressed, report.duplicates = len(skipped), list_report.duplicates
-        return report
-
-    def send_test(self, request: SendRequest, list_name: str) -> SendReport:
-        """Any time, as often as asked; never recorded as the day's issue.
-
-        The issue as planned (or rendered now), to the test list, `--to` addresses or
-        the list in sandbox mode: pick the people, build the route, plan, deliver, report.
-        """
-        date = request.date or self.app.today()
-        transport = self.parts.transport_name(request.transport)
-        report = SendReport("failed", list_name, date, transport=transport)
-        target_list = (
-            self.config.schedule.list if list_name == TEST_LIST or request.to else list_name
-        )
-        existing = self.app.ledger.issue(target_list, date)
-        if existing is not None and existing.planned:
-            subject, html, text, tokens = (
-                existing.subject or "",
-                existing.html or "",
-                existing.text or "",
-                existing.tokens,
-            )
-        else:
-            built = self.app.build_issue(date, target_list)
-            if built.issue.is_empty and not request.allow_empty:
-                report.outcome, report.detail = "empty", empty_issue_message(built.issue)
-                return report
-            subject, html, text, tokens = (
-                built.email.subject,
-                built.email.html,
-                built.email.text,
-                built.email.tokens,
-            )
-        prefix = (
-            "" if request.sandbox and not request.to and list_name != TEST_LIST else TEST_PREFIX
-        )
-        report.subject = prefix + subject
-        suppressed = self.app.ledger.suppressed(list_name)
-        if request.to:
-            people = [Chunk.of([Subscriber(email=check_address(a)) for a in request.to])]
-        else:
-            self.check_columns(list_name, tokens)
-            list_report = ListReport(self.list_file(list_name))
-            people = list(self.subscribers(list_name, request.skip_invalid, list_report))
-        route = self.parts.route(list_name, date, transport, test=True)
-        skipped: list[str] = []
-        batches = list(
-            plan_batches(people, suppressed, tokens, self.config.delivery.batch_size, skipped)
-        )
-        report.suppressed = len(skipped)
-        report.recipients = sum(len(rows) for _, rows in batches)
-        report.batches = len(batches)
-        report.outbox = route.outbox
-        if request.dry_run:
-            report.outcome = "dry_run"
-            return report
-        message = self.parts.message(
-            subject=report.subject,
-            html=html,
-            text=text,
-            tokens=tokens,
-            issue_id="test",
-            list_name=list_name,
-            sandbox=request.sandbox,
-        )
-        return self._deliver_test(report, route, message, batches, suppressed)
-
-    def _deliver_test(
-        self,
-        report: SendReport,
-        route: Route,
-        message: Message,
-        batches: list[tuple[list[str], list[Sequence[str]]]],
-        suppressed: frozenset[str],
-    ) -> SendReport:
-        """One transport, batch after batch, nothing recorded: a failure ends the test send."""
-        policy = self.parts.retry_policy()
-        transport_obj = route.make_transport()
-        self.progress.start(report.recipients, report.batches)
-        try:
-            for columns, rows in batches:
-                recipients, _ = build_batch(columns, rows, route.links, suppressed)
-                receipt = send_with_retries(
-                    transport_obj, message, recipients, policy, sleep=self.sleep
-                )
-                report.submitted += len(recipients)
-                report.rejected.extend(receipt.rejected)
-                self.progress.advance(len(rows))
-        except BatchFailure as exc:
-            report.submitted += exc.done
-            report.rejected.extend(exc.rejected)
-            report.errors.append(str(exc))
-            return report
-        finally:
-            transport_obj.close()
-            self.progress.stop()
-        report.outcome = "test_sent"
         return report

@@ -8,7 +8,7 @@ from email.message import Message as Headers
 import pytest
 
 from newsletter.config import SendGridSettings
-from newsletter.delivery import RetryPolicy, send_with_retries
+from newsletter.retry import RetryPolicy, send_with_retries
 from newsletter.transports.base import (
     Message,
     PermanentFailure,

@@ -33,7 +33,8 @@ from cryptography.x509.oid import NameOID
 
 from newsletter.app import App
 from newsletter.config import SmtpSettings
-from newsletter.delivery import Deliverer, RetryPolicy, send_with_retries
+from newsletter.delivery import Deliverer
+from newsletter.retry import RetryPolicy, send_with_retries
 from newsletter.send import Sending, SendReport, SendRequest
 from newsletter.signing import Signer
 from newsletter.state import Ledger

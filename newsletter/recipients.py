@@ -1,0 +1,40 @@
+"""A list as a send reads it: its file, its columns against the email's tokens, and its
+subscribers a chunk at a time, with invalid rows stopping the send unless skipped.
+Shared by the day's send and the test send."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from newsletter.errors import SubscriberError
+from newsletter.planning import BUILT_IN_TOKENS
+from newsletter.subscribers import (
+    Chunk,
+    ListReport,
+    column_token,
+    list_path,
+    read_chunks,
+    read_header,
+)
+
+
+def list_file(folder: Path, list_name: str) -> Path:
+    return list_path(folder, list_name)
+
+
+def check_columns(path: Path, tokens: frozenset[str]) -> None:
+    """A token the list has no column for would be sent empty: refuse before sending."""
+    have = {column_token(h) for h in read_header(path)} if path.exists() else set()
+    missing = sorted(set(tokens) - BUILT_IN_TOKENS - have)
+    if missing:
+        names = ", ".join(f"{{{{ subscriber.{m} }}}}" for m in missing)
+        raise SubscriberError(f"{path}: the templates use {names} but the list has no such column")
+
+
+def read_subscribers(path: Path, skip_invalid: bool, report: ListReport) -> Iterator[Chunk]:
+    """The list's subscribers, a chunk at a time; afterwards, invalid rows stop the send
+    unless skipped."""
+    yield from read_chunks(path, report)
+    if report.problems and not skip_invalid:
+        report.raise_if_problems("\nfix these rows (or pass --skip-invalid to send without them)")
