@@ -1,0 +1,12 @@
+"""The `newsletter` command: parsing arguments and printing results, nothing more.
+
+One module per group of commands: `base` (what they share: consoles, errors to
+exit codes, options), `commands` (the root group: check, preview, send, serve,
+schedule), `report` (what a send says when it is done), `status`, `subscribers`.
+"""
+
+from __future__ import annotations
+
+from newsletter.cli.commands import cli, main
+
+__all__ = ["cli", "main"]
