@@ -188,11 +188,12 @@ def run_timed(
 
 
 class Sink:
-    """The counting aiosmtpd server, in its own process (see smtp_sink.py)."""
+    """A counting receiver in its own process: the aiosmtpd server (smtp_sink.py) or the
+    discarding HTTP server that stands for SendGrid in timing runs (http_sink.py)."""
 
-    def __init__(self, sample_dir: Path) -> None:
+    def __init__(self, sample_dir: Path, script: str = "smtp_sink.py") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "smtp_sink.py"), str(sample_dir)],
+            [sys.executable, str(HERE / script), str(sample_dir)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -201,14 +202,14 @@ class Sink:
         self._lock = threading.Lock()
         ready = self._readline()
         if not ready.startswith("READY "):
-            raise SystemExit(f"the SMTP sink did not start: {ready!r}")
+            raise SystemExit(f"the sink ({script}) did not start: {ready!r}")
         self.port = int(ready.split()[1])
 
     def _readline(self) -> str:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
-            raise SystemExit(f"the SMTP sink exited (code {self.process.poll()})")
+            raise SystemExit(f"the sink exited (code {self.process.poll()})")
         return line.strip()
 
     def _ask(self, command: str) -> dict[str, Any]:

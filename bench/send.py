@@ -1,12 +1,17 @@
-"""Benchmark of the whole send path: `newsletter send` to N subscribers through the local
-SendGrid emulator, as a separate process, with the time split by phase.
+"""Benchmark of the whole send path: `newsletter send` to N subscribers, as a separate
+process, beside the floor (bench/floor.py: the least work the same send needs), with
+the time split by phase.
 
     python bench/send.py                          # 100,000 and 1,000,000 recipients, 3 runs each
-    python bench/send.py --recipients 100000 --runs 1
+    python bench/send.py --recipients 100000 --runs 1 --no-naive
 
-Prints one JSON line per list size (medians of the runs) and one for the naive way
-(render and inline per recipient, one API call each), measured on a sample and
-scaled. Not a test: figures go to BENCHMARKS.md.
+The timed runs post to a sink that reads and discards (bench/http_sink.py), the
+project and the floor alternating which goes first; the floor's first request
+body must equal the project's byte for byte. Then one untimed run per size goes
+to the SendGrid emulator, which checks requests against the official schema.
+Prints one JSON line per list size (medians, and project / floor), and one for
+the naive way (render and inline per recipient, one API call each), measured on
+a sample and scaled. Not a test: figures go to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    HERE,
     REPO,
     Emulator,
+    Sink,
     child_env,
     log,
     newsletter_command,
@@ -230,20 +240,97 @@ def point_at(folder: Path, api_url: str) -> None:
     config.write_text(text[:start] + f'api_url = "{api_url}' + text[end:], encoding="utf-8")
 
 
-def one_run(work: Path, folder: Path, recipients: int) -> dict[str, Any]:
-    """A fresh emulator and state database, one send, and what the emulator received."""
+def checked_run(work: Path, folder: Path, recipients: int) -> dict[str, Any]:
+    """One send against the emulator, which checks requests against the official schema:
+    not timed (its parsing would be measured too), only what it received is checked."""
     suppressed = seed_state(folder, recipients)
     emulator = Emulator(work / "emulator-stats.json", API_KEY, VALIDATE_EVERY)
     try:
         point_at(folder, emulator.url)
-        result = run_send(folder)
+        run_send(folder)
     finally:
         stats = emulator.stop()
     if stats["recipients"] != recipients or stats["validation_failures"]:
         raise SystemExit(
             f"the emulator saw {stats['recipients']} recipients, expected {recipients}: {stats}"
         )
-    return {**result, "suppressed": suppressed, "requests": stats["requests"], "bytes_sent": stats["bytes_received"], "validated": stats["validated"]}  # fmt: skip
+    return {"suppressed": suppressed, "requests": stats["requests"], "validated": stats["validated"]}  # fmt: skip
+
+
+def project_run(folder: Path, sink: Sink, recipients: int) -> dict[str, Any]:
+    """One timed `newsletter send` against the sink, which costs it nothing."""
+    seed_state(folder, recipients)
+    result = run_send(folder)
+    stats = sink.stats()
+    if stats["recipients"] != recipients:
+        raise SystemExit(f"the sink counted {stats['recipients']} recipients, not {recipients}")
+    return {**result, "requests": stats["requests"], "bytes_sent": stats["bytes"], "sink_cpu_s": stats["sink_cpu_seconds"], "sample": stats["sample"]}  # fmt: skip
+
+
+def common_fields(sample: Path, dest: Path) -> Path:
+    """What the floor needs from a body the project built: every field but the readers."""
+    import orjson
+
+    body = orjson.loads(sample.read_bytes())
+    people = body.pop("personalizations")
+    body["__custom_args__"] = people[0]["custom_args"]
+    dest.write_bytes(orjson.dumps(body))
+    return dest
+
+
+def floor_run(work: Path, folder: Path, sink: Sink, recipients: int, common: Path, project_sample: Path, processes: int) -> dict[str, Any]:  # fmt: skip
+    """bench/floor.py against the same sink; its first body must be the project's."""
+    seed_state(folder, recipients)
+    first = work / "floor-first.json"
+    command = [
+        sys.executable, str(HERE / "floor.py"), "--list", str(folder / "subscribers" / "main.csv"),
+        "--database", str(folder / "newsletter.db"), "--common", str(common),
+        "--url", f"http://127.0.0.1:{sink.port}", "--processes", str(processes),
+        "--secret", SECRET, "--first-body", str(first),
+    ]  # fmt: skip
+    timed = run_timed(command, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=None)
+    stats = sink.stats()
+    if timed.exit_code != 0 or stats["recipients"] != recipients:
+        raise SystemExit(f"the floor failed: exit {timed.exit_code}, {stats}")
+    if first.read_bytes() != project_sample.read_bytes():
+        raise SystemExit(f"the floor's first body differs from the project's: diff {first} {project_sample}")  # fmt: skip
+    return {"wall_s": timed.wall_s, "cpu_s": timed.cpu_s, "peak_rss_mb": timed.peak_rss_mb}
+
+
+def measure(work: Path, folder: Path, recipients: int, runs: int, processes: int) -> dict[str, Any]:
+    """Project and floor side by side, alternating which goes first, then the checked run."""
+    sink = Sink(work / "samples", "http_sink.py")
+    try:
+        point_at(folder, f"http://127.0.0.1:{sink.port}")
+        project: list[dict[str, Any]] = []
+        floor: list[dict[str, Any]] = []
+        common: Path | None = None
+        for run in range(runs):
+            log(f"{recipients:,} recipients, run {run + 1} of {runs} ...")
+            order = ["project", "floor"] if run % 2 == 0 else ["floor", "project"]
+            for who in order:
+                if who == "project":
+                    project.append(project_run(folder, sink, recipients))
+                    sample = work / "project-first.json"
+                    shutil.copyfile(project[-1]["sample"], sample)
+                    common = common or common_fields(sample, work / "common.json")
+                else:
+                    assert common is not None
+                    floor.append(floor_run(work, folder, sink, recipients, common, sample, processes))  # fmt: skip
+    finally:
+        sink.close()
+    checked = checked_run(work, folder, recipients)
+    result = {"recipients": recipients, **checked, "runs": runs, **median_run(project)}
+    result["bytes_sent"] = project[0]["bytes_sent"]
+    result["sink_cpu_s"] = statistics.median(r["sink_cpu_s"] for r in project)
+    result["floor_processes"] = processes
+    result["floor_wall_s"] = round(statistics.median(r["wall_s"] for r in floor), 3)
+    result["floor_wall_s_each"] = [round(r["wall_s"], 3) for r in floor]
+    result["floor_cpu_s"] = round(statistics.median(r["cpu_s"] for r in floor), 3)
+    result["floor_peak_rss_mb"] = round(statistics.median(r["peak_rss_mb"] for r in floor), 1)
+    ratios = [p["wall_s"] / f["wall_s"] for p, f in zip(project, floor, strict=True)]
+    result["project_over_floor"] = round(statistics.median(ratios), 2)
+    return result
 
 
 def main() -> None:
@@ -251,7 +338,9 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--naive-sample", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=4, help="[delivery] workers")
+    parser.add_argument("--workers", type=int, default=2, help="[delivery] workers")
+    parser.add_argument("--floor-processes", type=int, default=2)
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive way and render")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="newsletter-bench-"))
@@ -260,22 +349,11 @@ def main() -> None:
         results = []
         for recipients in args.recipients:
             build_newsletter(folder, recipients, "http://127.0.0.1:9", args.workers)
-            runs = []
-            for run in range(args.runs):
-                log(f"{recipients:,} recipients, run {run + 1} of {args.runs} ...")
-                runs.append(one_run(work, folder, recipients))
-            first = runs[0]
-            results.append(
-                {
-                    "recipients": recipients,
-                    "suppressed_skipped": first["suppressed"],
-                    "requests": first["requests"],
-                    "bytes_sent": first["bytes_sent"],
-                    "requests_validated": first["validated"],
-                    "runs": args.runs,
-                    **median_run(runs),
-                }
-            )
+            result = measure(work, folder, recipients, args.runs, args.floor_processes)
+            results.append(result)
+            report(result)
+        if args.no_naive:
+            return
         render = render_once(folder)
         emulator = Emulator(work / "emulator-stats.json", API_KEY, VALIDATE_EVERY)
         try:
@@ -284,9 +362,7 @@ def main() -> None:
             emulator.stop()
         for result in results:
             naive_s = slow["naive_per_recipient_ms"] / 1000 * result["recipients"]
-            result["naive_scaled_s"] = round(naive_s, 1)
-            result["speedup_vs_naive"] = round(naive_s / result["wall_s"], 1)
-            report(result)
+            report({"recipients": result["recipients"], "naive_scaled_s": round(naive_s, 1), "speedup_vs_naive": round(naive_s / result["wall_s"], 1)})  # fmt: skip
         report({**render, **slow})
     finally:
         shutil.rmtree(work, ignore_errors=True)
