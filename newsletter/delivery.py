@@ -81,6 +81,17 @@ class Outcome:
     stopped: bool = False
     permanent: bool = False
 
+    def add(self, other: Outcome) -> None:
+        """Another sender's outcome, added to this one."""
+        self.submitted_batches += other.submitted_batches
+        self.submitted_recipients += other.submitted_recipients
+        self.failed_batches += other.failed_batches
+        self.dropped_suppressed += other.dropped_suppressed
+        self.rejected += other.rejected
+        self.errors += other.errors
+        self.stopped |= other.stopped
+        self.permanent |= other.permanent
+
 
 class DeliveryState(Protocol):
     """What delivering uses of the state database: the batch state machine
@@ -92,6 +103,8 @@ class DeliveryState(Protocol):
     def take_batch(
         self, batch_id: int, from_statuses: Sequence[str], kind: str = "batch"
     ) -> bytes | None: ...
+
+    def take_next_batch(self, issue_id: int) -> tuple[BatchRow, bytes] | None: ...
 
     def record_progress(self, batch_id: int, done: int) -> bool: ...
 
@@ -276,41 +289,93 @@ class Deliverer:
             try:
                 result = future.result()
             except Exception as exc:
-                # unknown: it may or may not have gone out; left `submitting` (in doubt, or
-                # for a batch sent one message at a time, cut where its progress says)
-                outcome.errors.append(f"batch {batch.seq}: {_reason(exc)}")
-                outcome.permanent = True
-                if not isinstance(exc, NewsletterError):
-                    log.exception("batch %d crashed", batch.seq)
+                self._crashed(batch, exc, outcome)
                 continue
-            outcome.submitted_recipients += result.sent
-            outcome.dropped_suppressed += result.dropped
-            finished = result.failure is None and not result.stopped
-            self.progress.advance((batch.size if finished else result.sent) - result.advanced)
-            if result.failure is not None:
-                self._record_failure(batch, result, outcome)
-                continue
-            receipt = result.receipt
-            if receipt is not None:
-                outcome.rejected.extend(receipt.rejected)
-            if result.stopped:
-                self.ledger.split_batch(batch.id, result.handled, rest="pending")
-                outcome.stopped = True
-                continue
-            notes = []
-            if result.dropped:
-                notes.append(f"{result.dropped} suppressed since planning")
-            if receipt is not None and receipt.rejected:
-                notes.append(f"{len(receipt.rejected)} refused by the server")
-            submitted.append(
-                (batch.id, receipt.message_id if receipt else None, "; ".join(notes) or None)
-            )
-            outcome.submitted_batches += 1
+            self._settle(batch, result, outcome, submitted)
+        self._record_submitted(submitted)
+
+    def _crashed(self, batch: BatchRow, exc: Exception, outcome: Outcome) -> None:
+        """Unknown: it may or may not have gone out; left `submitting` (in doubt, or for a
+        batch sent one message at a time, cut where its progress says)."""
+        outcome.errors.append(f"batch {batch.seq}: {_reason(exc)}")
+        outcome.permanent = True
+        if not isinstance(exc, NewsletterError):
+            log.exception("batch %d crashed", batch.seq)
+
+    def _settle(
+        self,
+        batch: BatchRow,
+        result: BatchResult,
+        outcome: Outcome,
+        submitted: list[tuple[int, str | None, str | None]],
+    ) -> None:
+        """What one batch's result means: counted, cut where it failed or stopped, or added
+        to `submitted` (recorded together with the others that finished with it)."""
+        outcome.submitted_recipients += result.sent
+        outcome.dropped_suppressed += result.dropped
+        finished = result.failure is None and not result.stopped
+        self.progress.advance((batch.size if finished else result.sent) - result.advanced)
+        if result.failure is not None:
+            self._record_failure(batch, result, outcome)
+            return
+        receipt = result.receipt
+        if receipt is not None:
+            outcome.rejected.extend(receipt.rejected)
+        if result.stopped:
+            self.ledger.split_batch(batch.id, result.handled, rest="pending")
+            outcome.stopped = True
+            return
+        notes = []
+        if result.dropped:
+            notes.append(f"{result.dropped} suppressed since planning")
+        if receipt is not None and receipt.rejected:
+            notes.append(f"{len(receipt.rejected)} refused by the server")
+        submitted.append(
+            (batch.id, receipt.message_id if receipt else None, "; ".join(notes) or None)
+        )
+        outcome.submitted_batches += 1
+
+    def _record_submitted(self, submitted: list[tuple[int, str | None, str | None]]) -> None:
         # what finished together is recorded together: one write, and no batch waits
         # for one that is still in flight
         self.ledger.mark_submitted_many(submitted)
         if submitted:
             failpoint("deliver.batches_recorded")
+
+    def send_claimed(
+        self,
+        issue_id: int,
+        message: Message,
+        links: UnsubscribeLinks | None,
+        suppressed: Set[str],
+    ) -> Outcome:
+        """One sender's loop beside others (processes, or machines sharing one database):
+        take the next pending batch from the state database, send it, record it, until none
+        is left, a stop is asked for, or a batch fails. Each batch is taken by one sender."""
+        outcome = Outcome()
+        try:
+            while not self.should_stop():
+                taken = self.ledger.take_next_batch(issue_id)
+                if taken is None:
+                    break
+                batch, blob = taken
+                failpoint("deliver.batch_taken")
+                try:
+                    result = self._work(batch.id, message, blob, links, suppressed)
+                except Exception as exc:
+                    self._crashed(batch, exc, outcome)
+                    break
+                submitted: list[tuple[int, str | None, str | None]] = []
+                self._settle(batch, result, outcome, submitted)
+                self._record_submitted(submitted)
+                if outcome.permanent or outcome.failed_batches:
+                    break
+            outcome.stopped = outcome.stopped or self.should_stop()
+        finally:
+            for transport in self._transports:
+                transport.close()
+            self._transports.clear()
+        return outcome
 
     def _record_failure(self, batch: BatchRow, result: BatchResult, outcome: Outcome) -> None:
         """Cut the batch where it stopped: the part that went out is submitted, the rest is

@@ -45,6 +45,15 @@ _ARMED = _armed(os.environ.get("NEWSLETTER_FAILPOINTS", ""))
 _LOCK = threading.Lock()
 
 
+_PARENT: list[int] = []  # in a sender process: the send, killed first
+
+
+def kill_parent_too() -> None:
+    """Called in a sender process (newsletter/senders.py): a point reached here kills the
+    whole send, as a kill -9 of `newsletter send` does, not only this sender."""
+    _PARENT[:] = [os.getppid()]
+
+
 def failpoint(name: str) -> None:
     """Kill this process here if a test armed `name` and its count is reached; else nothing."""
     if not _ARMED or name not in _ARMED:
@@ -52,4 +61,5 @@ def failpoint(name: str) -> None:
     with _LOCK:
         _ARMED[name] -= 1
         if _ARMED[name] == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
+            for pid in [*_PARENT, os.getpid()]:
+                os.kill(pid, signal.SIGKILL)

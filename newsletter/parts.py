@@ -31,6 +31,7 @@ from newsletter.delivery import Deliverer, Progress
 from newsletter.errors import ConfigError
 from newsletter.planning import UnsubscribeLinks
 from newsletter.retry import RetryPolicy
+from newsletter.senders import SenderPool
 from newsletter.signing import DEVELOPMENT_SECRET, Signer
 from newsletter.transports.base import InDoubt, Message, Transport
 from newsletter.transports.outbox import OutboxTransport
@@ -233,10 +234,14 @@ class Parts:
         progress: Progress,
         should_stop: Callable[[], bool],
         sleep: Callable[[float], None],
-    ) -> Deliverer:
-        """The delivery settings around the route; the ledger and the hooks are the send's."""
+    ) -> Deliverer | SenderPool:
+        """The delivery settings around the route; the ledger and the hooks are the send's.
+
+        A transport that sends a batch in one request gets sender processes claiming
+        batches from the database (`senders.py`); one that sends a message at a time
+        gets worker threads, which wait on the network, not on the CPU."""
         d = self.config.delivery
-        return Deliverer(
+        deliverer = Deliverer(
             ledger=ledger,
             make_transport=route.make_transport,
             policy=self.retry_policy(),
@@ -246,6 +251,9 @@ class Parts:
             sleep=sleep,
             in_doubt=route.in_doubt,
         )
+        if route.in_doubt != "batch":
+            return deliverer
+        return SenderPool(deliverer, self.config, route.transport, d.workers, progress, should_stop)
 
     # -- SendGrid beside sending -----------------------------------------------------------
 

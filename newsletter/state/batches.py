@@ -116,6 +116,48 @@ class BatchStore(Database):
                 )
         return row[0] if row is not None else None
 
+    def take_next_batch(self, issue_id: int) -> tuple[BatchRow, bytes] | None:
+        """The issue's first pending batch, now `submitting`, and its recipients; None when
+        none is left. Several senders (processes, or machines sharing one PostgreSQL) call
+        this side by side and each batch goes to one of them: PostgreSQL skips the rows
+        another sender has locked, SQLite runs one writer at a time."""
+        first = (
+            sa.select(batches.c.id)
+            .where(batches.c.issue_id == issue_id, batches.c.status == "pending")
+            .order_by(batches.c.seq)
+            .limit(1)
+        )
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                first = first.with_for_update(skip_locked=True)
+            row = conn.execute(
+                sa.update(batches)
+                .where(batches.c.id == first.scalar_subquery(), batches.c.status == "pending")
+                .values(status="submitting", attempts=batches.c.attempts + 1, updated_at=utcnow())
+                .returning(
+                    batches.c.id,
+                    batches.c.seq,
+                    batches.c.status,
+                    batches.c.size,
+                    batches.c.message_id,
+                    batches.c.error,
+                    batches.c.attempts,
+                    batches.c.recipients,
+                )
+            ).first()
+        if row is None:
+            return None
+        return BatchRow(*row[:-1]), row[-1]
+
+    def requeue(self, issue_id: int, statuses: Sequence[str]) -> int:
+        """Batches in these states become pending again: owed, for `take_next_batch`."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.update(batches)
+                .where(batches.c.issue_id == issue_id, batches.c.status.in_(statuses))
+                .values(status="pending", updated_at=utcnow())
+            ).rowcount
+
     def record_progress(self, batch_id: int, done: int) -> bool:
         """The batch's first `done` recipients were accepted, and the one at `done` is being
         handed over: written before it goes. False if the batch is no longer ours (another
