@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from newsletter.app import App, BuiltIssue, empty_issue_message
-from newsletter.delivery import NoProgress, Outcome, Progress
+from newsletter.delivery import Deliverer, NoProgress, Outcome, Progress
 from newsletter.errors import ConfigError, LedgerError
 from newsletter.failpoints import failpoint
 from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
@@ -27,6 +27,7 @@ from newsletter.parts import Parts, Route
 from newsletter.planning import plan_batches
 from newsletter.recipients import check_columns, list_file, read_subscribers
 from newsletter.retry import with_retries
+from newsletter.senders import SenderPool
 from newsletter.state.batches import BATCH_DONE
 from newsletter.state.issues import IssueRow, process_owner
 from newsletter.subscribers import (
@@ -114,6 +115,43 @@ class Sending:
                 "readers it may have reached in doubt on one and unknown to the other."
             )
         route = self.parts.route(list_name, date, transport, test=False)
+        deliverer = self.parts.deliverer(
+            route,
+            ledger,
+            progress=self.progress,
+            should_stop=self.should_stop,
+            sleep=self.sleep,
+        )
+        try:
+            if isinstance(deliverer, SenderPool) and confirm is None and not request.dry_run:
+                deliverer.warm_up(self._batches_expected(list_name, existing))
+            return self._send_route(request, confirm, report, route, deliverer, existing)
+        finally:
+            if isinstance(deliverer, SenderPool):
+                deliverer.close()
+
+    def _batches_expected(self, list_name: str, existing: IssueRow | None) -> int:
+        """About how many batches a send will have, before reading the list: a guess from
+        the file's size (a row takes 24 bytes or more), or the plan's count when resuming."""
+        if existing is not None and existing.planned:
+            return existing.recipients // self.config.delivery.batch_size + 1
+        path = self.list_file(list_name)
+        size = path.stat().st_size if path.exists() else 0
+        return size // (24 * self.config.delivery.batch_size) + 1
+
+    def _send_route(
+        self,
+        request: SendRequest,
+        confirm: Callable[[SendPreview], bool] | None,
+        report: SendReport,
+        route: Route,
+        deliverer: Deliverer | SenderPool,
+        existing: IssueRow | None,
+    ) -> SendReport:
+        """The send once its route is known: suppressions, the issue, confirmation, then
+        claim, plan, deliver, report."""
+        list_name, date, transport = report.list_name, report.date, report.transport
+        ledger = self.app.ledger
         with self.timings.phase("suppressions"):
             if not request.dry_run:
                 self.sync_suppressions(transport)
@@ -158,7 +196,7 @@ class Sending:
             if not issue_row.planned:
                 issue_row = self._plan(report, issue_row, built, suppressed, request)
                 failpoint("send.planned")
-            outcome = self._deliver(report, issue_row, route, suppressed, request, owner)
+            outcome = self._deliver(report, issue_row, route, deliverer, suppressed, request, owner)
             return self._report(report, issue_row, outcome)
         except BaseException as exc:
             status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -239,6 +277,7 @@ class Sending:
         report: SendReport,
         issue_row: IssueRow,
         route: Route,
+        deliverer: Deliverer | SenderPool,
         suppressed: frozenset[str],
         request: SendRequest,
         owner: str,
@@ -263,13 +302,6 @@ class Sending:
             sandbox=False,
         )
         with self.timings.phase("send"):
-            deliverer = self.parts.deliverer(
-                route,
-                ledger,
-                progress=self.progress,
-                should_stop=self.should_stop,
-                sleep=self.sleep,
-            )
             outcome = deliverer.deliver(
                 issue_row.id,
                 message,

@@ -25,9 +25,11 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
-from collections.abc import Callable, Set
-from dataclasses import dataclass
+import types
+from collections.abc import Callable, Iterator, Set
+from dataclasses import dataclass, field
 from typing import Any
 
 from newsletter.config import Config
@@ -81,8 +83,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _sender_process(job: SenderJob, events: Any, stop: Any, halt: Any, parent: int) -> None:
-    """A spawned sender: its own database connection and transport, the shared loop."""
+def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> None:
+    """A spawned sender: imports what it needs while the send plans, then waits for its
+    job (None: nothing to send) and runs the shared loop with its own database connection
+    and transport."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -91,6 +95,9 @@ def _sender_process(job: SenderJob, events: Any, stop: Any, halt: Any, parent: i
     from newsletter.state import Ledger
 
     failpoints.kill_parent_too()
+    job: SenderJob | None = jobs.get()
+    if job is None:
+        return
     name = multiprocessing.current_process().name
     try:
         parts = Parts(job.config, dt.datetime.now)
@@ -113,6 +120,18 @@ def _sender_process(job: SenderJob, events: Any, stop: Any, halt: Any, parent: i
     events.put(("done", name, outcome))
 
 
+@contextlib.contextmanager
+def _plain_main() -> Iterator[None]:
+    """Spawn without the main module: a child would otherwise import the CLI's (`python -m
+    newsletter`, the console script), everything a send uses, for nothing it needs."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 @dataclass
 class SenderPool:
     """Delivers an issue's batches with `workers` senders claiming from the database.
@@ -128,6 +147,43 @@ class SenderPool:
     progress: Progress
     should_stop: Callable[[], bool]
     heartbeat_every: float = 5.0
+
+    _senders: list[Any] = field(default_factory=list)
+    _channels: tuple[Any, Any, Any, Any] | None = None  # events, jobs, stop, halt
+
+    def warm_up(self, batches: int) -> None:
+        """Start the sender processes now, for a send of about `batches` batches: they
+        import what they need while this process gathers, renders and plans."""
+        count = min(self.workers, batches)
+        if count <= 1 or self._senders:
+            return
+        context = multiprocessing.get_context("spawn")
+        self._channels = (context.Queue(), context.Queue(), context.Event(), context.Event())
+        with _plain_main():
+            for n in range(count):
+                sender = context.Process(
+                    target=_sender_process,
+                    args=(*self._channels, os.getpid()),
+                    name=f"sender-{n + 1}",
+                    daemon=True,
+                )
+                sender.start()
+                self._senders.append(sender)
+
+    def close(self) -> None:
+        """Senders never given a job (the send ended before delivering) are let go."""
+        if self._channels is None:
+            return
+        events, jobs = self._channels[:2]
+        for sender in self._senders:
+            if sender.is_alive():
+                jobs.put(None)
+        for sender in self._senders:
+            sender.join()
+        for channel in (events, jobs):
+            channel.close()
+            channel.join_thread()
+        self._senders, self._channels = [], None
 
     def deliver(
         self,
@@ -146,10 +202,11 @@ class SenderPool:
         self.progress.start(sum(b.size for b in todo), len(todo))
         heartbeat = Heartbeat(lambda: ledger.beat(issue_id, owner), self.heartbeat_every)
         try:
-            if min(self.workers, len(todo)) <= 1:
+            self.warm_up(len(todo))
+            if not self._senders or len(todo) <= 1:
                 return self._in_this_process(issue_id, message, links, suppressed, heartbeat)
             job = SenderJob(self.config, self.transport, issue_id, message, frozenset(suppressed))
-            return self._in_processes(job, min(self.workers, len(todo)), heartbeat)
+            return self._in_processes(job, heartbeat)
         finally:
             self.progress.stop()
 
@@ -179,27 +236,12 @@ class SenderPool:
         thread.start()
         return self._gather([thread], events, stop, heartbeat)
 
-    def _in_processes(self, job: SenderJob, count: int, heartbeat: Heartbeat) -> Outcome:
-        context = multiprocessing.get_context("spawn")
-        events = context.Queue()
-        stop, halt = context.Event(), context.Event()
-        senders = [
-            context.Process(
-                target=_sender_process,
-                args=(job, events, stop, halt, os.getpid()),
-                name=f"sender-{n + 1}",
-                daemon=True,
-            )
-            for n in range(count)
-        ]
-        for sender in senders:
-            sender.start()
-        try:
-            return self._gather(senders, events, stop, heartbeat)
-        finally:
-            for sender in senders:
-                sender.join()
-            events.close()
+    def _in_processes(self, job: SenderJob, heartbeat: Heartbeat) -> Outcome:
+        assert self._channels is not None
+        events, jobs, stop, _ = self._channels
+        for _ in self._senders:
+            jobs.put(job)
+        return self._gather(self._senders, events, stop, heartbeat)
 
     def _gather(self, senders: list[Any], events: Any, stop: Any, heartbeat: Heartbeat) -> Outcome:
         """Progress and the senders' outcomes as they come; the claim kept alive; a stop
@@ -208,12 +250,12 @@ class SenderPool:
         outcome = Outcome()
         finished: set[str] = set()
         while len(finished) < len(senders):
+            heartbeat.beat_if_due()
+            if self.should_stop():
+                stop.set()
             try:
                 kind, name, value = events.get(timeout=POLL)
             except queue.Empty:
-                heartbeat.beat_if_due()
-                if self.should_stop():
-                    stop.set()
                 for sender in senders:
                     if sender.name not in finished and not sender.is_alive():
                         self._last_words(sender, events, outcome, finished)

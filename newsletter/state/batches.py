@@ -8,11 +8,11 @@ over; how much of it a crash leaves in doubt depends on the transport, and
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 import sqlalchemy as sa
 
 from newsletter.state.database import Database, UTCDateTime, metadata, utcnow
@@ -66,11 +66,19 @@ class BatchRow:
 
 IN_DOUBT_NOTE = "in doubt: being sent when a run stopped"
 NOT_STARTED = -1  # batch_progress.done of a batch taken but not yet being handed over
-_ADVANCE = (
-    sa.update(batch_progress)
-    .where(batch_progress.c.batch_id == sa.bindparam("batch"))
-    .values(done=sa.bindparam("done"))
+# The statements a send runs per batch (and per message, for SMTP), written for the
+# driver: through SQLAlchemy's compiler they cost ten times as much, a thousand times
+# per million readers. `?` placeholders; `Database._driver` adapts them.
+_TAKE_NEXT = """UPDATE batches SET status = 'submitting', attempts = attempts + 1, updated_at = ?
+WHERE status = 'pending' AND id = (
+    SELECT id FROM batches WHERE issue_id = ? AND status = 'pending' ORDER BY seq LIMIT 1
+    {skip_locked}
+) RETURNING id, seq, status, size, message_id, error, attempts, recipients"""
+_SUBMITTED = (
+    "UPDATE batches SET status = 'submitted', message_id = ?, error = ?, updated_at = ? "
+    "WHERE id = ?"
 )
+_ADVANCE = "UPDATE batch_progress SET done = ? WHERE batch_id = ?"
 
 
 class BatchStore(Database):
@@ -121,33 +129,11 @@ class BatchStore(Database):
         none is left. Several senders (processes, or machines sharing one PostgreSQL) call
         this side by side and each batch goes to one of them: PostgreSQL skips the rows
         another sender has locked, SQLite runs one writer at a time."""
-        first = (
-            sa.select(batches.c.id)
-            .where(batches.c.issue_id == issue_id, batches.c.status == "pending")
-            .order_by(batches.c.seq)
-            .limit(1)
-        )
         with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                first = first.with_for_update(skip_locked=True)
-            row = conn.execute(
-                sa.update(batches)
-                .where(batches.c.id == first.scalar_subquery(), batches.c.status == "pending")
-                .values(status="submitting", attempts=batches.c.attempts + 1, updated_at=utcnow())
-                .returning(
-                    batches.c.id,
-                    batches.c.seq,
-                    batches.c.status,
-                    batches.c.size,
-                    batches.c.message_id,
-                    batches.c.error,
-                    batches.c.attempts,
-                    batches.c.recipients,
-                )
-            ).first()
+            row = self._driver(conn, _TAKE_NEXT, (self._now(conn), issue_id)).fetchone()
         if row is None:
             return None
-        return BatchRow(*row[:-1]), row[-1]
+        return BatchRow(*row[:-1]), bytes(row[-1])
 
     def requeue(self, issue_id: int, statuses: Sequence[str]) -> int:
         """Batches in these states become pending again: owed, for `take_next_batch`."""
@@ -169,7 +155,7 @@ class BatchStore(Database):
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            return bool(conn.execute(_ADVANCE, {"batch": batch_id, "done": done}).rowcount)
+            return bool(self._driver(conn, _ADVANCE, (done, batch_id)).rowcount)
 
     def split_batch(
         self,
@@ -324,18 +310,11 @@ class BatchStore(Database):
         """(batch id, message id, note) for batches the service accepted, in one write."""
         if not accepted:
             return
-        statement = (
-            sa.update(batches)
-            .where(batches.c.id == sa.bindparam("batch_id"))
-            .values(
-                status="submitted",
-                message_id=sa.bindparam("mid"),
-                error=sa.bindparam("note"),
-                updated_at=utcnow(),
-            )
-        )
         with self.engine.begin() as conn:
-            conn.execute(statement, [{"batch_id": b, "mid": m, "note": n} for b, m, n in accepted])
+            now = self._now(conn)
+            self._driver(
+                conn, _SUBMITTED, [(mid, note, now, batch) for batch, mid, note in accepted]
+            )
 
     def mark_failed(self, batch_id: int, error: str) -> None:
         self._set_batch(batch_id, status="failed", error=error)
@@ -360,9 +339,11 @@ class BatchStore(Database):
 
 
 def pack_recipients(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
-    return zlib.compress(json.dumps([list(columns), rows], separators=(",", ":")).encode(), 1)
+    """A batch's recipients as stored: JSON `[columns, rows]`, compressed (orjson: a
+    thousand batches are packed per million readers, and unpacked again to be sent)."""
+    return zlib.compress(orjson.dumps([list(columns), list(rows)]), 1)
 
 
 def unpack_recipients(blob: bytes) -> tuple[list[str], list[list[str]]]:
-    columns, rows = json.loads(zlib.decompress(blob))
+    columns, rows = orjson.loads(zlib.decompress(blob))
     return columns, rows

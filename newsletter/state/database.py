@@ -15,7 +15,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from typing import Self
+from typing import Any, Self
 from urllib.parse import unquote
 
 import sqlalchemy as sa
@@ -53,6 +53,9 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+_DATETIME = sa.DateTime(timezone=True)
 
 
 class Database:
@@ -113,6 +116,25 @@ class Database:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
+
+    @staticmethod
+    def _driver(
+        conn: sa.Connection, sql: str, params: tuple[object, ...] | list[tuple[object, ...]]
+    ) -> sa.CursorResult[Any]:
+        """A hot statement straight to the driver (a list of tuples: executemany), with `?`
+        placeholders and `{skip_locked}` adapted to the database."""
+        if conn.dialect.name == "postgresql":
+            sql = sql.replace("?", "%s").replace("{skip_locked}", "FOR UPDATE SKIP LOCKED")
+        else:
+            sql = sql.replace("{skip_locked}", "")
+        return conn.exec_driver_sql(sql, params)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _now(conn: sa.Connection) -> object:
+        """Now, as `UTCDateTime` would store it, for a statement sent to the driver."""
+        now = utcnow()
+        process = _DATETIME.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        return process(now) if process else now
 
     def ping(self) -> None:
         """A round trip to the database, for the health check."""

@@ -8,6 +8,7 @@ filled by SendGrid's `substitutions`, per-recipient unsubscribe headers and
 from __future__ import annotations
 
 import email.utils
+import functools
 import html
 import json
 import logging
@@ -23,7 +24,6 @@ from typing import Any, ClassVar
 
 import httpx
 from python_http_client.exceptions import HTTPError, NotFoundError
-from sendgrid import SendGridAPIClient
 
 from newsletter.config import SendGridSettings
 from newsletter.controls import body_text, has_control, one_line
@@ -68,8 +68,6 @@ class SendGridTransport:
         self.settings = settings
         # one client per transport, and one transport per worker thread: the client
         # shares mutable request headers between its sub-clients
-        self.api = SendGridAPIClient(api_key=api_key, host=settings.api_url.rstrip("/"))
-        self.api.client.timeout = settings.timeout
         # mail/send over one kept-alive connection: the official client (urllib) opens a
         # new one per request, a millisecond each, a thousand times per million readers
         self.http = httpx.Client(
@@ -84,6 +82,16 @@ class SendGridTransport:
         self.clock = clock
         self._key = api_key
         self._common: tuple[Message, str, str, list[str]] | None = None
+
+    @functools.cached_property
+    def api(self) -> Any:
+        """The official client, for everything but mail/send (suppressions, unsubscribes):
+        made when first used, so a sender process does not import it."""
+        from sendgrid import SendGridAPIClient
+
+        api = SendGridAPIClient(api_key=self._key, host=self.settings.api_url.rstrip("/"))
+        api.client.timeout = self.settings.timeout
+        return api
 
     def common_fields(self, message: Message) -> dict[str, Any]:
         """Everything in the request but the personalizations: the same for every batch."""
