@@ -9,6 +9,7 @@ from pathlib import Path
 
 from newsletter.errors import SubscriberError
 from newsletter.planning import BUILT_IN_TOKENS
+from newsletter.seen import HashedSeen, RepeatedAddresses, Seen
 from newsletter.subscribers import (
     Chunk,
     ListReport,
@@ -32,9 +33,14 @@ def check_columns(path: Path, tokens: frozenset[str]) -> None:
         raise SubscriberError(f"{path}: the templates use {names} but the list has no such column")
 
 
-def read_subscribers(path: Path, skip_invalid: bool, report: ListReport) -> Iterator[Chunk]:
+def read_subscribers(
+    path: Path, skip_invalid: bool, report: ListReport, seen: Seen | None = None
+) -> Iterator[Chunk]:
     """The list's subscribers, a chunk at a time; afterwards, invalid rows stop the send
-    unless skipped."""
-    yield from read_chunks(path, report)
+    unless skipped. With `HashedSeen`, a list that may hold an address twice raises
+    `RepeatedAddresses` at its end: read it again with `WatchedSeen` (see `seen.py`)."""
+    yield from read_chunks(path, report, seen=seen)
+    if isinstance(seen, HashedSeen) and (repeated := seen.repeated()):
+        raise RepeatedAddresses(repeated)
     if report.problems and not skip_invalid:
         report.raise_if_problems("\nfix these rows (or pass --skip-invalid to send without them)")

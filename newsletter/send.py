@@ -27,6 +27,7 @@ from newsletter.parts import Parts, Route
 from newsletter.planning import plan_batches
 from newsletter.recipients import check_columns, list_file, read_subscribers
 from newsletter.retry import with_retries
+from newsletter.seen import HashedSeen, RepeatedAddresses, Seen, WatchedSeen
 from newsletter.senders import SenderPool
 from newsletter.state.batches import BATCH_DONE
 from newsletter.state.issues import IssueRow, process_owner
@@ -227,35 +228,49 @@ class Sending:
         suppressed: frozenset[str],
         request: SendRequest,
     ) -> IssueRow:
-        """Store the rendered issue and every batch of recipients, in one transaction."""
+        """Store the rendered issue and every batch of recipients, in one transaction.
+
+        The list streams by with an 8-byte hash per reader to catch an address met
+        twice; if two hashes are equal (a list edited by hand), the plan is rolled back
+        and the list read again, keeping the exact addresses of just those hashes."""
         ledger = self.app.ledger
         list_name, date = report.list_name, report.date
         if built is None:
             built = self.app.build_issue(date, list_name)
-        list_report = ListReport(self.list_file(list_name))
-        skipped: list[str] = []
         plan_started = time.perf_counter()
-        ledger.save_plan(
-            issue_row.id,
-            subject=built.email.subject,
-            html=built.email.html,
-            text=built.email.text,
-            tokens=built.email.tokens,
-            story_keys=[k for s in built.issue.stories for k in s.keys],
-            window_start=built.issue.window.start,
-            window_end=built.issue.window.end,
-            transport=report.transport,
-            batches_of_recipients=self.timings.timed(
-                "load list and plan",
-                plan_batches(
-                    read_subscribers(self.list_file(list_name), request.skip_invalid, list_report),
-                    suppressed,
-                    built.email.tokens,
-                    self.config.delivery.batch_size,
-                    skipped,
-                ),
-            ),
-        )
+        seen: Seen = HashedSeen()
+        while True:
+            list_report = ListReport(self.list_file(list_name))
+            skipped: list[str] = []
+            people = read_subscribers(
+                self.list_file(list_name), request.skip_invalid, list_report, seen
+            )
+            try:
+                ledger.save_plan(
+                    issue_row.id,
+                    subject=built.email.subject,
+                    html=built.email.html,
+                    text=built.email.text,
+                    tokens=built.email.tokens,
+                    story_keys=[k for s in built.issue.stories for k in s.keys],
+                    window_start=built.issue.window.start,
+                    window_end=built.issue.window.end,
+                    transport=report.transport,
+                    batches_of_recipients=self.timings.timed(
+                        "load list and plan",
+                        plan_batches(
+                            people,
+                            suppressed,
+                            built.email.tokens,
+                            self.config.delivery.batch_size,
+                            skipped,
+                        ),
+                    ),
+                )
+                break
+            except RepeatedAddresses as repeated:
+                log.info("the list may hold an address twice: reading it again (%s)", repeated)
+                seen = WatchedSeen(repeated.hashes)
         self.timings.add(
             "ledger writes",
             time.perf_counter() - plan_started - self.timings.phases["load list and plan"],

@@ -25,6 +25,7 @@ from newsletter.config import LIST_NAME_PATTERN
 from newsletter.controls import CONTROL_CLASS, find_control
 from newsletter.errors import SubscriberError
 from newsletter.models import Subscriber
+from newsletter.seen import ExactSeen, Seen
 
 LIST_NAME_RE = re.compile(LIST_NAME_PATTERN)
 STANDARD_COLUMNS = ("email", "name", "first_name", "subscribed_at", "source")
@@ -196,12 +197,19 @@ def read_list(
 
 
 def read_chunks(
-    path: Path, report: ListReport | None = None, *, full_check: bool = False
+    path: Path,
+    report: ListReport | None = None,
+    *,
+    full_check: bool = False,
+    seen: Seen | None = None,
 ) -> Iterator[Chunk]:
     """`read_list` a few thousand rows at a time: a chunk without problems (nearly all
-    of them) is checked with C-level set and map calls instead of a loop per row."""
+    of them) is checked with C-level set and map calls instead of a loop per row.
+
+    `seen` keeps the addresses met so far (by default every one, exactly; a send keeps
+    hashes, see `newsletter.seen`)."""
     report = report if report is not None else ListReport(path)
-    seen: set[str] = set()
+    seen = seen if seen is not None else ExactSeen()
     with _open_rows(path) as rows:
         reader = rows.reader
         try:
@@ -220,7 +228,7 @@ def read_chunks(
             ) from None
 
 
-def _clean(block: list[list[str]], rows: _Rows, seen: set[str]) -> Chunk | None:
+def _clean(block: list[list[str]], rows: _Rows, seen: Seen) -> Chunk | None:
     """The block as a Chunk if every row is well formed, plausible and new; else None
     (and `seen` untouched), for the row-by-row path to say what is wrong."""
     if set(map(len, block)) != {len(rows.header)}:
@@ -230,9 +238,8 @@ def _clean(block: list[list[str]], rows: _Rows, seen: set[str]) -> Chunk | None:
     if not all(map(_PLAUSIBLE.match, emails)):
         return None
     keys = list(map(str.lower, emails))
-    if len(set(keys)) != len(keys) or not seen.isdisjoint(keys):
+    if len(set(keys)) != len(keys) or not seen.fresh(keys):
         return None
-    seen.update(keys)
     return _chunk(block, emails, keys, rows)
 
 
@@ -251,7 +258,7 @@ def _checked(
     block: list[list[str]],
     first_line: int,
     rows: _Rows,
-    seen: set[str],
+    seen: Seen,
     report: ListReport,
     full_check: bool,
 ) -> Chunk:
@@ -260,6 +267,7 @@ def _checked(
     kept: list[list[str]] = []
     emails: list[str] = []
     keys: list[str] = []
+    in_block: set[str] = set()  # exact within the block, whatever `seen` keeps
     line = first_line
     for row in block:
         row_line, line = line, line + 1 + sum(field.count("\n") for field in row)
@@ -283,10 +291,10 @@ def _checked(
             report.problems.append(RowProblem(row_line, f"not a valid email address: {email!r}"))
             continue
         key = email.lower()
-        if key in seen:
+        if key in in_block or not seen.first(key):
             report.duplicates += 1
             continue
-        seen.add(key)
+        in_block.add(key)
         kept.append(row)
         emails.append(email)
         keys.append(key)

@@ -161,3 +161,20 @@ def test_hosted_links_need_the_secret_outside_the_outbox(site: Site) -> None:
     result = run(site.config_path, "send", "--date", "2024-03-05", "--yes", "--transport", "smtp")
     assert result.returncode == 2
     assert "set the environment variable NEWSLETTER_SECRET" in result.stderr
+
+
+def test_an_address_twice_far_apart_in_the_list_gets_the_issue_once(site: Site) -> None:
+    """The send keeps a hash per reader, not the address: rows thousands of lines apart
+    (in different chunks) that are one person make it read the list again, exactly."""
+    outbox_site(site)
+    rows = [f"reader{n:05d}@example.com,Reader {n}" for n in range(4500)]
+    rows.append("READER00007@Example.com,Same person in capitals")
+    rows.append("reader04499@example.com,Last one again")
+    (site.root / "subscribers" / "main.csv").write_text("email,name\n" + "\n".join(rows) + "\n")
+    result = run(site.config_path, "send", "--date", "2024-03-05", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "2 duplicate rows ignored" in result.stdout
+    sent = sorted(p.name for p in (site.root / "outbox").rglob("*.eml"))
+    assert sent == sorted(f"reader{n:05d}@example.com.eml" for n in range(4500))
+    first = read(next((site.root / "outbox").rglob("reader00007@example.com.eml")))
+    assert first["To"] == "Reader 7 <reader00007@example.com>"

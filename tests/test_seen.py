@@ -1,0 +1,46 @@
+"""Catching an address met twice without keeping every address (newsletter/seen.py)."""
+
+from __future__ import annotations
+
+from newsletter.seen import ExactSeen, HashedSeen, WatchedSeen
+
+
+def keys(first: int, count: int) -> list[str]:
+    return [f"reader{n:07d}@example.com" for n in range(first, first + count)]
+
+
+def test_hashes_find_exactly_the_addresses_met_twice_across_chunks() -> None:
+    seen = HashedSeen()
+    for start in range(0, 20_000, 2000):
+        assert seen.fresh(keys(start, 2000))
+    seen.first("reader0000042@example.com")  # met again, one at a time
+    seen.fresh(["reader0019999@example.com", "new@example.com"])
+    assert len(seen) == 20_003
+    assert seen.repeated() == {hash("reader0000042@example.com"), hash("reader0019999@example.com")}
+
+
+def test_no_repeat_is_found_in_a_list_of_distinct_addresses() -> None:
+    seen = HashedSeen()
+    for start in range(0, 50_000, 2000):
+        seen.fresh(keys(start, 2000))
+    assert seen.repeated() == frozenset()
+
+
+def test_the_second_read_skips_a_real_duplicate_and_keeps_two_people_sharing_a_hash() -> None:
+    # as if "a@example.com" and "b@example.com" had had one hash: both are watched
+    watch = frozenset({hash("a@example.com"), hash("b@example.com")})
+    seen = WatchedSeen(watch)
+    assert seen.fresh(["x@example.com", "a@example.com"])
+    assert seen.first("b@example.com")  # another person: gets the issue
+    assert not seen.first("a@example.com")  # the same person again
+    assert not seen.fresh(["y@example.com", "a@example.com"])  # the chunk goes row by row
+    assert seen.fresh(["y@example.com", "z@example.com"])  # nothing watched: nothing kept
+    assert seen.keys == {"a@example.com", "b@example.com"}
+
+
+def test_exact_seen_records_nothing_from_a_chunk_it_refuses() -> None:
+    seen = ExactSeen()
+    assert seen.fresh(["a@example.com", "b@example.com"])
+    assert not seen.fresh(["c@example.com", "a@example.com"])
+    assert seen.first("c@example.com") and not seen.first("c@example.com")
+    assert seen.keys == {"a@example.com", "b@example.com", "c@example.com"}
