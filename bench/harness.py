@@ -223,6 +223,10 @@ class Sink:
         """Counts so far, for progress lines."""
         return self._ask("PEEK")
 
+    def mark(self, marker: str) -> None:
+        """Keep as the sample the first body that begins with `marker` (http_sink.py)."""
+        self._ask(f"MARK {marker}")
+
     def stats(self) -> dict[str, Any]:
         """Counts since the previous call; the next run starts from zero."""
         return self._ask("STATS")

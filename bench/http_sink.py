@@ -13,8 +13,9 @@ stdin, one per line, each with one JSON line on stdout (as bench/smtp_sink.py):
 - `STATS`: the counts since the previous `STATS`, then starts a new epoch;
 - `QUIT` (or end of input): stops and exits.
 
-The first request body of each epoch is written to `SAMPLE_DIR/epoch-<n>.json`,
-so the caller can compare what two senders built, byte for byte.
+The first request body of each epoch that begins with the marker set by `MARK
+<text>` (any body, without one) is written to `SAMPLE_DIR/epoch-<n>.json`, so the
+caller can compare what two senders built for the same readers, byte for byte.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Counts:
         self.sample_dir = sample_dir
         self.lock = threading.Lock()
         self.epoch = 0
+        self.marker = b""
         self._reset()
 
     def _reset(self) -> None:
@@ -111,6 +113,7 @@ def serve(conn: socket.socket, counts: Counts) -> None:
             remaining = length - len(body_start)
             wanted = counts.sample is None and length > 0
             kept = [body_start] if wanted else None
+            first_part = body_start
             found = 0 if gzip else body_start.count(RECIPIENT)
             tail = body_start[-(len(RECIPIENT) - 1) :]
             while remaining:
@@ -126,7 +129,10 @@ def serve(conn: socket.socket, counts: Counts) -> None:
                     tail = bytes(view[max(0, got - len(RECIPIENT) + 1) : got])
                 if kept is not None:
                     kept.append(bytes(view[:got]))
-            counts.add(length, found, gzip, b"".join(kept) if kept is not None else None)
+                    if len(first_part) < 512:
+                        first_part += bytes(view[: 512 - len(first_part)])
+            sample = b"".join(kept) if kept is not None and counts.marker in first_part else None
+            counts.add(length, found, gzip, sample)
             conn.sendall(
                 b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n"
                 b"X-Message-Id: sink\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n"
@@ -160,6 +166,9 @@ def main() -> int:
             break
         if command in {"PEEK", "STATS"}:
             print(json.dumps(counts.snapshot(new_epoch=command == "STATS")), flush=True)
+        elif command == "MARK":
+            counts.marker = line.strip()[len("MARK ") :].encode()
+            print(json.dumps({"marker": counts.marker.decode()}), flush=True)
         else:
             print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)
     server.close()

@@ -19,6 +19,8 @@ from newsletter.subscribers import (
     read_header,
 )
 
+FIX_OR_SKIP = "\nfix these rows (or pass --skip-invalid to send without them)"
+
 
 def list_file(folder: Path, list_name: str) -> Path:
     return list_path(folder, list_name)
@@ -43,4 +45,4 @@ def read_subscribers(
     if isinstance(seen, HashedSeen) and (repeated := seen.repeated()):
         raise RepeatedAddresses(repeated)
     if report.problems and not skip_invalid:
-        report.raise_if_problems("\nfix these rows (or pass --skip-invalid to send without them)")
+        report.raise_if_problems(FIX_OR_SKIP)

@@ -87,6 +87,13 @@ class HashedSeen:
             start = end
         self._buckets[-1].extend(hashes[start:])
 
+    def merge(self, other: HashedSeen) -> None:
+        """Another read's hashes (a part of the list read elsewhere), added to these."""
+        other._file(other._loose)
+        other._loose = []
+        for mine, theirs in zip(self._buckets, other._buckets, strict=True):
+            mine.extend(theirs)
+
     def repeated(self) -> frozenset[int]:
         """The hashes met more than once: empty for nearly every list."""
         self._file(self._loose)

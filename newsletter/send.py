@@ -13,10 +13,12 @@ are in `models.py`; reading the list is `recipients.py`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from newsletter.app import App, BuiltIssue, empty_issue_message
 from newsletter.delivery import Deliverer, NoProgress, Outcome, Progress
@@ -24,17 +26,15 @@ from newsletter.errors import ConfigError, LedgerError
 from newsletter.failpoints import failpoint
 from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
 from newsletter.parts import Parts, Route
+from newsletter.plan_parts import PlanJob, put_together
 from newsletter.planning import plan_batches
-from newsletter.recipients import check_columns, list_file, read_subscribers
+from newsletter.recipients import FIX_OR_SKIP, check_columns, list_file, read_subscribers
 from newsletter.retry import with_retries
 from newsletter.seen import HashedSeen, RepeatedAddresses, Seen, WatchedSeen
 from newsletter.senders import SenderPool
 from newsletter.state.batches import BATCH_DONE
 from newsletter.state.issues import IssueRow, process_owner
-from newsletter.subscribers import (
-    ListReport,
-    read_list,
-)
+from newsletter.subscribers import ListPart, ListReport, list_parts, read_list
 from newsletter.timings import Timings
 from newsletter.transports.base import BatchFailure
 from newsletter.trial import TrialSend
@@ -195,7 +195,7 @@ class Sending:
         failpoint("send.claimed")
         try:
             if not issue_row.planned:
-                issue_row = self._plan(report, issue_row, built, suppressed, request)
+                issue_row = self._plan(report, issue_row, built, suppressed, request, deliverer)
                 failpoint("send.planned")
             outcome = self._deliver(report, issue_row, route, deliverer, suppressed, request, owner)
             return self._report(report, issue_row, outcome)
@@ -227,45 +227,63 @@ class Sending:
         built: BuiltIssue | None,
         suppressed: frozenset[str],
         request: SendRequest,
+        deliverer: Deliverer | SenderPool,
     ) -> IssueRow:
-        """Store the rendered issue and every batch of recipients, in one transaction.
+        """Store the rendered issue and every batch of recipients: the plan, whole or not
+        at all. Read by the sender processes in parts when there are some, else here."""
+        if built is None:
+            built = self.app.build_issue(report.date, report.list_name)
+        email, issue = built.email, built.issue
+        fields = {
+            "subject": email.subject,
+            "html": email.html,
+            "text": email.text,
+            "tokens": email.tokens,
+            "story_keys": [k for s in issue.stories for k in s.keys],
+            "window_start": issue.window.start,
+            "window_end": issue.window.end,
+            "transport": report.transport,
+        }
+        path = self.list_file(report.list_name)
+        if isinstance(deliverer, SenderPool) and deliverer.planners >= 2 and path.exists():
+            try:
+                self._plan_in_parts(report, issue_row, fields, suppressed, request, deliverer)
+            except BaseException:
+                with contextlib.suppress(LedgerError):
+                    self.app.ledger.drop_drafts(issue_row.id)
+                raise
+        else:
+            self._plan_here(report, issue_row, fields, suppressed, request)
+        return self.app.ledger.issue(report.list_name, report.date) or issue_row
+
+    def _plan_here(
+        self,
+        report: SendReport,
+        issue_row: IssueRow,
+        fields: dict[str, Any],
+        suppressed: frozenset[str],
+        request: SendRequest,
+    ) -> None:
+        """The plan in one transaction, read in this process.
 
         The list streams by with an 8-byte hash per reader to catch an address met
         twice; if two hashes are equal (a list edited by hand), the plan is rolled back
         and the list read again, keeping the exact addresses of just those hashes."""
-        ledger = self.app.ledger
-        list_name, date = report.list_name, report.date
-        if built is None:
-            built = self.app.build_issue(date, list_name)
+        path = self.list_file(report.list_name)
         plan_started = time.perf_counter()
         seen: Seen = HashedSeen()
         while True:
-            list_report = ListReport(self.list_file(list_name))
+            list_report = ListReport(path)
             skipped: list[str] = []
-            people = read_subscribers(
-                self.list_file(list_name), request.skip_invalid, list_report, seen
+            people = read_subscribers(path, request.skip_invalid, list_report, seen)
+            batches = plan_batches(
+                people, suppressed, fields["tokens"], self.config.delivery.batch_size, skipped
             )
             try:
-                ledger.save_plan(
+                self.app.ledger.save_plan(
                     issue_row.id,
-                    subject=built.email.subject,
-                    html=built.email.html,
-                    text=built.email.text,
-                    tokens=built.email.tokens,
-                    story_keys=[k for s in built.issue.stories for k in s.keys],
-                    window_start=built.issue.window.start,
-                    window_end=built.issue.window.end,
-                    transport=report.transport,
-                    batches_of_recipients=self.timings.timed(
-                        "load list and plan",
-                        plan_batches(
-                            people,
-                            suppressed,
-                            built.email.tokens,
-                            self.config.delivery.batch_size,
-                            skipped,
-                        ),
-                    ),
+                    batches_of_recipients=self.timings.timed("load list and plan", batches),
+                    **fields,
                 )
                 break
             except RepeatedAddresses as repeated:
@@ -276,7 +294,50 @@ class Sending:
             time.perf_counter() - plan_started - self.timings.phases["load list and plan"],
         )
         report.suppressed, report.duplicates = len(skipped), list_report.duplicates
-        return ledger.issue(list_name, date) or issue_row
+
+    def _plan_in_parts(
+        self,
+        report: SendReport,
+        issue_row: IssueRow,
+        fields: dict[str, Any],
+        suppressed: frozenset[str],
+        request: SendRequest,
+        senders: SenderPool,
+    ) -> None:
+        """The plan read by the senders, a part each, stored as drafts, then published in
+        one transaction (`plan_parts.py`); a list that may hold an address twice is read
+        again by one sender, watching the hashes met twice."""
+        ledger = self.app.ledger
+        path = self.list_file(report.list_name)
+        ledger.drop_drafts(issue_row.id)  # of a run that died planning
+
+        def job(part: ListPart, index: int, watch: frozenset[int] | None = None) -> PlanJob:
+            return PlanJob(
+                self.config.database_url,
+                issue_row.id,
+                path,
+                part,
+                index,
+                frozenset(fields["tokens"]),
+                suppressed,
+                self.config.delivery.batch_size,
+                watch,
+            )
+
+        with self.timings.phase("load list and plan"):
+            parts = list_parts(path, senders.planners)
+            whole = put_together(path, senders.plan_parts([job(p, k) for k, p in enumerate(parts)]))
+            if whole.repeated:
+                log.info("the list may hold an address twice: reading it again")
+                ledger.drop_drafts(issue_row.id)
+                [everything] = list_parts(path, 1)
+                again = senders.plan_parts([job(everything, 0, whole.repeated)])
+                whole = put_together(path, again)
+        if whole.report.problems and not request.skip_invalid:
+            whole.report.raise_if_problems(FIX_OR_SKIP)
+        with self.timings.phase("ledger writes"):
+            ledger.publish_plan(issue_row.id, whole.numbering, **fields)
+        report.suppressed, report.duplicates = whole.suppressed, whole.report.duplicates
 
     def _record_end(self, issue_id: int, status: str, exc: BaseException) -> None:
         """Record why a send ended early; if the database fails here too (a full disk),

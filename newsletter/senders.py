@@ -24,16 +24,19 @@ import logging
 import multiprocessing
 import os
 import queue
+import secrets
 import signal
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 from newsletter.config import Config
 from newsletter.delivery import Deliverer, Heartbeat, Outcome, Progress
+from newsletter.errors import NewsletterError
+from newsletter.plan_parts import PartPlan, PlanJob, plan_part
 from newsletter.planning import UnsubscribeLinks
 from newsletter.transports.base import Message
 
@@ -95,10 +98,11 @@ def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -
     from newsletter.state import Ledger
 
     failpoints.kill_parent_too()
-    job: SenderJob | None = jobs.get()
+    name = multiprocessing.current_process().name
+    while isinstance(job := jobs.get(), PlanJob):
+        events.put(("planned", name, _plan(job)))
     if job is None:
         return
-    name = multiprocessing.current_process().name
     try:
         parts = Parts(job.config, dt.datetime.now)
         with Ledger(job.config.database_url) as ledger:
@@ -120,6 +124,17 @@ def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -
     events.put(("done", name, outcome))
 
 
+def _plan(job: PlanJob) -> PartPlan:
+    """A part of the list planned here (`plan_parts.py`); a failure is reported, not raised."""
+    from newsletter.state import Ledger
+
+    try:
+        with Ledger(job.database_url) as ledger:
+            return plan_part(job, ledger)
+    except Exception as exc:
+        return PartPlan(job.index, job.first_seq, error=f"planning a part of the list: {exc}")
+
+
 @contextlib.contextmanager
 def _plain_main() -> Iterator[None]:
     """Spawn without the main module: a child would otherwise import the CLI's (`python -m
@@ -130,6 +145,21 @@ def _plain_main() -> Iterator[None]:
         yield
     finally:
         sys.modules["__main__"] = main
+
+
+@contextlib.contextmanager
+def _one_hash_seed() -> Iterator[None]:
+    """The senders share a string-hash seed, new for each send: their hashes of an address
+    agree, so parts of the list read by different senders can be put together."""
+    before = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = str(secrets.randbelow(2**32 - 1) + 1)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = before
 
 
 @dataclass
@@ -159,7 +189,7 @@ class SenderPool:
             return
         context = multiprocessing.get_context("spawn")
         self._channels = (context.Queue(), context.Queue(), context.Event(), context.Event())
-        with _plain_main():
+        with _plain_main(), _one_hash_seed():
             for n in range(count):
                 sender = context.Process(
                     target=_sender_process,
@@ -184,6 +214,32 @@ class SenderPool:
             channel.close()
             channel.join_thread()
         self._senders, self._channels = [], None
+
+    @property
+    def planners(self) -> int:
+        """How many senders can plan parts of the list: the ones started."""
+        return len(self._senders)
+
+    def plan_parts(self, jobs: Sequence[PlanJob]) -> list[PartPlan]:
+        """Each job planned by a sender; a sender that dies meanwhile is an error."""
+        assert self._channels is not None
+        events, queue_of_jobs = self._channels[:2]
+        for job in jobs:
+            queue_of_jobs.put(job)
+        plans: list[PartPlan] = []
+        while len(plans) < len(jobs):
+            try:
+                kind, _, value = events.get(timeout=POLL)
+            except queue.Empty:
+                dead = [s.name for s in self._senders if not s.is_alive()]
+                if dead:
+                    raise NewsletterError(
+                        f"{', '.join(dead)} stopped while planning the list: nothing was sent"
+                    ) from None
+                continue
+            if kind == "planned":
+                plans.append(value)
+        return plans
 
     def deliver(
         self,

@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import io
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, BinaryIO, Protocol, TextIO
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -81,21 +82,27 @@ class ListReport:
     path: Path
     duplicates: int = 0
     problems: list[RowProblem] = field(default_factory=list)
+    unlisted: int = 0  # more problems, counted but not kept (a list read in parts)
 
     def raise_if_problems(self, hint: str = "") -> None:
         if self.problems:
             shown = "\n".join(f"{self.path}: {p}" for p in self.problems[:20])
-            more = len(self.problems) - 20
+            more = len(self.problems) + self.unlisted - 20
             extra = f"\n... and {more} more" if more > 0 else ""
             raise SubscriberError(f"{shown}{extra}{hint}")
 
 
 class _Rows:
-    """A strict CSV reader over a list file that reports line numbers."""
+    """A strict CSV reader over a list file that reports line numbers.
 
-    def __init__(self, path: Path, handle: TextIO) -> None:
+    `lines` may be a part of the file with its header line put first: `line_offset`
+    is then what to add to the reader's line numbers to name the file's lines.
+    """
+
+    def __init__(self, path: Path, lines: Iterable[str], line_offset: int = 0) -> None:
         self.path = path
-        self.reader = csv.reader(handle, strict=True)
+        self.line_offset = line_offset
+        self.reader = csv.reader(lines, strict=True)
         try:
             header = next(self.reader)
         except StopIteration:
@@ -202,30 +209,116 @@ def read_chunks(
     *,
     full_check: bool = False,
     seen: Seen | None = None,
+    part: ListPart | None = None,
 ) -> Iterator[Chunk]:
     """`read_list` a few thousand rows at a time: a chunk without problems (nearly all
     of them) is checked with C-level set and map calls instead of a loop per row.
 
     `seen` keeps the addresses met so far (by default every one, exactly; a send keeps
-    hashes, see `newsletter.seen`)."""
+    hashes, see `newsletter.seen`); `part` reads only that part of the file."""
     report = report if report is not None else ListReport(path)
     seen = seen if seen is not None else ExactSeen()
-    with _open_rows(path) as rows:
-        reader = rows.reader
-        try:
-            while True:
-                first_line = reader.line_num + 1
-                block = list(islice(reader, CHUNK_ROWS))
-                if not block:
-                    return
-                clean = None if full_check else _clean(block, rows, seen)
-                yield clean or _checked(block, first_line, rows, seen, report, full_check)
-        except csv.Error as exc:
-            raise SubscriberError(f"{path}: line {reader.line_num}: {exc}") from None
-        except UnicodeDecodeError:
-            raise SubscriberError(
-                f"{path}: not UTF-8 text near line {reader.line_num + 1} (save it as 'CSV UTF-8')"
-            ) from None
+    opened = _open_rows(path) if part is None else _open_part(path, part)
+    with opened as rows:
+        yield from _chunks(rows, report, full_check, seen)
+
+
+def _chunks(rows: _Rows, report: ListReport, full_check: bool, seen: Seen) -> Iterator[Chunk]:
+    reader, offset, path = rows.reader, rows.line_offset, rows.path
+    try:
+        while True:
+            first_line = reader.line_num + 1 + offset
+            block = list(islice(reader, CHUNK_ROWS))
+            if not block:
+                return
+            clean = None if full_check else _clean(block, rows, seen)
+            yield clean or _checked(block, first_line, rows, seen, report, full_check)
+    except csv.Error as exc:
+        raise SubscriberError(f"{path}: line {reader.line_num + offset}: {exc}") from None
+    except UnicodeDecodeError:
+        line = reader.line_num + 1 + offset
+        raise SubscriberError(
+            f"{path}: not UTF-8 text near line {line} (save it as 'CSV UTF-8')"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ListPart:
+    """Bytes `start` to `end` of a list file, whole rows, the first on line `first_line`:
+    senders each read and plan one (`list_parts`)."""
+
+    start: int
+    end: int
+    first_line: int
+
+
+def list_parts(path: Path, count: int) -> list[ListPart]:
+    """The rows of a list file in up to `count` parts of about equal size, each beginning
+    at the start of a row: after a line break outside quotes (a quoted field can hold
+    one; an even number of `"` before a point says it is outside), so no row is cut."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header = handle.readline()
+        position, quotes, breaks = len(header), header.count(b'"'), header.count(b"\n")
+        bounds = [(position, 1 + breaks)]  # where each part starts, and its line
+        targets = [size * k // count for k in range(1, count)]
+        while targets:
+            block = handle.read(1 << 20)
+            if not block:
+                break
+            at = 0
+            while targets and (at := max(at, targets[0] - position)) < len(block):
+                cut = block.find(b"\n", at)
+                if cut < 0:
+                    break
+                head = block[: cut + 1]
+                at = cut + 1
+                if (quotes + head.count(b'"')) % 2 == 0:  # outside quotes: a row starts here
+                    bounds.append((position + at, 1 + breaks + head.count(b"\n")))
+                    targets.pop(0)
+            quotes += block.count(b'"')
+            breaks += block.count(b"\n")
+            position += len(block)
+    ends = [start for start, _ in bounds[1:]] + [size]
+    return [
+        ListPart(start, end, line)
+        for (start, line), end in zip(bounds, ends, strict=True)
+        if end > start
+    ]
+
+
+@contextlib.contextmanager
+def _open_part(path: Path, part: ListPart) -> Iterator[_Rows]:
+    """A part of a list file read as a list of its own: the header line, then its rows."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise SubscriberError(f"{path}: cannot read: {exc.strerror}") from None
+    with handle:
+        header = handle.readline().decode("utf-8-sig")
+        text = io.TextIOWrapper(
+            io.BufferedReader(_Slice(handle, part.start, part.end)), encoding="utf-8", newline=""
+        )
+        yield _Rows(path, chain([header], text), line_offset=part.first_line - 2)
+
+
+class _Slice(io.RawIOBase):
+    """Bytes `start` to `end` of an open file, as a stream of their own."""
+
+    def __init__(self, handle: BinaryIO, start: int, end: int) -> None:
+        self.handle, self.left = handle, end - start
+        handle.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size = min(len(buffer), self.left)
+        if size <= 0:
+            return 0
+        got = self.handle.readinto(memoryview(buffer)[:size])
+        self.left -= got
+        return got
 
 
 def _clean(block: list[list[str]], rows: _Rows, seen: Seen) -> Chunk | None:

@@ -182,42 +182,93 @@ class IssueStore(Database):
         now = utcnow()
         total = 0
         with self.engine.begin() as conn:
+            conn.execute(_DROP_DRAFTS, {"issue": issue_id})
             chunk: list[dict[str, object]] = []
             for seq, (columns, rows) in enumerate(batches_of_recipients, start=1):
                 total += len(rows)
-                chunk.append(
-                    {
-                        "issue_id": issue_id,
-                        "seq": seq,
-                        "status": "pending",
-                        "size": len(rows),
-                        "recipients": pack_recipients(columns, rows),
-                        "attempts": 0,
-                        "updated_at": now,
-                    }
-                )
+                chunk.append(_batch_values(issue_id, seq, "pending", columns, rows, now))
                 if len(chunk) >= 100:
                     conn.execute(sa.insert(batches), chunk)
                     chunk = []
             if chunk:
                 conn.execute(sa.insert(batches), chunk)
             conn.execute(
-                sa.update(issues)
-                .where(issues.c.id == issue_id)
-                .values(
+                _plan_fields(
+                    issue_id,
                     subject=subject,
                     html=html,
                     text=text,
-                    tokens=",".join(sorted(tokens)),
-                    story_keys=json.dumps(sorted(story_keys)),
+                    tokens=tokens,
+                    story_keys=story_keys,
                     window_start=window_start,
                     window_end=window_end,
                     transport=transport,
                     recipients=total,
-                    heartbeat=now,
+                    now=now,
                 )
             )
         return total
+
+    # -- a plan made in parts, by several senders at once -------------------------------
+
+    def add_draft_batches(
+        self,
+        issue_id: int,
+        first_seq: int,
+        batches_of_recipients: Iterable[tuple[Sequence[str], Sequence[Sequence[str]]]],
+    ) -> tuple[int, int]:
+        """One part's batches as drafts, numbered from `first_seq`: stored, not yet owed
+        (no sender takes a draft), until `publish_plan` makes the whole plan pending at
+        once. Committed a hundred at a time, so parts stored side by side on SQLite take
+        turns instead of one waiting for the other's whole part. (batches, recipients)"""
+        now = utcnow()
+        count = total = 0
+        chunk: list[dict[str, object]] = []
+        for seq, (columns, rows) in enumerate(batches_of_recipients, start=first_seq):
+            count, total = count + 1, total + len(rows)
+            chunk.append(_batch_values(issue_id, seq, "draft", columns, rows, now))
+            if len(chunk) >= 100:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.insert(batches), chunk)
+                chunk = []
+        if chunk:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(batches), chunk)
+        return count, total
+
+    def publish_plan(
+        self, issue_id: int, parts: Sequence[tuple[int, int]], **fields: object
+    ) -> int:
+        """The drafts of every part become the plan, in one transaction: numbered 1, 2, ...
+        in the order of the parts (`parts`: each one's first draft number and count),
+        pending, with what will be sent (`fields`, as `save_plan` takes them)."""
+        total = 0
+        with self.engine.begin() as conn:
+            seq = 1
+            for first, count in parts:
+                conn.execute(
+                    sa.update(batches)
+                    .where(
+                        batches.c.issue_id == issue_id,
+                        batches.c.status == "draft",
+                        batches.c.seq >= first,
+                        batches.c.seq < first + count,
+                    )
+                    .values(seq=batches.c.seq - first + seq, status="pending")
+                )
+                seq += count
+            total = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(batches.c.size), 0)).where(
+                    batches.c.issue_id == issue_id, batches.c.status == "pending"
+                )
+            ).scalar_one()
+            conn.execute(_plan_fields(issue_id, recipients=total, now=utcnow(), **fields))  # type: ignore[arg-type]
+        return int(total)
+
+    def drop_drafts(self, issue_id: int) -> None:
+        """Forget a plan in parts that was not published (a bad row, a crash)."""
+        with self.engine.begin() as conn:
+            conn.execute(_DROP_DRAFTS, {"issue": issue_id})
 
     def beat(self, issue_id: int, owner: str) -> None:
         """Show the claim is alive; a claim that stops beating can be taken over."""
@@ -275,6 +326,63 @@ class IssueStore(Database):
             query = query.where(issues.c.list_name == list_name)
         with self.engine.connect() as conn:
             return [_issue_row(r) for r in conn.execute(query)]
+
+
+_DROP_DRAFTS = sa.delete(batches).where(
+    batches.c.issue_id == sa.bindparam("issue"), batches.c.status == "draft"
+)
+
+
+def _batch_values(
+    issue_id: int,
+    seq: int,
+    status: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    now: dt.datetime,
+) -> dict[str, object]:
+    return {
+        "issue_id": issue_id,
+        "seq": seq,
+        "status": status,
+        "size": len(rows),
+        "recipients": pack_recipients(columns, rows),
+        "attempts": 0,
+        "updated_at": now,
+    }
+
+
+def _plan_fields(
+    issue_id: int,
+    *,
+    subject: str,
+    html: str,
+    text: str,
+    tokens: Iterable[str],
+    story_keys: Iterable[str],
+    window_start: dt.datetime | None,
+    window_end: dt.datetime,
+    transport: str,
+    recipients: int,
+    now: dt.datetime,
+) -> sa.Update:
+    """What will be sent, stored on the issue with its plan: from here it is `planned`."""
+    return (
+        sa.update(issues)
+        .where(issues.c.id == issue_id)
+        .values(
+            subject=subject,
+            html=html,
+            text=text,
+            tokens=",".join(sorted(tokens)),
+            story_keys=json.dumps(sorted(story_keys)),
+            window_start=window_start,
+            window_end=window_end,
+            transport=transport,
+            recipients=recipients,
+            heartbeat=now,
+        )
+    )
 
 
 def _same(column: sa.ColumnElement[str], value: str | None) -> sa.ColumnElement[bool]:
