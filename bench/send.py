@@ -56,8 +56,11 @@ SUPPRESSED_SHARE = 100  # one subscriber in this many has unsubscribed
 VALIDATE_EVERY = 250
 
 
-def build_newsletter(folder: Path, recipients: int, api_url: str, workers: int = 4) -> None:
-    """A newsletter with ten stories and a deterministic list of `recipients` subscribers."""
+def build_newsletter(
+    folder: Path, recipients: int, api_url: str, workers: int = 4, *, write_list: bool = True
+) -> None:
+    """A newsletter with ten stories and a deterministic list of `recipients` subscribers
+    (`write_list` False: the config and stories only, the list as it is)."""
     paragraphs = [
         p.strip() for p in DIGEST.read_text(encoding="utf-8").split("\n\n") if len(p.strip()) > 80
     ]
@@ -106,7 +109,10 @@ base_url = "https://example.com/n"
 api_url = "{api_url}"
 timeout = 60
 """
-    write_newsletter(folder, config, stories, readers(recipients))
+    if write_list:
+        write_newsletter(folder, config, stories, readers(recipients))
+    else:
+        (folder / "config.toml").write_text(config, encoding="utf-8")
 
 
 def readers(recipients: int) -> Iterator[tuple[str, str]]:

@@ -294,6 +294,8 @@ class SendGridSettings(Settings):
     ip_pool_name: str | None = None
     click_tracking: bool = False
     open_tracking: bool = False
+    # gzip mail/send bodies (SendGrid offers it to high-volume senders: ask them first)
+    compress: bool = False
     # the Signed Event Webhook's verification key (public, so it may live here)
     webhook_public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/=\s]+$")] | None = None
     webhook_max_age: Duration = timedelta(minutes=10)

@@ -42,7 +42,7 @@ from newsletter.transports.base import Message
 
 log = logging.getLogger(__name__)
 
-POLL = 0.2  # seconds between looks at a stop request and at the senders
+POLL = 0.05  # seconds between looks at a stop request and at the senders
 DRAIN = 1.0  # seconds to wait for the last word of a sender that has exited
 
 
@@ -278,7 +278,8 @@ class SenderPool:
         stop = threading.Event()
         one = self.deliverer
         one.progress = _QueueProgress(events, "sender")
-        one.should_stop = stop.is_set
+        asked = self.should_stop
+        one.should_stop = lambda: stop.is_set() or asked()  # at once, not at the next look
 
         def run() -> None:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,20 @@ def test_two_processes_in_their_own_folders_share_one_issue_each_batch_once(
     assert taken[0] and taken[1]  # both did some of the work
     with Ledger(database_url) as ledger:
         assert ledger.batch_counts(issue_id) == {"submitted": (400, 2000)}
+
+
+def test_compressed_bodies_are_gzip_and_still_valid(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    emails = setup_site(site, sendgrid_emulator, 1200, batch_size=500, extra="compress = true\n")
+    with_senders(site, 2)
+
+    result = send(site)
+
+    assert result.returncode == 0, result.stderr
+    requests = sendgrid_emulator.mail_requests()
+    assert requests and all(r.accepted and r.validated for r in requests)
+    assert {r.headers.get("content-encoding") for r in requests} == {"gzip"}
+    plain = sum(len(json.dumps(r.body, separators=(",", ":")).encode()) for r in requests)
+    assert sum(r.size for r in requests) * 5 < plain  # sent at under a fifth of the bytes
+    assert delivered(sendgrid_emulator) == collections.Counter(emails)

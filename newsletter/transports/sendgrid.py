@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import gzip
 import html
 import json
 import logging
@@ -44,6 +45,7 @@ from newsletter.transports.base import (
 log = logging.getLogger(__name__)
 
 MAX_PERSONALIZATIONS = 1000
+GZIP = {"Content-Encoding": "gzip"}
 SUPPRESSION_PAGE = 500
 _HTML_SPECIAL = re.compile(r"[&<>\"']")
 _q = encode_basestring  # a JSON string literal (C-accelerated), UTF-8 kept as is
@@ -228,7 +230,10 @@ class SendGridTransport:
     def _post_mail(self, body: bytes) -> httpx.Response:
         """POST /v3/mail/send; an answer other than 2xx raised as the official client does,
         so both paths are classified by one function."""
-        response = self.http.post("/v3/mail/send", content=body)
+        headers = None
+        if self.settings.compress:
+            body, headers = gzip.compress(body, compresslevel=1, mtime=0), GZIP
+        response = self.http.post("/v3/mail/send", content=body, headers=headers)
         if response.status_code >= 300:
             raise HTTPError(
                 response.status_code, response.reason_phrase, response.content, response.headers

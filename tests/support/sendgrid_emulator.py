@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry
@@ -263,6 +264,16 @@ def _is_sandbox(body: Mapping[str, Any]) -> bool:
     settings = body.get("mail_settings")
     sandbox = settings.get("sandbox_mode") if isinstance(settings, dict) else None
     return isinstance(sandbox, dict) and sandbox.get("enable") is True
+
+
+def _loads(raw: bytes) -> Any:
+    """A request body parsed as `json.loads` would, a few times faster: orjson first (the
+    emulator parses every mail/send body, 600 KB each, beside the sender it checks), and
+    the standard parser for what orjson refuses (it is stricter), which then decides."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _error_body(status: int, errors: list[dict[str, Any]] | None = None) -> bytes:
@@ -844,7 +855,7 @@ class SendGridEmulator:
         if req.body.too_large:
             return _Reply(413, _error_body(413))
         try:
-            parsed = json.loads(req.body.raw or b"")
+            parsed = _loads(req.body.raw or b"")
         except ValueError:
             return _Reply(400, _error_body(400))
         req.parsed = parsed
@@ -912,7 +923,7 @@ class SendGridEmulator:
         is_mail = req.path == MAIL_SEND_PATH
         if is_mail and req.parsed is _UNPARSED and req.body.raw:
             try:
-                req.parsed = json.loads(req.body.raw)
+                req.parsed = _loads(req.body.raw)
             except ValueError:
                 req.parsed = None
         parsed = None if req.parsed is _UNPARSED else req.parsed
