@@ -1,8 +1,13 @@
-"""Catching an address met twice without keeping every address (newsletter/seen.py)."""
+"""Reading a list fast: an address met twice caught without keeping every address
+(newsletter/seen.py), and a chunk's addresses checked in a few passes."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from newsletter.seen import ExactSeen, HashedSeen, WatchedSeen
+from newsletter.subscribers import _PLAUSIBLE, all_plausible
 
 
 def keys(first: int, count: int) -> list[str]:
@@ -44,3 +49,13 @@ def test_exact_seen_records_nothing_from_a_chunk_it_refuses() -> None:
     assert not seen.fresh(["c@example.com", "a@example.com"])
     assert seen.first("c@example.com") and not seen.first("c@example.com")
     assert seen.keys == {"a@example.com", "b@example.com", "c@example.com"}
+
+
+ADDRESS_CHARS = 'ab.@ \t\n,;<>()[]"\\\x00\x85\u2028é-_+'
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.text(alphabet=ADDRESS_CHARS, max_size=10).map(str.strip), min_size=1))
+def test_the_chunk_check_agrees_with_the_address_pattern(emails: list[str]) -> None:
+    """The C-level check of a whole chunk says yes exactly when every address matches."""
+    assert all_plausible(emails) == all(_PLAUSIBLE.match(e) for e in emails)
