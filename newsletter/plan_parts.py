@@ -19,7 +19,7 @@ from pathlib import Path
 
 from newsletter.errors import SubscriberError
 from newsletter.planning import plan_batches
-from newsletter.seen import HashedSeen, WatchedSeen
+from newsletter.seen import HashedSeen, WatchedSeen, repeated_across
 from newsletter.subscribers import ListPart, ListReport, RowProblem, read_chunks
 
 # drafts of part k are numbered from (k + 1) * PART_SEQS, clear of the published plan's
@@ -109,7 +109,7 @@ def put_together(path: Path, parts: Sequence[PartPlan]) -> WholePlan:
     for part in ordered:
         report.problems += part.problems
         report.unlisted += part.problem_count - len(part.problems)
-    seen = HashedSeen()
+    repeated = repeated_across([part.seen for part in ordered])
     for part in ordered:
-        seen.merge(part.seen)
-    return WholePlan(ordered, report, sum(p.suppressed for p in ordered), seen.repeated())
+        part.seen = HashedSeen()  # done with: a million readers' hashes are 8 MB
+    return WholePlan(ordered, report, sum(p.suppressed for p in ordered), repeated)

@@ -18,6 +18,7 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
+from itertools import chain
 from typing import Protocol
 
 BUCKETS = 64
@@ -87,25 +88,30 @@ class HashedSeen:
             start = end
         self._buckets[-1].extend(hashes[start:])
 
-    def merge(self, other: HashedSeen) -> None:
-        """Another read's hashes (a part of the list read elsewhere), added to these."""
-        other._file(other._loose)
-        other._loose = []
-        for mine, theirs in zip(self._buckets, other._buckets, strict=True):
-            mine.extend(theirs)
-
     def repeated(self) -> frozenset[int]:
         """The hashes met more than once: empty for nearly every list."""
+        return repeated_across([self])
+
+    def filed(self) -> list[array[int]]:
+        """The hashes, by range (for `repeated_across`)."""
         self._file(self._loose)
         self._loose = []
-        found: set[int] = set()
-        for bucket in self._buckets:
-            if len(set(bucket)) != len(bucket):
-                found.update(h for h, n in Counter(bucket).items() if n > 1)
-        return frozenset(found)
+        return self._buckets
 
     def __len__(self) -> int:
         return sum(map(len, self._buckets)) + len(self._loose)
+
+
+def repeated_across(reads: Sequence[HashedSeen]) -> frozenset[int]:
+    """The hashes met more than once in any of these reads (the parts of one list), a
+    range at a time: never more than one range's set in memory."""
+    found: set[int] = set()
+    for ranges in zip(*(read.filed() for read in reads), strict=True):
+        count = sum(map(len, ranges))
+        if len(set(chain.from_iterable(ranges))) != count:
+            tally = Counter(chain.from_iterable(ranges))
+            found.update(h for h, n in tally.items() if n > 1)
+    return frozenset(found)
 
 
 class WatchedSeen:

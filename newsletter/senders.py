@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import logging
 import multiprocessing
 import os
@@ -98,6 +99,8 @@ def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -
     from newsletter.state import Ledger
 
     failpoints.kill_parent_too()
+    gc.freeze()  # what was imported stays: not scanned again by every collection
+    gc.set_threshold(100_000, 50, 100)  # as the CLI: a million rows are young objects
     name = multiprocessing.current_process().name
     while isinstance(job := jobs.get(), PlanJob):
         events.put(("planned", name, _plan(job)))

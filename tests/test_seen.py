@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.seen import ExactSeen, HashedSeen, WatchedSeen
+from newsletter.seen import ExactSeen, HashedSeen, WatchedSeen, repeated_across
 from newsletter.subscribers import _PLAUSIBLE, all_plausible
 
 
@@ -22,6 +22,15 @@ def test_hashes_find_exactly_the_addresses_met_twice_across_chunks() -> None:
     seen.fresh(["reader0019999@example.com", "new@example.com"])
     assert len(seen) == 20_003
     assert seen.repeated() == {hash("reader0000042@example.com"), hash("reader0019999@example.com")}
+
+
+def test_parts_read_apart_are_put_together_a_range_at_a_time() -> None:
+    first, second = HashedSeen(), HashedSeen()
+    first.fresh(keys(0, 3000))
+    second.fresh(keys(3000, 3000))
+    assert repeated_across([first, second]) == frozenset()
+    second.first("reader0000001@example.com")  # the first part's reader, in the second
+    assert repeated_across([first, second]) == {hash("reader0000001@example.com")}
 
 
 def test_no_repeat_is_found_in_a_list_of_distinct_addresses() -> None:
