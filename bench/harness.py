@@ -275,6 +275,14 @@ def live_package() -> Path:
     return Path(newsletter.__file__).resolve().parent
 
 
+def compile_package() -> None:
+    """Byte-compile the package, as an install does: with PYTHONDONTWRITEBYTECODE set (as
+    here), every process would otherwise compile the edited modules again at start-up."""
+    import compileall
+
+    compileall.compile_dir(str(live_package()), quiet=1)
+
+
 def snapshot_package(dest: Path) -> Path:
     """Copy the newsletter package for the runs: it is installed editable and other people
     edit and commit it meanwhile, so without a copy one run could measure other code."""

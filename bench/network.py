@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import HERE, Sink, log, report
+from harness import HERE, Sink, compile_package, log, report
 from send import build_newsletter, run_send, seed_state
 
 
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--rtt-ms", type=float, default=50)
     parser.add_argument("--up-mbit", type=float, default=100)
     args = parser.parse_args()
+    compile_package()
     work = Path(tempfile.mkdtemp(prefix="newsletter-net-"))
     folder = work / "paper"
     build_newsletter(folder, args.recipients, "http://127.0.0.1:9", 1)

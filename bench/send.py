@@ -36,6 +36,7 @@ from harness import (
     Emulator,
     Sink,
     child_env,
+    compile_package,
     log,
     newsletter_command,
     reader,
@@ -350,6 +351,7 @@ def main() -> None:
     parser.add_argument("--floor-processes", type=int, default=2)
     parser.add_argument("--no-naive", action="store_true", help="skip the naive way and render")
     args = parser.parse_args()
+    compile_package()
 
     work = Path(tempfile.mkdtemp(prefix="newsletter-bench-"))
     folder = work / "paper"
