@@ -20,8 +20,6 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TextIO
 
-from email_validator import EmailNotValidError, validate_email
-
 from newsletter.config import LIST_NAME_PATTERN
 from newsletter.controls import CONTROL_CLASS, find_control
 from newsletter.errors import SubscriberError
@@ -72,6 +70,9 @@ def list_name(path: Path) -> str:
 
 def check_address(address: str) -> str:
     """The normalised address, or SubscriberError with the reason (syntax only, no DNS)."""
+    # imported here: `import` and `add` check fully, a send only needs _PLAUSIBLE
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         return validate_email(address.strip(), check_deliverability=False).normalized
     except EmailNotValidError as exc:

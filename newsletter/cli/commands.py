@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-import webbrowser
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -175,6 +174,8 @@ def preview(
     watcher = Watcher(state)
     watcher.start()
     if not no_browser:
+        import webbrowser  # only `preview` opens a browser
+
         webbrowser.open(url)
     try:
         server.serve_forever()
