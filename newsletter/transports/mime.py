@@ -38,8 +38,13 @@ class MimeBuilder:
         self.message = message
         # newlines where a space means the same are joined: the fewest lines on the wire;
         # a NUL or a lone CR (a story's title) cannot go into an 8bit part
-        self.html = Personaliser(wrap_long_lines(body_text(message.html), WIRE_LINE, join=True))
-        self.text = Personaliser(body_text(message.text))
+        html = wrap_long_lines(body_text(message.html), WIRE_LINE, join=True)
+        text = body_text(message.text)
+        self.html, self.text = Personaliser(html), Personaliser(text)
+        # the same with CRLF line ends, as the wire wants them: body_text leaves no CR,
+        # so a recipient's message needs no pass over its 50 KB to convert them
+        self._html_crlf = Personaliser(html.replace("\n", "\r\n"))
+        self._text_crlf = Personaliser(text.replace("\n", "\r\n"))
         self.domain = message.from_email.rpartition("@")[2]
         # "=_" never occurs in quoted-printable text, and the random part never in 8bit text
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
@@ -60,9 +65,9 @@ class MimeBuilder:
         """The whole message, CRLF line ends; None for an address only `build` can write."""
         if not recipient.email.isascii():
             return None
-        values = _body_values(recipient.values)
-        text = _crlf(self.text.fill(values).encode("utf-8"))
-        html = _crlf(self.html.fill(values).encode("utf-8"))
+        values = _crlf_values(_body_values(recipient.values))
+        text = self._text_crlf.fill(values).encode("utf-8")
+        html = self._html_crlf.fill(values).encode("utf-8")
         # 8bit keeps lines as they are: allowed while each stays within 998 octets
         fits = (
             self._longest + sum(map(len, values.values())) < MAX_LINE
@@ -116,6 +121,13 @@ def _body_values(values: Mapping[str, str]) -> Mapping[str, str]:
     NUL or lone CR from a hand-edited list in an 8bit part."""
     if any(map(has_control, values.values())):
         return {k: one_line(v) if k in ONE_LINE else body_text(v) for k, v in values.items()}
+    return values
+
+
+def _crlf_values(values: Mapping[str, str]) -> Mapping[str, str]:
+    """Values with CRLF line ends, for parts that have them (`_body_values` left no CR)."""
+    if any("\n" in value for value in values.values()):
+        return {k: v.replace("\n", "\r\n") for k, v in values.items()}
     return values
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import smtplib
 import ssl
 from collections.abc import Sequence
@@ -165,18 +164,19 @@ class _HandedOver(Exception):
         self.reason = reason
 
 
-_LINE_START_DOT = re.compile(rb"(?m)^\.")
-
-
 def _transfer(conn: smtplib.SMTP, sender: str, to: str, data: bytes, options: list[str]) -> None:
     """MAIL, RCPT and DATA for one message, as `sendmail` does, but knowing the moment the
     message is whole on the wire: a failure before it leaves the server with nothing (safe
     to send again), a failure after it (`_HandedOver`) may hide an accepted message."""
-    code, reply = conn.mail(sender, options)
+    if "SMTPUTF8" in options:  # smtplib checks the server takes it, and switches to UTF-8
+        code, reply = conn.mail(sender, options)
+    else:  # plain addresses (checked when read): not parsed again by smtplib per message
+        extra = "".join(f" {option}" for option in options) if conn.does_esmtp else ""
+        code, reply = conn.docmd("mail", f"FROM:<{sender}>{extra}")
     if code != 250:
         _abandon(conn, code)
         raise smtplib.SMTPSenderRefused(code, reply, sender)
-    code, reply = conn.rcpt(to)
+    code, reply = conn.rcpt(to) if "SMTPUTF8" in options else conn.docmd("rcpt", f"TO:<{to}>")
     if code not in (250, 251):
         _abandon(conn, code)
         raise smtplib.SMTPRecipientsRefused({to: (code, reply)})
@@ -184,7 +184,9 @@ def _transfer(conn: smtplib.SMTP, sender: str, to: str, data: bytes, options: li
     if code != 354:
         _abandon(conn, code)
         raise smtplib.SMTPDataError(code, reply)
-    body = _LINE_START_DOT.sub(b"..", data)
+    # dot-stuffing (RFC 5321 4.5.2): the lines are CRLF-ended, so a line start is the
+    # data's start or follows a LF; bytes.replace is many times faster than a regex
+    body = (b"." if data[:1] == b"." else b"") + data.replace(b"\n.", b"\n..")
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     conn.send(body + b".\r\n")
