@@ -9,6 +9,7 @@ assumptions; aiosmtpd speaks the protocol, TLS and AUTH included.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email
 import email.policy
@@ -373,6 +374,26 @@ def test_a_second_drop_in_a_row_is_a_temporary_failure_saying_how_far_it_got(
 
 
 # -- refusals ------------------------------------------------------------------------------
+
+
+def test_lines_that_start_with_a_dot_arrive_as_written(server: SmtpServer) -> None:
+    """Dot-stuffing (RFC 5321 4.5.2), also on the first line and for a value that spans
+    lines: a lone "." must not end the message early, and none is lost or doubled."""
+    text = ".first line\n.. two dots\n.\nfor %%email:text%%\n.%%name:text%%\nend"
+    html = "<style>\n.button { color: red }\n</style>\n<p>%%name%%</p>\n."
+    message = dataclasses.replace(issue_message(), text=text, html=html)
+    recipients = [Recipient("p0@example.com", ".P", {"email": "p0@example.com", "name": ".P"})]
+    transport = SmtpTransport(settings(server), password=None)
+    try:
+        send_with_retries(transport, message, recipients, RetryPolicy())
+    finally:
+        transport.close()
+
+    [received] = server.messages
+    mail = parse(received)
+    assert body(mail, "plain").rstrip("\n") == text.replace("%%email:text%%", "p0@example.com").replace("%%name:text%%", ".P")  # fmt: skip
+    # the HTML's line breaks may become spaces (fewer lines on the wire): the same page
+    assert body(mail, "html").split() == html.replace("%%name%%", ".P").split()
 
 
 def test_a_recipient_refused_by_the_server_does_not_stop_the_others(server: SmtpServer) -> None:
