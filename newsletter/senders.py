@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gc
 import logging
 import multiprocessing
 import os
@@ -99,8 +98,8 @@ def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -
     from newsletter.state import Ledger
 
     failpoints.kill_parent_too()
-    gc.freeze()  # what was imported stays: not scanned again by every collection
-    gc.set_threshold(100_000, 50, 100)  # as the CLI: a million rows are young objects
+    # garbage collection left as Python sets it: each request leaves a cycle holding
+    # its 600 KB body (httpx), which raised thresholds would keep by the hundred
     name = multiprocessing.current_process().name
     while isinstance(job := jobs.get(), PlanJob):
         events.put(("planned", name, _plan(job)))

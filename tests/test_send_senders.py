@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import gc
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from newsletter.state import Ledger
+import httpx
 
-from .conftest import Site
-from .support.sendgrid_emulator import SendGridEmulator
-from .test_send_sendgrid import delivered, env, newsletter, send, setup_site
+from newsletter.config import SendGridSettings
+from newsletter.state import Ledger
+from newsletter.transports.base import Message, Recipient
+from newsletter.transports.sendgrid import SendGridTransport
+
+from .conftest import SENDGRID_TEST_API_KEY, Site
+from .support.sendgrid_emulator import Fault, SendGridEmulator
+from .test_send_sendgrid import DATE, delivered, env, newsletter, send, setup_site
 
 
 def with_senders(site: Site, workers: int) -> None:
@@ -147,3 +155,84 @@ def test_compressed_bodies_are_gzip_and_still_valid(
     plain = sum(len(json.dumps(r.body, separators=(",", ":")).encode()) for r in requests)
     assert sum(r.size for r in requests) * 5 < plain  # sent at under a fifth of the bytes
     assert delivered(sendgrid_emulator) == collections.Counter(emails)
+
+
+def sender_processes(parent: int) -> list[int]:
+    """The spawned senders of a `newsletter send` (not multiprocessing's resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_sender_leaves_only_its_request_in_doubt_and_the_others_finish(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """kill -9 of one sender process while its request is in flight: the send goes on
+    with the other, names that request's readers in doubt, and sends nobody twice."""
+    emails = setup_site(site, sendgrid_emulator, 800, batch_size=100)
+    with_senders(site, 2)
+    sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))  # one request each, held
+    command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
+    send_process = subprocess.Popen(
+        [*command, "send", "--date", DATE, "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        assert sendgrid_emulator.wait_for_held(2, timeout=60)
+        victim, *_ = sender_processes(send_process.pid)
+        os.kill(victim, signal.SIGKILL)
+        sendgrid_emulator.release()
+        _, err = send_process.communicate(timeout=60)
+    finally:
+        send_process.kill()
+    assert send_process.returncode == 1
+    assert "stopped without a report" in err and "Traceback" not in err
+    assert "100 recipients may or may not have the issue" in err
+    with Ledger(site.config().database_url) as ledger:
+        [issue] = ledger.recent_issues("main")
+        doubt = ledger.in_doubt_addresses(issue.id)
+        counts = ledger.batch_counts(issue.id)
+    assert len(doubt) == 100 and counts["submitted"] == (7, 700)  # the other sent the rest
+    got = delivered(sendgrid_emulator)  # the held request of the killed sender went on
+    assert max(got.values()) == 1 and set(got) == set(emails)
+
+    rerun = send(site, "--skip-ambiguous")  # its Email Activity shows them delivered
+    assert rerun.returncode == 0, rerun.stderr
+    assert delivered(sendgrid_emulator) == collections.Counter(emails)
+
+
+def test_a_request_leaves_no_reference_cycle_holding_its_body(
+    sendgrid_emulator: SendGridEmulator,
+) -> None:
+    """httpx 0.28 keeps each response in a cycle holding the request's body until a cyclic
+    collection (encode/httpx#3733): a sender would keep hundreds of 600 KB bodies."""
+    transport = SendGridTransport(
+        SendGridSettings(api_url=sendgrid_emulator.url, timeout=5), SENDGRID_TEST_API_KEY
+    )
+    message = Message("S", "<p>%%email%%</p>", "%%email:text%%", "news@example.com", None,
+                      None, frozenset({"email"}), "1", "main")  # fmt: skip
+    readers = [
+        Recipient(f"r{n}@example.com", "", {"email": f"r{n}@example.com"}) for n in range(50)
+    ]
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            transport.send_batch(message, readers)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, httpx.Request | httpx.Response)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        transport.close()
+    assert len(sendgrid_emulator.mail_requests()) == 3
+    assert left == []

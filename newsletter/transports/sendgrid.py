@@ -234,6 +234,10 @@ class SendGridTransport:
         if self.settings.compress:
             body, headers = gzip.compress(body, compresslevel=1, mtime=0), GZIP
         response = self.http.post("/v3/mail/send", content=body, headers=headers)
+        # httpx 0.28 leaves each response in a reference cycle with its stream, holding the
+        # request's 600 KB body until a cyclic collection (encode/httpx#3733): the stream is
+        # done with (read and closed), so the response lets go of it and the cycle is gone
+        response.stream = httpx.ByteStream(b"")
         if response.status_code >= 300:
             raise HTTPError(
                 response.status_code, response.reason_phrase, response.content, response.headers
