@@ -299,8 +299,14 @@ def floor_run(work: Path, folder: Path, sink: Sink, recipients: int, common: Pat
     stats = sink.stats()
     if timed.exit_code != 0 or stats["recipients"] != recipients:
         raise SystemExit(f"the floor failed: exit {timed.exit_code}, {stats}")
-    if first.read_bytes() != project_sample.read_bytes():
-        raise SystemExit(f"the floor's first body differs from the project's: diff {first} {project_sample}")  # fmt: skip
+    ours, theirs = project_sample.read_bytes(), first.read_bytes()
+    if ours != theirs:
+        at = next((n for n, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))  # fmt: skip
+        os.environ["BENCH_KEEP"] = "1"  # the files stay for a look
+        raise SystemExit(
+            f"the floor's first body differs from the project's at byte {at} of {len(ours)} / "
+            f"{len(theirs)}:\nproject {ours[at - 80 : at + 80]!r}\nfloor   {theirs[at - 80 : at + 80]!r}"
+        )
     return {"wall_s": timed.wall_s, "cpu_s": timed.cpu_s, "peak_rss_mb": timed.peak_rss_mb}
 
 
