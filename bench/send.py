@@ -4,6 +4,8 @@ the time split by phase.
 
     python bench/send.py                          # 100,000 and 1,000,000 recipients, 3 runs each
     python bench/send.py --recipients 100000 --runs 1 --no-naive
+    PYTHONPATH=/path/to/older/checkout BENCH_OLDER_CODE=1 python bench/send.py ...
+                                                  # an older commit beside the same floor
 
 The timed runs post to a sink that reads and discards (bench/http_sink.py), the
 project and the floor alternating which goes first; the floor's first request
@@ -300,7 +302,7 @@ def floor_run(work: Path, folder: Path, sink: Sink, recipients: int, common: Pat
     if timed.exit_code != 0 or stats["recipients"] != recipients:
         raise SystemExit(f"the floor failed: exit {timed.exit_code}, {stats}")
     ours, theirs = project_sample.read_bytes(), first.read_bytes()
-    if ours != theirs:
+    if ours != theirs and not os.environ.get("BENCH_OLDER_CODE"):
         at = next((n for n, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))  # fmt: skip
         os.environ["BENCH_KEEP"] = "1"  # the files stay for a look
         raise SystemExit(
