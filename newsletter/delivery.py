@@ -372,9 +372,13 @@ class Deliverer:
                     break
             outcome.stopped = outcome.stopped or self.should_stop()
         finally:
-            for transport in self._transports:
+            # this thread's client only: other threads may run this loop beside it
+            transport = getattr(self._local, "transport", None)
+            if transport is not None:
+                self._local.transport = None
+                with self._lock:
+                    self._transports.remove(transport)
                 transport.close()
-            self._transports.clear()
         return outcome
 
     def _record_failure(self, batch: BatchRow, result: BatchResult, outcome: Outcome) -> None:

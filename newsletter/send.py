@@ -133,12 +133,13 @@ class Sending:
 
     def _batches_expected(self, list_name: str, existing: IssueRow | None) -> int:
         """About how many batches a send will have, before reading the list: a guess from
-        the file's size (a row takes 24 bytes or more), or the plan's count when resuming."""
+        the file's size (a row of an address and a name is about 40 bytes), or the plan's
+        count when resuming."""
         if existing is not None and existing.planned:
             return existing.recipients // self.config.delivery.batch_size + 1
         path = self.list_file(list_name)
         size = path.stat().st_size if path.exists() else 0
-        return size // (24 * self.config.delivery.batch_size) + 1
+        return size // (40 * self.config.delivery.batch_size) + 1
 
     def _send_route(
         self,

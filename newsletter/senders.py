@@ -42,6 +42,9 @@ from newsletter.transports.base import Message
 
 log = logging.getLogger(__name__)
 
+# a sender process costs ~0.7 s of imports, the work of ~60 batches: below this many
+# batches each, threads in the send's own process do better
+BATCHES_PER_PROCESS = 100
 POLL = 0.05  # seconds between looks at a stop request and at the senders
 DRAIN = 1.0  # seconds to wait for the last word of a sender that has exited
 
@@ -186,9 +189,9 @@ class SenderPool:
     def warm_up(self, batches: int) -> None:
         """Start the sender processes now, for a send of about `batches` batches: they
         import what they need while this process gathers, renders and plans."""
-        count = min(self.workers, batches)
+        count = min(self.workers, batches // BATCHES_PER_PROCESS)
         if count <= 1 or self._senders:
-            return
+            return  # threads in this process will do
         context = multiprocessing.get_context("spawn")
         self._channels = (context.Queue(), context.Queue(), context.Event(), context.Event())
         with _plain_main(), _one_hash_seed():
@@ -262,7 +265,9 @@ class SenderPool:
         try:
             self.warm_up(len(todo))
             if not self._senders or len(todo) <= 1:
-                return self._in_this_process(issue_id, message, links, suppressed, heartbeat)
+                return self._in_this_process(
+                    issue_id, message, links, suppressed, heartbeat, len(todo)
+                )
             job = SenderJob(self.config, self.transport, issue_id, message, frozenset(suppressed))
             return self._in_processes(job, heartbeat)
         finally:
@@ -275,25 +280,35 @@ class SenderPool:
         links: UnsubscribeLinks | None,
         suppressed: Set[str],
         heartbeat: Heartbeat,
+        batches: int,
     ) -> Outcome:
+        """`workers` threads here, each claiming batches (their network waits overlap): for a
+        send too small to pay for starting processes."""
         events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
-        stop = threading.Event()
-        one = self.deliverer
+        stop, halt = threading.Event(), threading.Event()
+        one = self.deliverer  # its transports are per thread
         one.progress = _QueueProgress(events, "sender")
         asked = self.should_stop
-        one.should_stop = lambda: stop.is_set() or asked()  # at once, not at the next look
+        one.should_stop = lambda: stop.is_set() or halt.is_set() or asked()  # at once
 
         def run() -> None:
+            name = threading.current_thread().name
             try:
                 outcome = one.send_claimed(issue_id, message, links, suppressed)
             except Exception as exc:
                 outcome = Outcome(errors=[f"sending failed: {exc}"], permanent=True)
                 log.exception("the sender failed")
-            events.put(("done", "sender", outcome))
+            if outcome.permanent or outcome.failed_batches:
+                halt.set()
+            events.put(("done", name, outcome))
 
-        thread = threading.Thread(target=run, name="sender", daemon=True)
-        thread.start()
-        return self._gather([thread], events, stop, heartbeat)
+        threads = [
+            threading.Thread(target=run, name=f"sender-{n + 1}", daemon=True)
+            for n in range(max(1, min(self.workers, batches)))
+        ]
+        for thread in threads:
+            thread.start()
+        return self._gather(threads, events, stop, heartbeat)
 
     def _in_processes(self, job: SenderJob, heartbeat: Heartbeat) -> Outcome:
         assert self._channels is not None
