@@ -225,7 +225,9 @@ class Sink:
 
     def mark(self, marker: str) -> None:
         """Keep as the sample the first body that begins with `marker` (http_sink.py)."""
-        self._ask(f"MARK {marker}")
+        answer = self._ask(f"MARK {marker}")
+        if answer.get("marker") != marker:
+            raise SystemExit(f"the sink did not take the marker: {answer}")
 
     def stats(self) -> dict[str, Any]:
         """Counts since the previous call; the next run starts from zero."""

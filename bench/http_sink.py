@@ -166,7 +166,7 @@ def main() -> int:
             break
         if command in {"PEEK", "STATS"}:
             print(json.dumps(counts.snapshot(new_epoch=command == "STATS")), flush=True)
-        elif command == "MARK":
+        elif command.startswith("MARK "):
             counts.marker = line.strip()[len("MARK ") :].encode()
             print(json.dumps({"marker": counts.marker.decode()}), flush=True)
         else:

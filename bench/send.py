@@ -307,7 +307,7 @@ def floor_run(work: Path, folder: Path, sink: Sink, recipients: int, common: Pat
         os.environ["BENCH_KEEP"] = "1"  # the files stay for a look
         raise SystemExit(
             f"the floor's first body differs from the project's at byte {at} of {len(ours)} / "
-            f"{len(theirs)}:\nproject {ours[at - 80 : at + 80]!r}\nfloor   {theirs[at - 80 : at + 80]!r}"
+            f"{len(theirs)}:\nproject {ours[max(0, at - 80) : at + 80]!r}\nfloor   {theirs[max(0, at - 80) : at + 80]!r}"
         )
     return {"wall_s": timed.wall_s, "cpu_s": timed.cpu_s, "peak_rss_mb": timed.peak_rss_mb}
 
