@@ -19,7 +19,7 @@ from pathlib import Path
 
 from newsletter.errors import SubscriberError
 from newsletter.planning import plan_batches
-from newsletter.seen import HashedSeen, WatchedSeen, repeated_across
+from newsletter.seen import HashedSeen, SavedHashes, Seen, WatchedSeen, repeated_in_files
 from newsletter.subscribers import ListPart, ListReport, RowProblem, read_chunks
 
 # drafts of part k are numbered from (k + 1) * PART_SEQS, clear of the published plan's
@@ -40,6 +40,8 @@ class PlanJob:
     tokens: frozenset[str]
     suppressed: frozenset[str]
     batch_size: int
+    # where the part's hashes are handed over (a folder of the send's)
+    hashes: Path | None = None
     # a second read of the whole list, keeping the exact addresses of these hashes
     watch: frozenset[int] | None = None
 
@@ -60,7 +62,7 @@ class PartPlan:
     duplicates: int = 0
     problems: list[RowProblem] = field(default_factory=list)
     problem_count: int = 0
-    seen: HashedSeen = field(default_factory=HashedSeen)
+    hashes: SavedHashes | None = None  # its readers' hashes (none for a second read)
     error: str | None = None  # the part could not be read at all (not UTF-8, say)
 
 
@@ -69,7 +71,7 @@ def plan_part(job: PlanJob, store: object) -> PartPlan:
     result = PartPlan(job.index, job.first_seq)
     report = ListReport(job.path)
     skipped: list[str] = []
-    seen = result.seen if job.watch is None else WatchedSeen(job.watch)
+    seen: Seen = HashedSeen() if job.watch is None else WatchedSeen(job.watch)
     chunks = read_chunks(job.path, report, seen=seen, part=job.part)
     batches = plan_batches(chunks, job.suppressed, job.tokens, job.batch_size, skipped)
     try:
@@ -78,6 +80,8 @@ def plan_part(job: PlanJob, store: object) -> PartPlan:
         )
     except SubscriberError as exc:
         result.error = str(exc)
+    if isinstance(seen, HashedSeen) and job.hashes is not None and result.error is None:
+        result.hashes = SavedHashes.save(seen, job.hashes / f"part-{job.index}")
     result.suppressed, result.duplicates = len(skipped), report.duplicates
     result.problems, result.problem_count = report.problems[:PROBLEMS_KEPT], len(report.problems)
     return result
@@ -109,7 +113,6 @@ def put_together(path: Path, parts: Sequence[PartPlan]) -> WholePlan:
     for part in ordered:
         report.problems += part.problems
         report.unlisted += part.problem_count - len(part.problems)
-    repeated = repeated_across([part.seen for part in ordered])
-    for part in ordered:
-        part.seen = HashedSeen()  # done with: a million readers' hashes are 8 MB
+    saved = [part.hashes for part in ordered if part.hashes is not None]
+    repeated = repeated_in_files(saved) if len(saved) == len(ordered) else frozenset()
     return WholePlan(ordered, report, sum(p.suppressed for p in ordered), repeated)

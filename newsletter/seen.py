@@ -17,8 +17,10 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 from typing import Protocol
 
 BUCKETS = 64
@@ -105,13 +107,46 @@ class HashedSeen:
 def repeated_across(reads: Sequence[HashedSeen]) -> frozenset[int]:
     """The hashes met more than once in any of these reads (the parts of one list), a
     range at a time: never more than one range's set in memory."""
+    return _repeated(zip(*(read.filed() for read in reads), strict=True))
+
+
+def _repeated(by_range: Iterable[Sequence[array[int]]]) -> frozenset[int]:
     found: set[int] = set()
-    for ranges in zip(*(read.filed() for read in reads), strict=True):
+    for ranges in by_range:
         count = sum(map(len, ranges))
         if len(set(chain.from_iterable(ranges))) != count:
             tally = Counter(chain.from_iterable(ranges))
             found.update(h for h, n in tally.items() if n > 1)
     return frozenset(found)
+
+
+@dataclass(frozen=True)
+class SavedHashes:
+    """A read's hashes in a file, range after range (a part of the list read by a sender
+    process hands its hashes over this way: 8 bytes a reader, 80 MB at ten million)."""
+
+    path: Path
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def save(cls, seen: HashedSeen, path: Path) -> SavedHashes:
+        with path.open("wb") as out:
+            ranges = seen.filed()
+            for hashes in ranges:
+                hashes.tofile(out)
+        return cls(path, tuple(map(len, ranges)))
+
+    def ranges(self) -> Iterator[array[int]]:
+        with self.path.open("rb") as handle:
+            for size in self.sizes:
+                hashes = array("q")
+                hashes.fromfile(handle, size)
+                yield hashes
+
+
+def repeated_in_files(saved: Sequence[SavedHashes]) -> frozenset[int]:
+    """`repeated_across` for reads saved to files, read back a range at a time."""
+    return _repeated(zip(*(s.ranges() for s in saved), strict=True))
 
 
 class WatchedSeen:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -322,10 +323,15 @@ class Sending:
                 frozenset(fields["tokens"]),
                 suppressed,
                 self.config.delivery.batch_size,
-                watch,
+                hashes=None if watch else Path(hashes),
+                watch=watch,
             )
 
-        with self.timings.phase("load list and plan"):
+        # the parts hand their readers' hashes over in files, compared a range at a time
+        with (
+            self.timings.phase("load list and plan"),
+            tempfile.TemporaryDirectory(prefix="newsletter-hashes-") as hashes,
+        ):
             parts = list_parts(path, senders.planners)
             whole = put_together(path, senders.plan_parts([job(p, k) for k, p in enumerate(parts)]))
             if whole.repeated:

@@ -3,10 +3,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.seen import ExactSeen, HashedSeen, WatchedSeen, repeated_across
+from newsletter.seen import (
+    ExactSeen,
+    HashedSeen,
+    SavedHashes,
+    WatchedSeen,
+    repeated_across,
+    repeated_in_files,
+)
 from newsletter.subscribers import _PLAUSIBLE, all_plausible
 
 
@@ -31,6 +40,17 @@ def test_parts_read_apart_are_put_together_a_range_at_a_time() -> None:
     assert repeated_across([first, second]) == frozenset()
     second.first("reader0000001@example.com")  # the first part's reader, in the second
     assert repeated_across([first, second]) == {hash("reader0000001@example.com")}
+
+
+def test_parts_hand_their_hashes_over_in_files(tmp_path: Path) -> None:
+    first, second = HashedSeen(), HashedSeen()
+    first.fresh(keys(0, 5000))
+    second.fresh(keys(5000, 5000))
+    second.first("reader0000042@example.com")
+    saved = [SavedHashes.save(first, tmp_path / "a"), SavedHashes.save(second, tmp_path / "b")]
+    assert sum(saved[0].sizes) == 5000 and (tmp_path / "a").stat().st_size == 5000 * 8
+    assert repeated_in_files(saved) == {hash("reader0000042@example.com")}
+    assert repeated_in_files(saved[:1]) == frozenset()
 
 
 def test_no_repeat_is_found_in_a_list_of_distinct_addresses() -> None:
