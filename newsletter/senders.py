@@ -79,8 +79,9 @@ class _QueueProgress:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this process when its parent dies. Elsewhere the loop's
-    look at the parent (`_parent_gone`) stops it after the batch in hand."""
+    """Linux: the kernel kills this process when its parent dies. Elsewhere the sender
+    looks at its parent before each batch (`os.getppid()`) and stops after the one in
+    hand."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
