@@ -4,11 +4,14 @@ database, sends it and records it, until none is left.
 For a transport that sends a batch in one request (SendGrid), the work per batch
 is CPU (signing links, writing JSON) and one thread cannot use a second core:
 `[delivery] workers` sender processes do it, started with `spawn` (never a fork of
-a process holding threads and database connections). The batches are claimed in
-the database (`BatchStore.take_next_batch`: row locks skipped on PostgreSQL), so
-processes here and `newsletter send` on another machine against one PostgreSQL
-work the same way. This process plans, shows progress, keeps the claim alive
-and adds up what the senders did.
+a process holding threads and database connections), and each also plans a part
+of the list (`plan_parts.py`). A process costs its imports, so a send of fewer
+than `BATCHES_PER_PROCESS` batches a process runs the same loop in threads of
+its own process instead. The batches are claimed in the database
+(`BatchStore.take_next_batch`: row locks skipped on PostgreSQL), so senders here
+and a sender on another machine against one PostgreSQL take turns the same way.
+This process shows progress, keeps the claim alive and adds up what the senders
+did.
 
 A sender dies with this process (a kill -9 of the send stops every part of it,
 leaving only the requests in flight in doubt), ignores Ctrl-C and SIGTERM (the
