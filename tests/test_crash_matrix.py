@@ -54,6 +54,12 @@ class Receiver:
     arm: Callable[[int], Callable[[], bool]] = field(default=lambda _: lambda: True)
     disarm: Callable[[], None] = field(default=lambda: None)
     rewritten: Callable[[], list[str]] = field(default=lambda: [])
+    # SendGrid with sender processes: a batch per reader, 300 batches for two processes
+    batch: int = BATCH
+
+    @property
+    def label(self) -> str:
+        return f"{self.transport} (sender processes)" if self.batch != BATCH else self.transport
 
 
 # -- the far sides -------------------------------------------------------------------------
@@ -63,7 +69,7 @@ class Receiver:
 def receiver(request: pytest.FixtureRequest, site: Site) -> Iterator[Receiver]:
     """The transport named by the test's parameter, and its far side, running."""
     kind = request.param
-    if kind == "sendgrid":
+    if kind in ("sendgrid", "sendgrid-processes"):
         with SendGridEmulator(api_key=SENDGRID_TEST_API_KEY) as emulator:
             # the client waits as long as a held request takes (a retry would be a second copy)
             config = f"""
@@ -81,12 +87,13 @@ def receiver(request: pytest.FixtureRequest, site: Site) -> Iterator[Receiver]:
                 assert emulator.wait_for_requests(1, timeout=30)
 
             yield Receiver(
-                kind,
+                "sendgrid",
                 site,
                 config,
                 count=lambda: collections.Counter(emulator.recipients()),
                 arm=hold_after,
                 disarm=let_go,
+                batch=1 if kind == "sendgrid-processes" else BATCH,
             )
     elif kind == "smtp":
         with SmtpServer() as server:
@@ -115,7 +122,7 @@ def receiver(request: pytest.FixtureRequest, site: Site) -> Iterator[Receiver]:
 
 
 def setup(receiver: Receiver) -> list[str]:
-    return write_site(receiver.site, receiver.transport, receiver.config)
+    return write_site(receiver.site, receiver.transport, receiver.config, receiver.batch)
 
 
 def check_promise(receiver: Receiver, emails: list[str], rerun: Run, fault: str) -> set[str]:
@@ -123,7 +130,7 @@ def check_promise(receiver: Receiver, emails: list[str], rerun: Run, fault: str)
     addresses named in doubt."""
     got = receiver.count()
     doubt = named_in_doubt(receiver.site, rerun)
-    record(receiver.transport, fault, emails, got, doubt)
+    record(receiver.label, fault, emails, got, doubt)
     assert set(got) <= set(emails)
     twice = sorted(a for a, n in got.items() if n > 1) + receiver.rewritten()
     assert not twice, f"sent twice: {twice[:5]}\n{rerun.stderr}"
@@ -134,7 +141,7 @@ def check_promise(receiver: Receiver, emails: list[str], rerun: Run, fault: str)
     if receiver.transport == "smtp":
         assert len(doubt) <= WORKERS  # one message per connection
     elif receiver.transport == "sendgrid":
-        assert len(doubt) <= WORKERS * BATCH  # the requests in flight
+        assert len(doubt) <= WORKERS * receiver.batch  # the requests in flight
     else:
         assert not doubt  # the folder says who has it
     if doubt:
@@ -190,7 +197,12 @@ ON_ONE_PATH = [
     ("outbox", "outbox.written:1"),  # a file written, not yet in place
     ("outbox", "outbox.written:120"),
 ]
-MATRIX = [(t, p) for t in TRANSPORTS for p in EVERYWHERE] + ON_ONE_PATH
+MATRIX = (
+    [(t, p) for t in TRANSPORTS for p in EVERYWHERE]
+    + ON_ONE_PATH
+    # a point reached in a sender process kills the whole send, as a kill -9 of it does
+    + [("sendgrid-processes", p) for p in ["deliver.batch_taken:20", "deliver.batch_sent:20"]]
+)
 
 
 @pytest.mark.parametrize(("receiver", "point"), MATRIX, indirect=["receiver"])
@@ -211,7 +223,7 @@ def test_killed_at_a_point_then_rerun_sends_everyone_once(receiver: Receiver, po
 
 @pytest.mark.parametrize(
     ("receiver", "after"),
-    [("sendgrid", 0), ("sendgrid", 1), ("smtp", 2), ("smtp", 40)],
+    [("sendgrid", 0), ("sendgrid", 1), ("sendgrid-processes", 60), ("smtp", 2), ("smtp", 40)],
     indirect=["receiver"],
 )
 def test_killed_while_the_far_side_is_receiving_then_rerun_sends_everyone_once(

@@ -40,14 +40,16 @@ class Run:
     stderr: str
 
 
-def write_site(site: Site, transport: str, receiver_config: str) -> list[str]:
+def write_site(
+    site: Site, transport: str, receiver_config: str, batch_size: int = BATCH
+) -> list[str]:
     site.story("lead", title="Lead story", url="https://example.com/lead")
     site.story("second", title="Second story", date="2024-03-05 05:00:00+00:00")
     site.write_config(
         extra=f"""
         [delivery]
         transport = "{transport}"
-        batch_size = {BATCH}
+        batch_size = {batch_size}
         workers = {WORKERS}
         retry_delay = "0s"
         max_retry_delay = "1s"
