@@ -20,6 +20,7 @@ from pathlib import Path
 from newsletter.errors import SubscriberError
 from newsletter.planning import plan_batches
 from newsletter.seen import HashedSeen, SavedHashes, Seen, WatchedSeen, repeated_in_files
+from newsletter.state.issues import IssueStore
 from newsletter.subscribers import ListPart, ListReport, RowProblem, read_chunks
 
 # drafts of part k are numbered from (k + 1) * PART_SEQS, clear of the published plan's
@@ -66,7 +67,7 @@ class PartPlan:
     error: str | None = None  # the part could not be read at all (not UTF-8, say)
 
 
-def plan_part(job: PlanJob, store: object) -> PartPlan:
+def plan_part(job: PlanJob, store: IssueStore) -> PartPlan:
     """In a sender: read the part, leave out the suppressed, store its batches as drafts."""
     result = PartPlan(job.index, job.first_seq)
     report = ListReport(job.path)
@@ -75,7 +76,7 @@ def plan_part(job: PlanJob, store: object) -> PartPlan:
     chunks = read_chunks(job.path, report, seen=seen, part=job.part)
     batches = plan_batches(chunks, job.suppressed, job.tokens, job.batch_size, skipped)
     try:
-        result.batches, result.recipients = store.add_draft_batches(  # type: ignore[attr-defined]
+        result.batches, result.recipients = store.add_draft_batches(
             job.issue_id, job.first_seq, batches
         )
     except SubscriberError as exc:
