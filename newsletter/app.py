@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING
 from newsletter.config import Config, FeedSourceSettings, MarkdownSourceSettings, load_config
 from newsletter.models import Issue, RenderedEmail, Window, local_time_on
 from newsletter.parts import Parts
-from newsletter.preview import PreviewPage
-from newsletter.render import Renderer
 from newsletter.state import Ledger
 from newsletter.stories import StorySource, gather
 from newsletter.stories.cache import FeedCache
@@ -30,6 +28,9 @@ from newsletter.tokens import Personaliser
 
 if TYPE_CHECKING:
     import httpx
+
+    from newsletter.preview import PreviewPage
+    from newsletter.render import Renderer
 
 Clock = Callable[[], dt.datetime]
 
@@ -76,6 +77,10 @@ class App:
 
     @cached_property
     def renderer(self) -> Renderer:
+        # imported here: Jinja2, Premailer and cssutils are a fifth of a second that only
+        # the commands that render pay (not `status`, `subscribers`, a resumed send)
+        from newsletter.render import Renderer
+
         return Renderer(self.config)
 
     @cached_property
@@ -197,6 +202,8 @@ def preview_page(
     clock: Clock = system_clock,
 ) -> PreviewPage:
     """Build the preview from scratch: the config itself may have changed since last time."""
+    from newsletter.preview import PreviewPage  # its HTTP server only for `preview`
+
     config = load_config(config_path, environ)
     with App(config, clock=clock) as app:
         built = app.build_issue(date)
