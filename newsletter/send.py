@@ -19,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from newsletter.app import App, BuiltIssue, empty_issue_message
 from newsletter.delivery import Deliverer, NoProgress, Outcome, Progress
@@ -34,7 +33,7 @@ from newsletter.retry import with_retries
 from newsletter.seen import HashedSeen, RepeatedAddresses, Seen, WatchedSeen
 from newsletter.senders import SenderPool
 from newsletter.state.batches import BATCH_DONE
-from newsletter.state.issues import IssueRow, process_owner
+from newsletter.state.issues import IssueRow, PlanContent, process_owner
 from newsletter.subscribers import ListPart, ListReport, list_parts, read_list
 from newsletter.timings import Timings
 from newsletter.transports.base import BatchFailure
@@ -236,33 +235,33 @@ class Sending:
         if built is None:
             built = self.app.build_issue(report.date, report.list_name)
         email, issue = built.email, built.issue
-        fields = {
-            "subject": email.subject,
-            "html": email.html,
-            "text": email.text,
-            "tokens": email.tokens,
-            "story_keys": [k for s in issue.stories for k in s.keys],
-            "window_start": issue.window.start,
-            "window_end": issue.window.end,
-            "transport": report.transport,
-        }
+        content = PlanContent(
+            subject=email.subject,
+            html=email.html,
+            text=email.text,
+            tokens=email.tokens,
+            story_keys=[k for s in issue.stories for k in s.keys],
+            window_start=issue.window.start,
+            window_end=issue.window.end,
+            transport=report.transport,
+        )
         path = self.list_file(report.list_name)
         if isinstance(deliverer, SenderPool) and deliverer.planners >= 2 and path.exists():
             try:
-                self._plan_in_parts(report, issue_row, fields, suppressed, request, deliverer)
+                self._plan_in_parts(report, issue_row, content, suppressed, request, deliverer)
             except BaseException:
                 with contextlib.suppress(LedgerError):
                     self.app.ledger.drop_drafts(issue_row.id)
                 raise
         else:
-            self._plan_here(report, issue_row, fields, suppressed, request)
+            self._plan_here(report, issue_row, content, suppressed, request)
         return self.app.ledger.issue(report.list_name, report.date) or issue_row
 
     def _plan_here(
         self,
         report: SendReport,
         issue_row: IssueRow,
-        fields: dict[str, Any],
+        content: PlanContent,
         suppressed: frozenset[str],
         request: SendRequest,
     ) -> None:
@@ -279,13 +278,11 @@ class Sending:
             skipped: list[str] = []
             people = read_subscribers(path, request.skip_invalid, list_report, seen)
             batches = plan_batches(
-                people, suppressed, fields["tokens"], self.config.delivery.batch_size, skipped
+                people, suppressed, content.tokens, self.config.delivery.batch_size, skipped
             )
             try:
                 self.app.ledger.save_plan(
-                    issue_row.id,
-                    batches_of_recipients=self.timings.timed("load list and plan", batches),
-                    **fields,
+                    issue_row.id, content, self.timings.timed("load list and plan", batches)
                 )
                 break
             except RepeatedAddresses as repeated:
@@ -301,7 +298,7 @@ class Sending:
         self,
         report: SendReport,
         issue_row: IssueRow,
-        fields: dict[str, Any],
+        content: PlanContent,
         suppressed: frozenset[str],
         request: SendRequest,
         senders: SenderPool,
@@ -320,7 +317,7 @@ class Sending:
                 path,
                 part,
                 index,
-                frozenset(fields["tokens"]),
+                frozenset(content.tokens),
                 suppressed,
                 self.config.delivery.batch_size,
                 hashes=None if watch else Path(hashes),
@@ -343,7 +340,7 @@ class Sending:
         if whole.report.problems and not request.skip_invalid:
             whole.report.raise_if_problems(FIX_OR_SKIP)
         with self.timings.phase("ledger writes"):
-            ledger.publish_plan(issue_row.id, whole.numbering, **fields)
+            ledger.publish_plan(issue_row.id, whole.numbering, content)
         report.suppressed, report.duplicates = whole.suppressed, whole.report.duplicates
 
     def _record_end(self, issue_id: int, status: str, exc: BaseException) -> None:

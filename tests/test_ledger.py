@@ -29,7 +29,7 @@ from newsletter.errors import LedgerError
 from newsletter.state import Ledger
 from newsletter.state.events import MailEvent
 from newsletter.state.feeds import feed_cache
-from newsletter.state.issues import Claim, issues
+from newsletter.state.issues import Claim, PlanContent, issues
 from newsletter.stories.feed import CachedFeed
 
 T = TypeVar("T")
@@ -90,15 +90,17 @@ def plan(
 ) -> int:
     return ledger.save_plan(
         issue_id,
-        subject="The Test Times",
-        html="<p>Hello %%first_name%%</p>",
-        text="Hello %%first_name:text%%",
-        tokens=["first_name", "email"],
-        story_keys=story_keys,
-        window_start=window_start,
-        window_end=window_end,
-        transport="outbox",
-        batches_of_recipients=batches,
+        PlanContent(
+            subject="The Test Times",
+            html="<p>Hello %%first_name%%</p>",
+            text="Hello %%first_name:text%%",
+            tokens=frozenset({"first_name", "email"}),
+            story_keys=story_keys,
+            window_start=window_start,
+            window_end=window_end,
+            transport="outbox",
+        ),
+        batches,
     )
 
 

@@ -17,6 +17,7 @@ import httpx
 
 from newsletter.config import SendGridSettings
 from newsletter.state import Ledger
+from newsletter.state.issues import PlanContent
 from newsletter.transports.base import Message, Recipient
 from newsletter.transports.sendgrid import SendGridTransport
 
@@ -103,18 +104,17 @@ def test_two_processes_in_their_own_folders_share_one_issue_each_batch_once(
     with Ledger(database_url) as ledger:
         issue_id = ledger.claim("main", dt.date(2024, 3, 5), "me", dt.timedelta(hours=1)).issue.id
         rows = [[f"r{n}@example.com", f"R {n}"] for n in range(5)]
-        ledger.save_plan(
-            issue_id,
+        content = PlanContent(
             subject="s",
             html="h",
             text="t",
-            tokens=[],
+            tokens=frozenset(),
             story_keys=[],
             window_start=None,
             window_end=dt.datetime(2024, 3, 5, tzinfo=dt.UTC),
             transport="sendgrid",
-            batches_of_recipients=[(["email", "name"], rows)] * 400,
         )
+        ledger.save_plan(issue_id, content, [(["email", "name"], rows)] * 400)
     script = (
         "import sys; from tests.test_send_senders import claim_and_count; "
         "print(' '.join(map(str, claim_and_count(sys.argv[1], int(sys.argv[2])))))"

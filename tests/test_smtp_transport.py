@@ -39,6 +39,7 @@ from newsletter.retry import RetryPolicy, send_with_retries
 from newsletter.send import Sending, SendReport, SendRequest
 from newsletter.signing import Signer
 from newsletter.state import Ledger
+from newsletter.state.issues import PlanContent
 from newsletter.transports.base import (
     InDoubtFailure,
     Message,
@@ -718,11 +719,11 @@ def test_a_slow_batch_keeps_showing_the_claim_is_alive(
     with Ledger(database_url) as ledger:
         issue = ledger.claim("main", dt.date(2024, 3, 5), owner, dt.timedelta(hours=1)).issue
         rows = [[r.email, r.name] for r in people(5)]
-        ledger.save_plan(
-            issue.id, subject="s", html="<p>%%name%%</p>", text="%%name:text%%",
-            tokens=["name"], story_keys=[], window_start=None, window_end=NOW,
-            transport="smtp", batches_of_recipients=[(["email", "name"], rows)],
+        content = PlanContent(
+            subject="s", html="<p>%%name%%</p>", text="%%name:text%%", tokens=frozenset({"name"}),
+            story_keys=[], window_start=None, window_end=NOW, transport="smtp",
         )  # fmt: skip
+        ledger.save_plan(issue.id, content, [(["email", "name"], rows)])
         before = ledger.issue("main", dt.date(2024, 3, 5))
         assert before is not None and before.heartbeat is not None
         deliverer = Deliverer(

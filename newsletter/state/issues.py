@@ -12,8 +12,9 @@ import datetime as dt
 import json
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -81,6 +82,20 @@ class IssueRow:
     @property
     def planned(self) -> bool:
         return self.subject is not None
+
+
+@dataclass(frozen=True)
+class PlanContent:
+    """What an issue will send, stored with its plan so that a resumed send sends it."""
+
+    subject: str
+    html: str
+    text: str
+    tokens: frozenset[str]
+    story_keys: Iterable[str]
+    window_start: dt.datetime | None
+    window_end: dt.datetime
+    transport: str
 
 
 @dataclass(frozen=True)
@@ -167,15 +182,7 @@ class IssueStore(Database):
     def save_plan(
         self,
         issue_id: int,
-        *,
-        subject: str,
-        html: str,
-        text: str,
-        tokens: Iterable[str],
-        story_keys: Iterable[str],
-        window_start: dt.datetime | None,
-        window_end: dt.datetime,
-        transport: str,
+        content: PlanContent,
         batches_of_recipients: Iterable[tuple[Sequence[str], Sequence[Sequence[str]]]],
     ) -> int:
         """Store what will be sent and every batch with its recipients, in one transaction."""
@@ -183,30 +190,10 @@ class IssueStore(Database):
         total = 0
         with self.engine.begin() as conn:
             conn.execute(_DROP_DRAFTS, {"issue": issue_id})
-            chunk: list[dict[str, object]] = []
-            for seq, (columns, rows) in enumerate(batches_of_recipients, start=1):
-                total += len(rows)
-                chunk.append(_batch_values(issue_id, seq, "pending", columns, rows, now))
-                if len(chunk) >= 100:
-                    conn.execute(sa.insert(batches), chunk)
-                    chunk = []
-            if chunk:
+            for chunk in _batch_rows(issue_id, 1, "pending", batches_of_recipients, now):
                 conn.execute(sa.insert(batches), chunk)
-            conn.execute(
-                _plan_fields(
-                    issue_id,
-                    subject=subject,
-                    html=html,
-                    text=text,
-                    tokens=tokens,
-                    story_keys=story_keys,
-                    window_start=window_start,
-                    window_end=window_end,
-                    transport=transport,
-                    recipients=total,
-                    now=now,
-                )
-            )
+                total += sum(row["size"] for row in chunk)
+            conn.execute(_plan_fields(issue_id, content, total, now))
         return total
 
     # -- a plan made in parts, by several senders at once -------------------------------
@@ -221,27 +208,19 @@ class IssueStore(Database):
         (no sender takes a draft), until `publish_plan` makes the whole plan pending at
         once. Committed a hundred at a time, so parts stored side by side on SQLite take
         turns instead of one waiting for the other's whole part. (batches, recipients)"""
-        now = utcnow()
         count = total = 0
-        chunk: list[dict[str, object]] = []
-        for seq, (columns, rows) in enumerate(batches_of_recipients, start=first_seq):
-            count, total = count + 1, total + len(rows)
-            chunk.append(_batch_values(issue_id, seq, "draft", columns, rows, now))
-            if len(chunk) >= 100:
-                with self.engine.begin() as conn:
-                    conn.execute(sa.insert(batches), chunk)
-                chunk = []
-        if chunk:
+        for chunk in _batch_rows(issue_id, first_seq, "draft", batches_of_recipients, utcnow()):
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(batches), chunk)
+            count, total = count + len(chunk), total + sum(row["size"] for row in chunk)
         return count, total
 
     def publish_plan(
-        self, issue_id: int, parts: Sequence[tuple[int, int]], **fields: object
+        self, issue_id: int, parts: Sequence[tuple[int, int]], content: PlanContent
     ) -> int:
         """The drafts of every part become the plan, in one transaction: numbered 1, 2, ...
         in the order of the parts (`parts`: each one's first draft number and count),
-        pending, with what will be sent (`fields`, as `save_plan` takes them)."""
+        pending, with what will be sent."""
         total = 0
         with self.engine.begin() as conn:
             seq = 1
@@ -262,7 +241,7 @@ class IssueStore(Database):
                     batches.c.issue_id == issue_id, batches.c.status == "pending"
                 )
             ).scalar_one()
-            conn.execute(_plan_fields(issue_id, recipients=total, now=utcnow(), **fields))  # type: ignore[arg-type]
+            conn.execute(_plan_fields(issue_id, content, total, utcnow()))
         return int(total)
 
     def drop_drafts(self, issue_id: int) -> None:
@@ -333,52 +312,51 @@ _DROP_DRAFTS = sa.delete(batches).where(
 )
 
 
-def _batch_values(
+def _batch_rows(
     issue_id: int,
-    seq: int,
+    first_seq: int,
     status: str,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[str]],
+    batches_of_recipients: Iterable[tuple[Sequence[str], Sequence[Sequence[str]]]],
     now: dt.datetime,
-) -> dict[str, object]:
-    return {
-        "issue_id": issue_id,
-        "seq": seq,
-        "status": status,
-        "size": len(rows),
-        "recipients": pack_recipients(columns, rows),
-        "attempts": 0,
-        "updated_at": now,
-    }
+) -> Iterator[list[dict[str, Any]]]:
+    """Batches as rows of the batches table, numbered from `first_seq`, a hundred at a
+    time (one insert each)."""
+    chunk: list[dict[str, Any]] = []
+    for seq, (columns, rows) in enumerate(batches_of_recipients, start=first_seq):
+        chunk.append(
+            {
+                "issue_id": issue_id,
+                "seq": seq,
+                "status": status,
+                "size": len(rows),
+                "recipients": pack_recipients(columns, rows),
+                "attempts": 0,
+                "updated_at": now,
+            }
+        )
+        if len(chunk) >= 100:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _plan_fields(
-    issue_id: int,
-    *,
-    subject: str,
-    html: str,
-    text: str,
-    tokens: Iterable[str],
-    story_keys: Iterable[str],
-    window_start: dt.datetime | None,
-    window_end: dt.datetime,
-    transport: str,
-    recipients: int,
-    now: dt.datetime,
+    issue_id: int, content: PlanContent, recipients: int, now: dt.datetime
 ) -> sa.Update:
     """What will be sent, stored on the issue with its plan: from here it is `planned`."""
     return (
         sa.update(issues)
         .where(issues.c.id == issue_id)
         .values(
-            subject=subject,
-            html=html,
-            text=text,
-            tokens=",".join(sorted(tokens)),
-            story_keys=json.dumps(sorted(story_keys)),
-            window_start=window_start,
-            window_end=window_end,
-            transport=transport,
+            subject=content.subject,
+            html=content.html,
+            text=content.text,
+            tokens=",".join(sorted(content.tokens)),
+            story_keys=json.dumps(sorted(content.story_keys)),
+            window_start=content.window_start,
+            window_end=content.window_end,
+            transport=content.transport,
             recipients=recipients,
             heartbeat=now,
         )
