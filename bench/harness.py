@@ -187,6 +187,35 @@ def run_timed(
 # -- the receivers: the SMTP sink, the SendGrid emulator -------------------------------------
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process: a sink reports its own, to show whether it was
+    the bottleneck."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def answer_commands(
+    snapshot: Callable[[bool], dict[str, Any]],
+    mark: Callable[[str], dict[str, Any]] | None = None,
+) -> None:
+    """A sink's side of `Sink`: a command per line of stdin, a JSON line back, until QUIT
+    or the end of input. PEEK: `snapshot(False)`; STATS: `snapshot(True)` (the counts
+    since the last STATS, a new epoch after); MARK <text>: `mark(text)`."""
+    for line in sys.stdin:
+        command = line.strip().upper()
+        if command == "QUIT":
+            break
+        if command in {"PEEK", "STATS"}:
+            answer = snapshot(command == "STATS")
+        elif command.startswith("MARK ") and mark is not None:
+            answer = mark(line.strip()[len("MARK ") :])
+        else:
+            answer = {"error": f"unknown command {command!r}"}
+        print(json.dumps(answer), flush=True)
+
+
 class Sink:
     """A counting receiver in its own process: the aiosmtpd server (smtp_sink.py) or the
     discarding HTTP server that stands for SendGrid in timing runs (http_sink.py)."""

@@ -20,22 +20,17 @@ caller can compare what two senders built for the same readers, byte for byte.
 
 from __future__ import annotations
 
-import json
-import resource
 import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from harness import answer_commands, cpu_seconds
+
 RECIPIENT = b'{"to":['
 BUFFER = 1 << 20
 HEAD_LIMIT = 64 * 1024
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Counts:
@@ -160,17 +155,12 @@ def main() -> int:
     server = socket.create_server(("127.0.0.1", 0), backlog=128)
     threading.Thread(target=accept, args=(server, counts), daemon=True).start()
     print(f"READY {server.getsockname()[1]}", flush=True)
-    for line in sys.stdin:
-        command = line.strip().upper()
-        if command == "QUIT":
-            break
-        if command in {"PEEK", "STATS"}:
-            print(json.dumps(counts.snapshot(new_epoch=command == "STATS")), flush=True)
-        elif command.startswith("MARK "):
-            counts.marker = line.strip()[len("MARK ") :].encode()
-            print(json.dumps({"marker": counts.marker.decode()}), flush=True)
-        else:
-            print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)
+
+    def mark(text: str) -> dict[str, Any]:
+        counts.marker = text.encode()
+        return {"marker": text}
+
+    answer_commands(lambda new_epoch: counts.snapshot(new_epoch=new_epoch), mark)
     server.close()
     return 0
 

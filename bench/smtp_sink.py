@@ -22,20 +22,14 @@ mail needs: EHLO (8BITMIME, SMTPUTF8), HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
 from __future__ import annotations
 
 import asyncio
-import json
-import resource
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from harness import answer_commands, cpu_seconds
+
 END_OF_DATA = b"\r\n.\r\n"
-
-
-def cpu_seconds() -> float:
-    """User + system CPU of this process: shows whether the sink was the bottleneck."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Counts:
@@ -174,19 +168,10 @@ async def serve(counts: Counts) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Session(counts), "127.0.0.1", 0)
     print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
-    await loop.run_in_executor(None, commands, counts)
+    await loop.run_in_executor(
+        None, answer_commands, lambda new_epoch: counts.snapshot(new_epoch=new_epoch)
+    )
     server.close()
-
-
-def commands(counts: Counts) -> None:
-    for line in sys.stdin:
-        command = line.strip().upper()
-        if command == "QUIT":
-            break
-        if command in {"PEEK", "STATS"}:
-            print(json.dumps(counts.snapshot(new_epoch=command == "STATS")), flush=True)
-        else:
-            print(json.dumps({"error": f"unknown command {command!r}"}), flush=True)
 
 
 def main() -> int:
