@@ -66,6 +66,7 @@ def test_discovery_order(tmp_path: Path) -> None:
         ("[sendgrid]\nwebhook_public_key = 'not a key!'\n", "sendgrid.webhook_public_key: String should match pattern"),
         # strict types: nothing is guessed from a string
         ("[sendgrid]\nclick_tracking = 'yes'\n", 'sendgrid.click_tracking: Input should be a valid boolean (true or false, without quotes), got "yes"'),
+        ("[sendgrid]\ncompress = 'yes'\n", 'sendgrid.compress: Input should be a valid boolean (true or false, without quotes), got "yes"'),
         ("[delivery]\nworkers = '4'\n", 'delivery.workers: Input should be a valid integer (a whole number, without quotes), got "4"'),
         ("[smtp]\ntimeout = '30'\n", 'smtp.timeout: Input should be a valid number (a number, without quotes), got "30"'),
         ("[issue]\nmax_stories = 2.5\n", "issue.max_stories: Input should be a valid integer (a whole number, without quotes), got 2.5"),
