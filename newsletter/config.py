@@ -207,6 +207,9 @@ class ScheduleSettings(Settings):
     misfire_grace: Duration = timedelta(hours=2)
     retry_every: Duration = timedelta(minutes=10)
     admin_email: str | None = None
+    # schedulers on several machines (one PostgreSQL): the ones that find the issue
+    # claimed help send it (`send --join`) instead of waiting to retry
+    join: bool = False
 
     @property
     def weekdays(self) -> frozenset[int]:

@@ -95,8 +95,8 @@ class Outcome:
 
 class DeliveryState(Protocol):
     """What delivering uses of the state database: the batch state machine
-    (`newsletter.state.batches.BatchStore`) and the claim's heartbeat
-    (`newsletter.state.issues.IssueStore.beat`), and nothing else."""
+    (`newsletter.state.batches.BatchStore`), and nothing else (the sender's heartbeat,
+    a claimant's or a helper's, is handed to `deliver`)."""
 
     def batches(self, issue_id: int, statuses: Sequence[str] | None = None) -> list[BatchRow]: ...
 
@@ -125,8 +125,6 @@ class DeliveryState(Protocol):
     def mark_submitted_many(
         self, accepted: Sequence[tuple[int, str | None, str | None]]
     ) -> None: ...
-
-    def beat(self, issue_id: int, owner: str) -> None: ...
 
 
 @dataclass
@@ -227,16 +225,23 @@ class Deliverer:
         message: Message,
         links: UnsubscribeLinks | None,
         suppressed: Set[str],
-        owner: str,
+        beat: Callable[[], None],
         *,
         resend_ambiguous: bool = False,
+        helping: bool = False,
     ) -> Outcome:
+        """The issue's batches still owed, `workers` at a time; `beat` shows the sender is
+        alive meanwhile. A helper (`helping`) takes only pending batches: what failed or is
+        in doubt is for the claimant to settle."""
         outcome = Outcome()
-        sendable = ["pending", "failed", *(["submitting"] if resend_ambiguous else [])]
+        if helping:
+            sendable = ["pending"]
+        else:
+            sendable = ["pending", "failed", *(["submitting"] if resend_ambiguous else [])]
         todo = self.ledger.batches(issue_id, sendable)
         self.progress.start(sum(b.size for b in todo), len(todo))
         in_flight: dict[Future[BatchResult], BatchRow] = {}
-        heartbeat = Heartbeat(lambda: self.ledger.beat(issue_id, owner), self.heartbeat_every)
+        heartbeat = Heartbeat(beat, self.heartbeat_every)
         pool = ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="send")
         try:
             for batch in todo:

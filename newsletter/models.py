@@ -157,6 +157,7 @@ class SendRequest:
     resend_ambiguous: bool = False
     skip_ambiguous: bool = False
     skip_invalid: bool = False
+    join: bool = False  # help another process that is sending the issue (`joining.py`)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class SendPreview:
 @dataclass
 class SendReport:
     # sent | already_sent | busy | empty | dry_run | cancelled | failed | stopped | test_sent
+    # | helped (batches taken beside another process that claimed the issue)
     outcome: str
     list_name: str
     date: dt.date
@@ -205,6 +207,7 @@ class SendReport:
             "cancelled",
             "test_sent",
             "stopped",
+            "helped",
         }
 
 

@@ -232,7 +232,9 @@ class SchedulerService:
         log_event(
             logging.INFO, f"run started for {list_name} {date}", {**event, "phase": "started"}
         )
-        request = SendRequest(list_name=list_name, date=date, transport=self.transport)
+        request = SendRequest(
+            list_name=list_name, date=date, transport=self.transport, join=config.schedule.join
+        )
         retry = False
         report: SendReport | None = None
         try:
@@ -260,7 +262,7 @@ class SchedulerService:
         }
         level = logging.ERROR if outcome == "failed" else logging.INFO
         summary = f"run finished for {list_name} {date}: {outcome}"
-        if report is not None and outcome in ("sent", "failed", "stopped"):
+        if report is not None and outcome in ("sent", "failed", "stopped", "helped"):
             stories = f"{plural(report.stories, 'story')}, " if report.stories is not None else ""
             summary += (
                 f" ({stories}{report.submitted:,} of {plural(report.recipients, 'recipient')}, "

@@ -14,6 +14,7 @@ are in `models.py`; reading the list is `recipients.py`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 import time
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from newsletter.app import App, BuiltIssue, empty_issue_message
 from newsletter.delivery import Deliverer, NoProgress, Outcome, Progress
-from newsletter.errors import ConfigError, LedgerError
+from newsletter.errors import LedgerError
 from newsletter.failpoints import failpoint
+from newsletter.joining import Helper, claimed_elsewhere, transport_mismatch, wait_for_helpers
 from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
 from newsletter.parts import Parts, Route
 from newsletter.plan_parts import PlanJob, put_together
@@ -109,12 +111,7 @@ class Sending:
             report.recipients = existing.recipients
             return report
         if existing is not None and existing.planned and existing.transport != transport:
-            raise ConfigError(
-                f"the {date} issue for list {list_name!r} was started with the "
-                f"{existing.transport} transport: resume it with the same one "
-                f"(--transport {existing.transport}). Switching half way would leave the "
-                "readers it may have reached in doubt on one and unknown to the other."
-            )
+            raise transport_mismatch(existing, transport)
         route = self.parts.route(list_name, date, transport, test=False)
         deliverer = self.parts.deliverer(
             route,
@@ -124,6 +121,11 @@ class Sending:
             sleep=self.sleep,
         )
         try:
+            stale = self.config.delivery.stale_claim
+            if request.join and not request.dry_run and claimed_elsewhere(existing, stale):
+                if self._helper().help(report, route, deliverer):
+                    return report
+                existing, report.outcome = ledger.issue(list_name, date), "failed"
             if isinstance(deliverer, SenderPool) and confirm is None and not request.dry_run:
                 deliverer.warm_up(self._batches_expected(list_name, existing))
             return self._send_route(request, confirm, report, route, deliverer, existing)
@@ -192,6 +194,8 @@ class Sending:
         owner = process_owner()
         issue_row = self._claim(report, owner)
         if issue_row is None:
+            if report.outcome == "busy" and request.join:  # claimed at the same moment
+                self._helper().help(report, route, deliverer)
             return report
         failpoint("send.claimed")
         try:
@@ -204,6 +208,15 @@ class Sending:
             status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
             self._record_end(issue_row.id, status, exc)
             raise
+
+    def _helper(self) -> Helper:
+        return Helper(
+            self.app.ledger,
+            self.parts,
+            self.config.delivery.stale_claim,
+            should_stop=self.should_stop,
+            sleep=self.sleep,
+        )
 
     def _claim(self, report: SendReport, owner: str) -> IssueRow | None:
         """The issue, claimed for this process; None (and why, in the report) if it cannot be."""
@@ -367,6 +380,10 @@ class Sending:
         report.subject = issue_row.subject or ""
         report.recipients = issue_row.recipients
         report.outbox = route.outbox
+        beat = functools.partial(ledger.beat, issue_row.id, owner)
+        stale = self.config.delivery.stale_claim
+        # helpers of a claimant that died first finish what they took (`joining.py`)
+        wait_for_helpers(ledger, issue_row.id, beat, stale, self.sleep)
         # what a run that died left `submitting`: cut to the message in flight where the
         # transport went one message at a time; the rest is in doubt until the editor says
         ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")
@@ -387,9 +404,10 @@ class Sending:
                 message,
                 route.links,
                 suppressed,
-                owner,
+                beat,
                 resend_ambiguous=request.resend_ambiguous,
             )
+            wait_for_helpers(ledger, issue_row.id, beat, stale, self.sleep)
         # a worker that failed unexpectedly left its batch `submitting`: cut it now, so the
         # report names only the message it had in flight
         ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")

@@ -256,16 +256,19 @@ class SenderPool:
         message: Message,
         links: UnsubscribeLinks | None,
         suppressed: Set[str],
-        owner: str,
+        beat: Callable[[], None],
         *,
         resend_ambiguous: bool = False,
+        helping: bool = False,
     ) -> Outcome:
+        """As `Deliverer.deliver`, by the senders side by side; a helper leaves what
+        failed or is in doubt to the claimant."""
         ledger = self.deliverer.ledger
-        # owed again: what failed before, and what was in doubt if the editor says resend
-        ledger.requeue(issue_id, ["failed", *(["submitting"] if resend_ambiguous else [])])
+        if not helping:  # owed again: what failed, and what was in doubt if the editor says
+            ledger.requeue(issue_id, ["failed", *(["submitting"] if resend_ambiguous else [])])
         todo = ledger.batches(issue_id, ["pending"])
         self.progress.start(sum(b.size for b in todo), len(todo))
-        heartbeat = Heartbeat(lambda: ledger.beat(issue_id, owner), self.heartbeat_every)
+        heartbeat = Heartbeat(beat, self.heartbeat_every)
         try:
             self.warm_up(len(todo))
             if not self._senders or len(todo) <= 1:

@@ -294,6 +294,29 @@ def test_beat_keeps_a_claim_fresh_for_its_owner_only(ledger: Ledger) -> None:
     assert heartbeat(ledger) == long_ago
 
 
+def test_helpers_join_only_a_planned_issue_being_sent_and_count_while_alive(
+    ledger: Ledger, dead_pid: int
+) -> None:
+    issue_id = claim(ledger, ALICE).issue.id
+    assert not ledger.join_issue(issue_id, BOB)  # nothing planned yet: nothing to take
+    plan(ledger, issue_id, batches=[(COLUMNS, [["a@example.com", "A"]])])
+    here_dead = f"{socket.gethostname()}:{dead_pid}"
+    for helper in (BOB, CAROL, here_dead):
+        assert ledger.join_issue(issue_id, helper)
+    ledger.beat_helper(issue_id, BOB)
+
+    # elsewhere: alive while beating; here: alive while the process is
+    assert ledger.live_helpers(issue_id, HOUR) == [BOB, CAROL]
+    assert ledger.live_helpers(issue_id, dt.timedelta(0)) == []  # all silent: gone
+    assert ledger.live_helpers(issue_id, HOUR) == []  # and their rows removed
+
+    assert ledger.join_issue(issue_id, BOB)
+    ledger.leave_issue(issue_id, BOB)
+    assert ledger.live_helpers(issue_id, HOUR) == []
+    ledger.finish(issue_id, "sent")
+    assert not ledger.join_issue(issue_id, BOB)  # closed: nothing to help with
+
+
 # -- exactly one winner ----------------------------------------------------------------
 
 

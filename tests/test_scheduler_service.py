@@ -377,6 +377,37 @@ def test_two_schedulers_on_one_database_send_once(
     assert sent_to(sendgrid_emulator) == collections.Counter(emails)
 
 
+def test_schedulers_that_join_share_the_issue_each_reader_once(
+    site: Site,
+    sendgrid_emulator: SendGridEmulator,
+    database_url: str,
+    schedulers: Callable[..., SchedulerProcess],
+) -> None:
+    fire = just_missed()
+    emails = real_site(site, sendgrid_emulator, fire, 300, batch_size=10, timeout=HELD)
+    text = site.config_path.read_text()
+    site.config_path.write_text(text.replace("[schedule]\n", "[schedule]\njoin = true\n"))
+    sendgrid_emulator.fail_all(Fault(status=503))  # SendGrid was down when the run was due
+    failed = service(site, Clock(fire), database_url).run_issue(fire)
+    assert failed is not None and failed.outcome == "failed" and not failed.permanent
+    sendgrid_emulator.reset()
+    sendgrid_emulator.fail_all(Fault(hold=True))  # each batch waits for the test's word
+
+    pair = [schedulers(site, database_url=database_url) for _ in range(2)]
+    # one claimed the issue and the other joined it: a request of each is in flight
+    assert sendgrid_emulator.wait_for_held(2, timeout=90), logs(*pair)
+    sendgrid_emulator.release()
+    for each in pair:
+        assert each.wait_for("run finished for main"), logs(*pair)
+
+    results = [p.stop() for p in pair]
+    assert [code for code, _ in results] == [0, 0], logs(*pair)
+    assert sum(": sent (" in p.log for p in pair) == 1, logs(*pair)
+    assert sum(": helped (" in p.log for p in pair) == 1, logs(*pair)
+    assert not any(p.said(BUSY) or "Traceback" in p.log for p in pair), logs(*pair)
+    assert sent_to(sendgrid_emulator) == collections.Counter(emails)
+
+
 def test_schedulers_starting_together_on_a_new_database_all_start_and_stop(
     site: Site, database_url: str, schedulers: Callable[..., SchedulerProcess]
 ) -> None:

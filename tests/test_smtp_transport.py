@@ -734,7 +734,9 @@ def test_a_slow_batch_keeps_showing_the_claim_is_alive(
             heartbeat_every=0.1,
         )
 
-        outcome = deliverer.deliver(issue.id, issue_message(), None, frozenset(), owner)
+        outcome = deliverer.deliver(
+            issue.id, issue_message(), None, frozenset(), lambda: ledger.beat(issue.id, owner)
+        )
 
         after = ledger.issue("main", dt.date(2024, 3, 5))
     assert outcome.submitted_recipients == 5 and len(server.messages) == 5

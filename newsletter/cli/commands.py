@@ -248,6 +248,12 @@ def _confirm(yes: bool) -> Callable[[SendPreview], bool] | None:
 )
 @click.option("--skip-invalid", is_flag=True, help="Send without list rows that are not valid.")
 @click.option(
+    "--join",
+    is_flag=True,
+    help="If another machine is sending this issue (one shared database), help it: take "
+    "batches beside it. Otherwise send the issue.",
+)
+@click.option(
     "--timings",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write seconds spent per phase (render, list, ledger, send) to FILE as JSON.",
@@ -266,6 +272,7 @@ def send(
     resend_ambiguous: bool,
     skip_ambiguous: bool,
     skip_invalid: bool,
+    join: bool,
     timings: Path | None,
 ) -> None:
     """Send the day's issue to a list, exactly once; `--list test` or `--to` for a test send.
@@ -286,6 +293,7 @@ def send(
         resend_ambiguous=resend_ambiguous,
         skip_ambiguous=skip_ambiguous,
         skip_invalid=skip_invalid,
+        join=join,
     )
     if timings is not None and not timings.parent.is_dir():  # said before, not after, a send
         raise NewsletterError(f"--timings {timings}: the folder {timings.parent} does not exist")

@@ -48,8 +48,18 @@ def _print_report(r: SendReport) -> None:
             out.print(r.detail)
     elif r.outcome == "cancelled":
         out.print("Not sent.")
+    elif r.outcome == "helped":
+        out.print(
+            Text.assemble(("Helped", "green")),
+            f"send {r.subject!r} to {where} ({r.detail}): this process submitted "
+            f"{plural(r.submitted, 'recipient')} in {plural(r.batches, 'batch')} via "
+            f"{r.transport}{tail}. The claimant reports the whole issue.",
+        )
     elif r.outcome == "busy":
-        err.print(Text.assemble(("error:", "bold red"), f" {r.detail}; not sending it twice"))
+        err.print(
+            Text.assemble(("error:", "bold red"), f" {r.detail}; not sending it twice"),
+            "(--join helps it instead, with a shared database)",
+        )
     elif r.outcome == "stopped":
         out.print(
             f"Stopped after {plural(r.submitted, 'recipient')}; "
@@ -62,7 +72,12 @@ def _print_report(r: SendReport) -> None:
     if r.outcome == "failed":
         for error in r.errors:
             err.print(Text.assemble(("error:", "bold red"), f" {error}"))
-        if r.submitted:
+        if r.detail.startswith("claimed by"):  # a helper: its batch in flight, if any
+            err.print(
+                f"The issue is {r.detail}: its run reports who is in doubt "
+                "(newsletter status --in-doubt)."
+            )
+        elif r.submitted:
             err.print(
                 f"{r.submitted:,} of {plural(r.recipients, 'recipient')} "
                 f"{'was' if r.submitted == 1 else 'were'} submitted before it stopped."

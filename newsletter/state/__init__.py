@@ -5,6 +5,7 @@ One module per concern, each owning its tables and their queries:
     database       the engine, the schema (created under a lock), the one transaction
                    helper, database failures as one LedgerError line
     issues         issues: the per-(list, date) claim, the stored plan, finish, history
+    helpers        senders that join an issue another process claimed (`send --join`)
     batches        batches and the send state machine, progress, who is in doubt
     suppressions   suppressions (every list or one) and sign-up consents
     events         mail events, applied once each, and their counts
@@ -23,11 +24,14 @@ from newsletter.state.batches import BatchStore
 from newsletter.state.database import Database
 from newsletter.state.events import EventStore
 from newsletter.state.feeds import FeedCacheStore
+from newsletter.state.helpers import HelperStore
 from newsletter.state.issues import IssueStore
 from newsletter.state.suppressions import SuppressionStore
 
 
-class Ledger(IssueStore, BatchStore, SuppressionStore, EventStore, ArchiveStore, FeedCacheStore):
+class Ledger(
+    IssueStore, HelperStore, BatchStore, SuppressionStore, EventStore, ArchiveStore, FeedCacheStore
+):
     """The whole state database in one handle, for the composition root (and tests).
 
     Every store shares `Database`'s engine, so one Ledger opens one engine;
@@ -41,6 +45,7 @@ __all__ = [
     "Database",
     "EventStore",
     "FeedCacheStore",
+    "HelperStore",
     "IssueStore",
     "Ledger",
     "SuppressionStore",

@@ -399,7 +399,14 @@ def process_owner() -> str:
 def _claim_is_stale(issue: IssueRow, now: dt.datetime, stale_after: dt.timedelta) -> bool:
     """A dead owner on this host, or one elsewhere that stopped beating. A live process on
     this host is never taken over, however slow: two senders would send the same rows."""
-    owner = issue.claimed_by or ""
+    return owner_is_gone(issue.claimed_by or "", issue.heartbeat, now, stale_after)
+
+
+def owner_is_gone(
+    owner: str, heartbeat: dt.datetime | None, now: dt.datetime, stale_after: dt.timedelta
+) -> bool:
+    """Whether the process `owner` (`process_owner()`) is gone: dead, if it ran on this
+    host; silent for `stale_after`, if it runs elsewhere."""
     host, _, pid = owner.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
         try:
@@ -409,4 +416,4 @@ def _claim_is_stale(issue: IssueRow, now: dt.datetime, stale_after: dt.timedelta
         except PermissionError:
             pass
         return False
-    return issue.heartbeat is None or now - issue.heartbeat > stale_after
+    return heartbeat is None or now - heartbeat > stale_after
