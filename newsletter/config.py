@@ -207,6 +207,10 @@ class ScheduleSettings(Settings):
     misfire_grace: Duration = timedelta(hours=2)
     retry_every: Duration = timedelta(minutes=10)
     admin_email: str | None = None
+    # SendGrid only: build and submit the issue this long before `time`, with SendGrid
+    # holding it until then, so a run that dies is resent exactly once and an editor can
+    # cancel it until ten minutes before (`scheduling.py`); 0: submitted at `time`
+    submit_ahead: Duration = timedelta()
     # schedulers on several machines (one PostgreSQL): the ones that find the issue
     # claimed help send it (`send --join`) instead of waiting to retry
     join: bool = False
@@ -214,6 +218,13 @@ class ScheduleSettings(Settings):
     @property
     def weekdays(self) -> frozenset[int]:
         return parse_days(self.days)
+
+    @field_validator("submit_ahead")
+    @classmethod
+    def _within_sendgrids_hold(cls, value: timedelta) -> timedelta:
+        if not timedelta() <= value <= timedelta(hours=72):
+            raise ValueError("must be between 0 and 72h: SendGrid holds a send 72 hours at most")
+        return value
 
 
 class IssueSettings(Settings):

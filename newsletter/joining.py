@@ -22,6 +22,7 @@ from newsletter.delivery import Deliverer, Heartbeat
 from newsletter.errors import ConfigError
 from newsletter.models import SendReport
 from newsletter.parts import Parts, Route
+from newsletter.scheduling import request_fields
 from newsletter.senders import SenderPool
 from newsletter.state import Ledger
 from newsletter.state.database import utcnow
@@ -74,14 +75,10 @@ class Helper:
     def help(self, report: SendReport, route: Route, deliverer: Deliverer | SenderPool) -> bool:
         """Help send the issue; False (nothing done) if nobody else is sending it any more,
         so this process can send it itself."""
-        issue = self._planned_issue(report)
+        owner = process_owner()
+        issue = self._joined_issue(report, owner)
         if issue is None:
             return report.outcome != "busy"
-        if issue.transport != report.transport:
-            raise transport_mismatch(issue, report.transport)
-        owner = process_owner()
-        if not self.ledger.join_issue(issue.id, owner):  # closed since it was read
-            return self._closed(report)
         log.info("helping %s send the %s issue", issue.claimed_by, issue.issue_date)
         try:
             message = self.parts.message(
@@ -92,6 +89,8 @@ class Helper:
                 issue_id=str(issue.id),
                 list_name=report.list_name,
                 sandbox=False,
+                # under the claimant's scheduled attempt, if it has one
+                **request_fields(self.ledger.latest_attempt(issue.id)),  # type: ignore[arg-type]
             )
             outcome = deliverer.deliver(
                 issue.id,
@@ -112,9 +111,10 @@ class Helper:
         report.suppressed = outcome.dropped_suppressed
         return True
 
-    def _planned_issue(self, report: SendReport) -> IssueRow | None:
-        """The issue once its claimant has stored the plan; None, with the report saying
-        why (already sent, stopped) or left "busy" if nobody is sending it now."""
+    def _joined_issue(self, report: SendReport, owner: str) -> IssueRow | None:
+        """The issue, joined as a helper once its claimant has planned it and opened it to
+        helpers; None, with the report saying why (already sent, stopped) or left "busy"
+        if nobody is sending it now."""
         waiting = False
         while True:
             issue = self.ledger.issue(report.list_name, report.date)
@@ -125,13 +125,15 @@ class Helper:
                 report.outcome = "busy"  # nobody to help: the caller sends it
                 return None
             assert issue is not None
-            if issue.planned:
+            if issue.planned and issue.transport != report.transport:
+                raise transport_mismatch(issue, report.transport)
+            if issue.planned and self.ledger.join_issue(issue.id, owner):
                 return issue
             if self.should_stop():
                 report.outcome = "stopped"
                 return None
             if not waiting:
-                log.warning("waiting for %s to plan the issue before helping", issue.claimed_by)
+                log.warning("waiting for %s to open the issue to helpers", issue.claimed_by)
                 waiting = True
             self.sleep(POLL)
 

@@ -158,6 +158,10 @@ class SendRequest:
     skip_ambiguous: bool = False
     skip_invalid: bool = False
     join: bool = False  # help another process that is sending the issue (`joining.py`)
+    # SendGrid holds the issue until then, and it can be cancelled until ten minutes
+    # before (`scheduling.py`); None: it goes at once
+    send_at: dt.datetime | None = None
+    replace: bool = False  # send a corrected issue for a date whose issue was cancelled
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ class SendPreview:
 class SendReport:
     # sent | already_sent | busy | empty | dry_run | cancelled | failed | stopped | test_sent
     # | helped (batches taken beside another process that claimed the issue)
+    # | was_cancelled (the editor cancelled the date's issue: `send --replace` sends anew)
     outcome: str
     list_name: str
     date: dt.date
@@ -196,6 +201,10 @@ class SendReport:
     detail: str = ""
     stories: int | None = None
     permanent: bool = False  # failed in a way a retry cannot fix (a refused request)
+    send_at: dt.datetime | None = None  # SendGrid holds it until then (a scheduled send)
+    cancel_deadline: dt.datetime | None = None
+    schedule_note: str = ""  # an attempt replaced, or why it could not be
+    timezone: str = "UTC"  # the newsletter's, for the moments shown
 
     @property
     def ok(self) -> bool:

@@ -24,13 +24,14 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from newsletter.config import Config
 from newsletter.delivery import Deliverer, Progress
 from newsletter.errors import ConfigError
 from newsletter.planning import UnsubscribeLinks
 from newsletter.retry import RetryPolicy
+from newsletter.scheduling import Scheduling
 from newsletter.senders import SenderPool
 from newsletter.signing import DEVELOPMENT_SECRET, Signer
 from newsletter.transports.base import InDoubt, Message, Transport
@@ -204,10 +205,14 @@ class Parts:
         issue_id: str,
         list_name: str,
         sandbox: bool,
+        send_at: int | None = None,
+        batch_id: str | None = None,
     ) -> Message:
         """The issue as every reader gets it, from the sender settings."""
         s = self.config.sender
         return Message(
+            send_at=send_at,
+            batch_id=batch_id,
             subject=subject,
             html=html,
             text=text,
@@ -256,6 +261,17 @@ class Parts:
         return SenderPool(deliverer, self.config, route.transport, d.workers, progress, should_stop)
 
     # -- SendGrid beside sending -----------------------------------------------------------
+
+    def scheduling(self, ledger: Ledger, sleep: Callable[[float], None]) -> Scheduling:
+        """Scheduled attempts at SendGrid: submitted ahead, cancelled, paused, resumed."""
+        make_transport = self.transport_factory("sendgrid", None)
+        return Scheduling(
+            ledger,
+            lambda: cast(SendGridTransport, make_transport()),
+            self.retry_policy(),
+            self.clock,
+            sleep,
+        )
 
     def suppressions_at_service(self, transport: str) -> Callable[[], list[tuple[str, str]]] | None:
         """Reads who SendGrid will not deliver to, as (address, reason); None: not SendGrid."""

@@ -53,26 +53,50 @@ class DailyIssueTrigger(BaseTrigger):
 
     Unlike a cron trigger, a fall-back day (the time happens twice) fires once
     and a spring-forward day (the time never happens) still fires, an hour on.
+    With `ahead` (`[schedule] submit_ahead` on SendGrid) it fires that long before
+    the send time, which SendGrid then holds the issue until; the weekdays and the
+    issue's date are the send time's.
     """
 
-    def __init__(self, at: dt.time, timezone: str, days: str = "*") -> None:
+    def __init__(
+        self, at: dt.time, timezone: str, days: str = "*", ahead: dt.timedelta = dt.timedelta()
+    ) -> None:
         self.at = at
         self.timezone = timezone
         self.days = days
+        self.ahead = ahead
         self._tz = ZoneInfo(timezone)
         self._weekdays = parse_days(days)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"version": 1, "at": self.at, "timezone": self.timezone, "days": self.days}
+        return {
+            "version": 2,
+            "at": self.at,
+            "timezone": self.timezone,
+            "days": self.days,
+            "ahead": self.ahead,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["at"], state["timezone"], state["days"])  # type: ignore[misc]
+        ahead = state.get("ahead", dt.timedelta())
+        self.__init__(state["at"], state["timezone"], state["days"], ahead)  # type: ignore[misc]
 
     def __repr__(self) -> str:
-        return f"DailyIssueTrigger({self.at:%H:%M} {self.timezone}, days={self.days!r})"
+        ahead = f", submitted {self.ahead} ahead" if self.ahead else ""
+        return f"DailyIssueTrigger({self.at:%H:%M} {self.timezone}, days={self.days!r}{ahead})"
+
+    def send_time(self, date: dt.date) -> dt.datetime:
+        return local_time_on(date, self.at, self._tz)
 
     def fire_time(self, date: dt.date) -> dt.datetime:
-        return local_time_on(date, self.at, self._tz)
+        return self.send_time(date) - self.ahead
+
+    def issue_date(self, fire: dt.datetime) -> dt.date:
+        """The date of the issue a fire time is for: its send time's."""
+        return self._date(fire)
+
+    def _date(self, moment: dt.datetime) -> dt.date:
+        return (moment + self.ahead).astimezone(self._tz).date()
 
     def _dates_from(self, date: dt.date) -> Iterator[dt.date]:
         for offset in range(LOOKAHEAD_DAYS):
@@ -84,10 +108,9 @@ class DailyIssueTrigger(BaseTrigger):
         self, previous_fire_time: dt.datetime | None, now: dt.datetime
     ) -> dt.datetime | None:
         if previous_fire_time is not None:
-            start = previous_fire_time.astimezone(self._tz).date() + dt.timedelta(days=1)
+            start = self._date(previous_fire_time) + dt.timedelta(days=1)
             return next((self.fire_time(d) for d in self._dates_from(start)), None)
-        today = now.astimezone(self._tz).date()
-        for day in self._dates_from(today):
+        for day in self._dates_from(self._date(now)):
             moment = self.fire_time(day)
             if moment >= now:
                 return moment
@@ -96,8 +119,8 @@ class DailyIssueTrigger(BaseTrigger):
     def fire_times(self, after: dt.datetime, until: dt.datetime) -> list[dt.datetime]:
         """Every fire time in (after, until]."""
         times = []
-        day = after.astimezone(self._tz).date()
-        while day <= until.astimezone(self._tz).date():
+        day = self._date(after)
+        while day <= self._date(until):
             if day.weekday() in self._weekdays:
                 moment = self.fire_time(day)
                 if after < moment <= until:
@@ -107,7 +130,7 @@ class DailyIssueTrigger(BaseTrigger):
 
     def latest(self, now: dt.datetime) -> dt.datetime | None:
         """The most recent fire time at or before `now`."""
-        day = now.astimezone(self._tz).date()
+        day = self._date(now)
         for _ in range(LOOKAHEAD_DAYS):
             if day.weekday() in self._weekdays and self.fire_time(day) <= now:
                 return self.fire_time(day)
@@ -128,7 +151,8 @@ class DailyIssueTrigger(BaseTrigger):
 
 def trigger_for(config: Config) -> DailyIssueTrigger:
     s = config.schedule
-    return DailyIssueTrigger(s.time, config.newsletter.timezone, s.days)
+    ahead = s.submit_ahead if config.delivery.transport == "sendgrid" else dt.timedelta()
+    return DailyIssueTrigger(s.time, config.newsletter.timezone, s.days, ahead)
 
 
 @dataclass(frozen=True)
@@ -221,9 +245,14 @@ class SchedulerService:
     def _run(self, scheduled: dt.datetime) -> SendReport | None:
         config = self.config()
         list_name = self.list_for(config)
-        date = scheduled.astimezone(config.newsletter.tz).date()
+        trigger = trigger_for(config)
+        date = trigger.issue_date(scheduled)
         started = time.monotonic()
         now = self.clock()
+        # submitted ahead: SendGrid holds it until the send time (`scheduling.py`)
+        send_at = scheduled + trigger.ahead
+        if not trigger.ahead or send_at <= now or self.transport not in (None, "sendgrid"):
+            send_at = None
         grace = config.schedule.misfire_grace
         if now - scheduled > grace and not self._partly_sent(config, list_name, date, now):
             self.record_skip(config, scheduled, now, "it could not start in time")
@@ -233,7 +262,11 @@ class SchedulerService:
             logging.INFO, f"run started for {list_name} {date}", {**event, "phase": "started"}
         )
         request = SendRequest(
-            list_name=list_name, date=date, transport=self.transport, join=config.schedule.join
+            list_name=list_name,
+            date=date,
+            transport=self.transport,
+            join=config.schedule.join,
+            send_at=send_at,
         )
         retry = False
         report: SendReport | None = None
@@ -307,7 +340,7 @@ class SchedulerService:
     ) -> None:
         list_name = self.list_for(config)
         tz = config.newsletter.tz
-        date = scheduled.astimezone(tz).date()
+        date = trigger_for(config).issue_date(scheduled)
         reason = (
             f"skipped: the {scheduled.astimezone(tz):%H:%M %Z} run was missed ({why}); "
             f"it is now {now.astimezone(tz):%Y-%m-%d %H:%M}, past misfire_grace "
@@ -395,7 +428,7 @@ class SchedulerService:
         if due is None and latest is not None:
             # a run that failed or was stopped (SIGTERM) resumes on the next start
             list_name = self.list_for(config)
-            date = latest.astimezone(config.newsletter.tz).date()
+            date = trigger.issue_date(latest)
             with IssueStore(config.database_url) as ledger:
                 issue = ledger.issue(list_name, date)
             if issue is not None and issue.status in ("failed", "stopped", "sending"):

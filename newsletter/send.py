@@ -14,6 +14,7 @@ are in `models.py`; reading the list is `recipients.py`.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import logging
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from newsletter.app import App, BuiltIssue, empty_issue_message
 from newsletter.delivery import Deliverer, NoProgress, Outcome, Progress
-from newsletter.errors import LedgerError
+from newsletter.errors import ConfigError, LedgerError
 from newsletter.failpoints import failpoint
 from newsletter.joining import Helper, claimed_elsewhere, transport_mismatch, wait_for_helpers
 from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
@@ -32,14 +33,17 @@ from newsletter.plan_parts import PlanJob, put_together
 from newsletter.planning import plan_batches
 from newsletter.recipients import FIX_OR_SKIP, check_columns, list_file, read_subscribers
 from newsletter.retry import with_retries
+from newsletter.scheduling import request_fields
 from newsletter.seen import HashedSeen, RepeatedAddresses, Seen, WatchedSeen
 from newsletter.senders import SenderPool
+from newsletter.state.attempts import Attempt
 from newsletter.state.batches import BATCH_DONE
 from newsletter.state.issues import IssueRow, PlanContent, process_owner
 from newsletter.subscribers import ListPart, ListReport, list_parts, read_list
 from newsletter.timings import Timings
 from newsletter.transports.base import BatchFailure
 from newsletter.trial import TrialSend
+from newsletter.words import moment
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +106,23 @@ class Sending:
             )
         date = request.date or self.app.today()
         transport = self.parts.transport_name(request.transport)
-        report = SendReport("failed", list_name, date, transport=transport)
+        report = SendReport(
+            "failed", list_name, date, transport=transport, timezone=self.config.newsletter.timezone
+        )
         self.parts.require_unsubscribe()
+        if request.send_at is not None and transport != "sendgrid":
+            raise ConfigError(
+                f"--at needs the sendgrid transport, which holds the issue until then; "
+                f"{transport} sends at once (the scheduler sends it at its time)"
+            )
         ledger = self.app.ledger
         existing = ledger.issue(list_name, date)
+        if existing is not None and existing.status == "cancelled":
+            if not request.replace:
+                report.outcome = "was_cancelled"
+                return report
+            ledger.forget_plan(existing.id)  # a corrected issue: gathered and planned anew
+            existing = ledger.issue(list_name, date)
         if existing is not None and existing.status == "sent":
             report.outcome, report.subject = "already_sent", existing.subject or ""
             report.recipients = existing.recipients
@@ -387,6 +404,9 @@ class Sending:
         # what a run that died left `submitting`: cut to the message in flight where the
         # transport went one message at a time; the rest is in doubt until the editor says
         ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")
+        attempt = None
+        if route.transport == "sendgrid":  # a request in doubt before the deadline: resent
+            attempt = self._attempt(report, issue_row.id, request.send_at)
         if request.skip_ambiguous:
             ledger.skip_in_doubt(issue_row.id, "in doubt, not resent (--skip-ambiguous)")
         message = self.parts.message(
@@ -397,21 +417,51 @@ class Sending:
             issue_id=str(issue_row.id),
             list_name=report.list_name,
             sandbox=False,
+            **request_fields(attempt),  # type: ignore[arg-type]
         )
         with self.timings.phase("send"):
-            outcome = deliverer.deliver(
-                issue_row.id,
-                message,
-                route.links,
-                suppressed,
-                beat,
-                resend_ambiguous=request.resend_ambiguous,
-            )
+            ledger.open_to_helpers(issue_row.id, owner)  # settled: others may take batches
+            try:
+                outcome = deliverer.deliver(
+                    issue_row.id,
+                    message,
+                    route.links,
+                    suppressed,
+                    beat,
+                    resend_ambiguous=request.resend_ambiguous,
+                )
+            finally:
+                ledger.close_to_helpers(issue_row.id)
             wait_for_helpers(ledger, issue_row.id, beat, stale, self.sleep)
         # a worker that failed unexpectedly left its batch `submitting`: cut it now, so the
         # report names only the message it had in flight
         ledger.settle_interrupted(issue_row.id, resend_safely=route.in_doubt == "none")
         return outcome
+
+    def _attempt(
+        self, report: SendReport, issue_id: int, send_at: dt.datetime | None
+    ) -> Attempt | None:
+        """The scheduled attempt this run submits under (`scheduling.py`), if any; what
+        happened to one in doubt goes into the report."""
+        found = self.parts.scheduling(self.app.ledger, self.sleep).attempt_for(issue_id, send_at)
+        attempt = found.attempt
+        if attempt is None:
+            return None
+        report.send_at, report.cancel_deadline = attempt.send_at, attempt.cancel_deadline
+        if found.replaced is not None:
+            report.schedule_note = (
+                f"A request of batch {found.replaced.batch_id} was in doubt: SendGrid "
+                f"cancelled that batch, and the whole issue went again under batch "
+                f"{attempt.batch_id}. Nobody gets it twice."
+            )
+        elif found.too_late:
+            report.schedule_note = (
+                "Too late to cancel the batch in doubt and send it again: SendGrid only "
+                f"promises a cancel until {moment(attempt.cancel_deadline, report.timezone)}."
+            )
+        elif found.refused:
+            report.schedule_note = f"Could not cancel the batch in doubt: {found.refused}."
+        return attempt
 
     def _report(self, report: SendReport, issue_row: IssueRow, outcome: Outcome) -> SendReport:
         """Say what the batches now are, and record how the issue ended."""

@@ -1,6 +1,10 @@
-"""Counted nouns for output: "1 story", "2 stories", never "1 stories"."""
+"""Words for output: counted nouns ("1 story", "2 stories", never "1 stories") and
+moments in the newsletter's time zone."""
 
 from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
 
 
 def noun(count: int, word: str, words: str | None = None) -> str:
@@ -19,3 +23,8 @@ def noun(count: int, word: str, words: str | None = None) -> str:
 def plural(count: int, word: str, words: str | None = None) -> str:
     """The count with thousands separators, then the noun that goes with it."""
     return f"{count:,} {noun(count, word, words)}"
+
+
+def moment(when: dt.datetime, zone: str) -> str:
+    """A moment as the editor reads it: in the newsletter's time zone, named."""
+    return f"{when.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M} ({zone})"

@@ -298,8 +298,11 @@ def test_helpers_join_only_a_planned_issue_being_sent_and_count_while_alive(
     ledger: Ledger, dead_pid: int
 ) -> None:
     issue_id = claim(ledger, ALICE).issue.id
-    assert not ledger.join_issue(issue_id, BOB)  # nothing planned yet: nothing to take
     plan(ledger, issue_id, batches=[(COLUMNS, [["a@example.com", "A"]])])
+    assert not ledger.join_issue(issue_id, BOB)  # the claimant has not opened it yet
+    ledger.open_to_helpers(issue_id, CAROL)  # not the claimant: no opening
+    assert not ledger.join_issue(issue_id, BOB)
+    ledger.open_to_helpers(issue_id, ALICE)
     here_dead = f"{socket.gethostname()}:{dead_pid}"
     for helper in (BOB, CAROL, here_dead):
         assert ledger.join_issue(issue_id, helper)
@@ -313,6 +316,9 @@ def test_helpers_join_only_a_planned_issue_being_sent_and_count_while_alive(
     assert ledger.join_issue(issue_id, BOB)
     ledger.leave_issue(issue_id, BOB)
     assert ledger.live_helpers(issue_id, HOUR) == []
+    ledger.close_to_helpers(issue_id)  # delivering is over: nobody joins any more
+    assert not ledger.join_issue(issue_id, BOB)
+    ledger.open_to_helpers(issue_id, ALICE)
     ledger.finish(issue_id, "sent")
     assert not ledger.join_issue(issue_id, BOB)  # closed: nothing to help with
 

@@ -4,6 +4,7 @@ check, preview, send, serve, schedule."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -32,9 +33,11 @@ from newsletter.cli.base import (
 from newsletter.cli.report import _print_report
 from newsletter.cli.status import status
 from newsletter.cli.subscribers import subscribers
+from newsletter.cli.undo import cancel, pause, resume
 from newsletter.errors import NewsletterError
 from newsletter.models import SendPreview, SendRequest
 from newsletter.progress import RichProgress
+from newsletter.scheduling import parse_send_time
 from newsletter.send import Sending
 from newsletter.timings import Timings
 from newsletter.words import plural
@@ -248,6 +251,18 @@ def _confirm(yes: bool) -> Callable[[SendPreview], bool] | None:
 )
 @click.option("--skip-invalid", is_flag=True, help="Send without list rows that are not valid.")
 @click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="SendGrid: submit now, delivered at TIME (07:00 on the issue's date, or "
+    "2024-03-05 07:00); cancellable until 10 minutes before (newsletter cancel).",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Send a corrected issue for a date whose issue was cancelled.",
+)
+@click.option(
     "--join",
     is_flag=True,
     help="If another machine is sending this issue (one shared database), help it: take "
@@ -272,6 +287,8 @@ def send(
     resend_ambiguous: bool,
     skip_ambiguous: bool,
     skip_invalid: bool,
+    at: str | None,
+    replace: bool,
     join: bool,
     timings: Path | None,
 ) -> None:
@@ -294,11 +311,18 @@ def send(
         skip_ambiguous=skip_ambiguous,
         skip_invalid=skip_invalid,
         join=join,
+        replace=replace,
     )
     if timings is not None and not timings.parent.is_dir():  # said before, not after, a send
         raise NewsletterError(f"--timings {timings}: the folder {timings.parent} does not exist")
     phases = Timings()
-    with App(opts.config()) as app, stop_on_signal() as stopping:
+    config = opts.config()
+    if at is not None:
+        day = request.date or dt.datetime.now(config.newsletter.tz).date()
+        request = dataclasses.replace(
+            request, send_at=parse_send_time(at, day, config.newsletter.tz)
+        )
+    with App(config) as app, stop_on_signal() as stopping:
         sending = Sending(
             app, progress=RichProgress(err), should_stop=stopping.is_set, timings=phases
         )
@@ -422,6 +446,8 @@ def schedule(
 
 cli.add_command(status)
 cli.add_command(subscribers)
+for undo in (cancel, pause, resume):
+    cli.add_command(undo)
 
 
 def main() -> None:

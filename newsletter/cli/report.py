@@ -7,7 +7,7 @@ from rich.text import Text
 
 from newsletter.cli.base import err, out
 from newsletter.models import SendReport
-from newsletter.words import noun, plural
+from newsletter.words import moment, noun, plural
 
 
 def _print_report(r: SendReport) -> None:
@@ -18,7 +18,9 @@ def _print_report(r: SendReport) -> None:
     if r.duplicates:
         extras.append(f"{plural(r.duplicates, 'duplicate row')} ignored")
     tail = f" ({'; '.join(extras)})" if extras else ""
-    if r.outcome == "sent":
+    if r.outcome == "sent" and r.send_at is not None:
+        _print_scheduled(r, where, tail)
+    elif r.outcome == "sent":
         of = f" of {r.recipients:,}" if r.skipped else ""
         out.print(
             Text.assemble(("Sent", "green")),
@@ -48,6 +50,11 @@ def _print_report(r: SendReport) -> None:
             out.print(r.detail)
     elif r.outcome == "cancelled":
         out.print("Not sent.")
+    elif r.outcome == "was_cancelled":
+        err.print(
+            Text.assemble(("error:", "bold red"), f" the issue for {where} was cancelled;"),
+            "send a corrected one with --replace",
+        )
     elif r.outcome == "helped":
         out.print(
             Text.assemble(("Helped", "green")),
@@ -65,6 +72,8 @@ def _print_report(r: SendReport) -> None:
             f"Stopped after {plural(r.submitted, 'recipient')}; "
             "run the same command again to resume."
         )
+    if r.schedule_note:
+        err.print(Text.assemble(("note:", "yellow"), f" {r.schedule_note}"))
     if r.outbox is not None and r.outcome in ("sent", "test_sent", "failed", "stopped"):
         out.print(f"Messages written to {r.outbox}/")
     for address, reason in r.rejected[:20]:
@@ -97,6 +106,21 @@ def _print_report(r: SendReport) -> None:
 
 
 SHOWN_ADDRESSES = 20
+
+
+def _print_scheduled(r: SendReport, where: str, tail: str) -> None:
+    """A scheduled send: SendGrid holds it, and until when it can be taken back."""
+    assert r.send_at is not None and r.cancel_deadline is not None
+    out.print(
+        Text.assemble(("Scheduled", "green")),
+        f"{r.subject!r} for {moment(r.send_at, r.timezone)}: {plural(r.delivered, 'recipient')} "
+        f"of {where} in {plural(r.batches, 'batch')} via {r.transport}{tail}.",
+    )
+    out.print(
+        f"SendGrid holds it until then. Until {moment(r.cancel_deadline, r.timezone)} it can "
+        f"be taken back: newsletter cancel --list {r.list_name} --date {r.date} "
+        "(or pause / resume)."
+    )
 
 
 def _print_addresses(label: str, what: str, addresses: list[str]) -> None:

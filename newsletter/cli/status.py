@@ -11,7 +11,8 @@ from rich.text import Text
 from newsletter.app import App
 from newsletter.cli.base import DATE, Command, Options, day_of, out
 from newsletter.cli.report import SHOWN_ADDRESSES
-from newsletter.words import noun, plural
+from newsletter.state.issues import IssueRow
+from newsletter.words import moment, noun, plural
 
 # SendGrid event name -> how `status` says one, and several
 EVENT_WORDS = {
@@ -83,7 +84,7 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
                 if events:
                     what = f"{what}  [{_event_summary(events, short=True)}]"
                 out.print(
-                    f"{row.issue_date}  {row.list_name:<10} {row.status:<8} "
+                    f"{row.issue_date}  {row.list_name:<10} {_state(app, row):<9} "
                     f"{row.recipients:>9,} {noun(row.recipients, 'recipient'):<10}  {what}"
                 )
             return
@@ -99,6 +100,18 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
         )
         if row.error:
             out.print(f"error: {row.error}")
+        zone = app.config.newsletter.timezone
+        for attempt in ledger.attempts(row.id):
+            out.print(
+                f"attempt {attempt.attempt}: SendGrid batch {attempt.batch_id}, "
+                f"for {moment(attempt.send_at, zone)}, {attempt.status}"
+                + (
+                    f" (cancel, pause: until {moment(attempt.cancel_deadline, zone)})"
+                    if attempt.status in ("active", "paused")
+                    and app.clock() < attempt.cancel_deadline
+                    else ""
+                )
+            )
         counts = ledger.batch_counts(row.id)
         out.print(
             "batches: "
@@ -125,3 +138,15 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
                 more = len(addresses) - SHOWN_ADDRESSES
                 tail = f" and {more:,} more (--in-doubt lists them all)" if more > 0 else ""
                 out.print(f"{label}: {shown}{tail}")
+
+
+def _state(app: App, row: IssueRow) -> str:
+    """The issue's state, with "scheduled" or "paused" for one SendGrid still holds."""
+    if row.status != "sent":
+        return row.status
+    attempt = app.ledger.latest_attempt(row.id)
+    if attempt is not None and attempt.status == "paused":
+        return "paused"
+    if attempt is None or attempt.send_at <= app.clock():
+        return row.status
+    return "scheduled"

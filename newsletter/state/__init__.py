@@ -6,6 +6,7 @@ One module per concern, each owning its tables and their queries:
                    helper, database failures as one LedgerError line
     issues         issues: the per-(list, date) claim, the stored plan, finish, history
     helpers        senders that join an issue another process claimed (`send --join`)
+    attempts       scheduled attempts: an issue submitted ahead under a SendGrid batch ID
     batches        batches and the send state machine, progress, who is in doubt
     suppressions   suppressions (every list or one) and sign-up consents
     events         mail events, applied once each, and their counts
@@ -20,6 +21,7 @@ Importing this package imports every module, so any store creates the whole sche
 from __future__ import annotations
 
 from newsletter.state.archive import ArchiveStore
+from newsletter.state.attempts import AttemptStore
 from newsletter.state.batches import BatchStore
 from newsletter.state.database import Database
 from newsletter.state.events import EventStore
@@ -30,7 +32,14 @@ from newsletter.state.suppressions import SuppressionStore
 
 
 class Ledger(
-    IssueStore, HelperStore, BatchStore, SuppressionStore, EventStore, ArchiveStore, FeedCacheStore
+    IssueStore,
+    HelperStore,
+    AttemptStore,
+    BatchStore,
+    SuppressionStore,
+    EventStore,
+    ArchiveStore,
+    FeedCacheStore,
 ):
     """The whole state database in one handle, for the composition root (and tests).
 
@@ -41,6 +50,7 @@ class Ledger(
 
 __all__ = [
     "ArchiveStore",
+    "AttemptStore",
     "BatchStore",
     "Database",
     "EventStore",

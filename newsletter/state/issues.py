@@ -56,6 +56,10 @@ issue_stories = sa.Table(
 
 # a skipped issue can still be sent by hand; failed and stopped ones resume
 RESUMABLE = ("failed", "stopped", "skipped")
+# what a plan stores on its issue (`_plan_fields`); a cancelled plan clears them
+PLAN_COLUMNS = (
+    "subject", "html", "text", "tokens", "story_keys", "window_start", "window_end", "transport",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,10 @@ class Message:
     # False for one-to-one mail (a sign-up's confirmation, a note to the admin): it
     # must reach people who left the newsletter, and offers no unsubscribing
     bulk: bool = True
+    # SendGrid holds the issue until `send_at` (Unix seconds), under `batch_id`, which
+    # can cancel it until ten minutes before (`scheduling.py`); None: at once
+    send_at: int | None = None
+    batch_id: str | None = None
 
 
 class Recipient(NamedTuple):

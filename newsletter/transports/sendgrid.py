@@ -123,6 +123,10 @@ class SendGridTransport:
             body["asm"] = {"group_id": s.asm_group_id}
         if s.ip_pool_name:
             body["ip_pool_name"] = s.ip_pool_name
+        if message.send_at is not None:
+            body["send_at"] = message.send_at
+        if message.batch_id is not None:
+            body["batch_id"] = message.batch_id
         settings: dict[str, Any] = {}
         if message.sandbox:
             settings["sandbox_mode"] = {"enable": True}
@@ -349,6 +353,46 @@ class SendGridTransport:
         for path in paths:
             self._call(lambda p=path: _absent_is_fine(p.delete))
 
+    # -- scheduled sends: a batch ID groups an issue's requests, so they can be cancelled
+
+    def create_batch(self) -> str:
+        """A new batch ID (POST /v3/mail/batch) for the requests of one attempt."""
+        response = self._call(lambda: self.api.client.mail.batch.post())
+        batch_id = _object(response).get("batch_id")
+        if not isinstance(batch_id, str) or not batch_id:
+            raise TemporaryFailure("SendGrid answered a new batch without its batch_id")
+        return batch_id
+
+    def batch_status(self, batch_id: str) -> str | None:
+        """ "cancel" or "pause" if one is set on the batch, else None."""
+        response = self._call(lambda: self.api.client.user.scheduled_sends._(batch_id).get())
+        statuses = [
+            entry.get("status")
+            for entry in _json(response)
+            if isinstance(entry, dict) and entry.get("batch_id") == batch_id
+        ]
+        return statuses[0] if statuses else None
+
+    def set_batch_status(self, batch_id: str, status: str) -> None:
+        """Cancel or pause the batch's scheduled requests; SendGrid keeps ten such at once.
+        A status already set is changed (PATCH), as SendGrid refuses a second POST."""
+        current = self.batch_status(batch_id)
+        if current == status:
+            return
+        scheduled = self.api.client.user.scheduled_sends
+        if current is None:
+            body = {"batch_id": batch_id, "status": status}
+            self._call(lambda: scheduled.post(request_body=body))
+        else:
+            self._call(lambda: scheduled._(batch_id).patch(request_body={"status": status}))
+        if self.batch_status(batch_id) != status:
+            raise TemporaryFailure(f"SendGrid did not confirm the {status} of batch {batch_id}")
+
+    def clear_batch_status(self, batch_id: str) -> None:
+        """Lift a pause (or cancel) so the batch goes out at its time."""
+        scheduled = self.api.client.user.scheduled_sends
+        self._call(lambda: _absent_is_fine(scheduled._(batch_id).delete))
+
     def close(self) -> None:
         self.http.close()
 
@@ -375,6 +419,14 @@ def _json(response: Any) -> list[Any]:
     except ValueError:
         raise TemporaryFailure("SendGrid answered with something that is not JSON") from None
     return data if isinstance(data, list) else []
+
+
+def _object(response: Any) -> dict[str, Any]:
+    try:
+        data = json.loads(response.body or b"{}")
+    except ValueError:
+        raise TemporaryFailure("SendGrid answered with something that is not JSON") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _reason(status: int) -> str:

@@ -3,7 +3,9 @@
 Why: tests and benchmarks of `newsletter send` must exercise the real HTTP path (the official
 client, retries, timeouts, suppression paging) without the network or a real account. Requests
 are checked against the official OpenAPI spec in `tests/fixtures/sendgrid/` plus the cross-field
-rules the spec does not encode (see SOURCE.md there), and failures can be scripted.
+rules the spec does not encode (see SOURCE.md there), and failures can be scripted. Scheduled
+sends (`send_at`, `batch_id`, cancel/pause) run on a clock the test moves (`advance`), with the
+rules kept in `scheduled_sends.py`.
 
 Use it in-process (`with SendGridEmulator(api_key="SG.test") as emu: ... emu.url`) or as a
 process: `python tests/support/sendgrid_emulator.py --port 0 --api-key SG.x` prints the base URL
@@ -24,8 +26,8 @@ import sys
 import threading
 import time
 import zlib
-from collections import deque
-from collections.abc import Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cache, lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,9 +42,27 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
+if __package__:
+    from .scheduled_sends import (
+        UNKNOWN_BATCH,
+        Delivery,
+        ScheduledSends,
+        ScheduleError,
+        StatusNotFound,
+    )
+else:  # run as a script: python tests/support/sendgrid_emulator.py
+    from scheduled_sends import (  # type: ignore[import-not-found, no-redef]
+        UNKNOWN_BATCH,
+        Delivery,
+        ScheduledSends,
+        ScheduleError,
+        StatusNotFound,
+    )
+
 __all__ = [
     "MAIL_SEND_PATH",
     "SUPPRESSION_LISTS",
+    "Delivery",
     "EmulatorStats",
     "Fault",
     "RecordedRequest",
@@ -51,13 +71,18 @@ __all__ = [
     "group_key",
     "mail_send_validator",
     "new_message_id",
+    "scheduled_send_request_validator",
+    "spec_response_validator",
     "suppression_response_validator",
 ]
 
 SPEC_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "sendgrid"
 MAIL_SPEC = "tsg_mail_v3.json"
 SUPPRESSIONS_SPEC = "tsg_suppressions_v3.json"
+SCHEDULED_SENDS_SPEC = "tsg_scheduled_sends_v3.json"
 MAIL_SEND_PATH = "/v3/mail/send"
+MAIL_BATCH_PATH = "/v3/mail/batch"
+SCHEDULED_SENDS_PATH = "/v3/user/scheduled_sends"
 SUPPRESSION_LISTS = ("unsubscribes", "bounces", "spam_reports", "invalid_emails", "blocks")
 """The `/v3/suppression/<name>` lists; each pages with `limit`/`offset` (max 500) in the spec."""
 
@@ -126,6 +151,36 @@ def suppression_response_validator(path_template: str) -> Draft202012Validator:
     escaped = path_template.replace("~", "~0").replace("/", "~1")
     pointer = f"/paths/{escaped}/get/responses/200/content/application~1json/schema"
     return _validator(spec, SUPPRESSIONS_SPEC, pointer)
+
+
+def _pointer(*parts: str) -> str:
+    """A JSON pointer to `parts`, e.g. a path template with its slashes escaped."""
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@cache
+def spec_response_validator(
+    spec_name: str, path_template: str, method: str, status: int
+) -> Draft202012Validator | None:
+    """The JSON-body validator of one documented answer, e.g. (SCHEDULED_SENDS_SPEC,
+    "/v3/user/scheduled_sends", "post", 201); None when the spec gives that answer no body."""
+    spec = _load_spec(spec_name)
+    response = spec["paths"][path_template][method]["responses"][str(status)]
+    pointer = _pointer("paths", path_template, method, "responses", str(status))
+    if "$ref" in response:
+        pointer = response["$ref"].removeprefix("#")
+        response = spec["components"]["responses"][pointer.rsplit("/", 1)[1]]
+    if "application/json" not in response.get("content", {}):
+        return None
+    return _validator(spec, spec_name, pointer + _pointer("content", "application/json", "schema"))
+
+
+@cache
+def scheduled_send_request_validator(method: str) -> Draft202012Validator:
+    """The request-body validator of POST /v3/user/scheduled_sends or PATCH .../{batch_id}."""
+    path = SCHEDULED_SENDS_PATH + ("/{batch_id}" if method == "patch" else "")
+    pointer = _pointer("paths", path, method, "requestBody", "content", "application/json")
+    return _validator(_load_spec(SCHEDULED_SENDS_SPEC), SCHEDULED_SENDS_SPEC, pointer + "/schema")
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -281,6 +336,14 @@ def _error_body(status: int, errors: list[dict[str, Any]] | None = None) -> byte
         message = _STATUS_MESSAGES.get(status, "error")
         errors = [{"field": None, "message": message, "help": None}]
     return json.dumps({"errors": errors}).encode()
+
+
+def _spec_error_body(status: int, errors: list[dict[str, Any]] | None = None) -> bytes:
+    """`_error_body` without null `field`/`help`, for the batch and scheduled-sends endpoints:
+    their specs' ErrorResponse types `field` as a string and `help` as an object."""
+    items = json.loads(_error_body(status, errors))["errors"]
+    clean = [{k: v for k, v in e.items() if v is not None} for e in items]
+    return json.dumps({"errors": clean}).encode()
 
 
 def new_message_id() -> str:
@@ -542,7 +605,9 @@ class SendGridEmulator:
 
     Endpoints: POST /v3/mail/send; GET /v3/suppression/{unsubscribes,bounces,spam_reports,
     invalid_emails,blocks} (paged by `limit`/`offset`); GET /v3/asm/groups/{id}/suppressions;
-    DELETE /v3/asm/suppressions/global/{email} and /v3/asm/groups/{id}/suppressions/{email}.
+    DELETE /v3/asm/suppressions/global/{email} and /v3/asm/groups/{id}/suppressions/{email};
+    POST /v3/mail/batch, GET /v3/mail/batch/{id}; /v3/user/scheduled_sends (POST, GET) and
+    /v3/user/scheduled_sends/{id} (GET, PATCH, DELETE). Scheduled mail waits for `advance()`.
     Seed suppressions with `emu.suppressions["bounces"] = ["a@x.org", {...}]` or
     `emu.suppressions[group_key(42)] = [...]` (plain strings get spec-shaped default fields).
     """
@@ -582,6 +647,7 @@ class SendGridEmulator:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._schedule = ScheduledSends(keep_log=record_bodies)
 
     @staticmethod
     def _parse_validate(mode: str) -> int | None:
@@ -718,9 +784,41 @@ class SendGridEmulator:
             for to in p["to"]
         ]
 
+    def deliveries(self) -> list[Delivery]:
+        """Every `to` address that went out, immediate or scheduled, in order (not sandbox)."""
+        self._need_bodies()
+        return self._schedule.deliveries()
+
+    def delivered(self) -> Counter[str]:
+        """How often each address went out; unlike `recipients()`, scheduled mail counts only
+        once the clock reaches its send_at, and cancelled mail never."""
+        return Counter(d.email for d in self.deliveries())
+
+    def scheduled(self) -> int:
+        """How many addresses still wait for their send_at (or for a pause to be lifted)."""
+        return self._schedule.scheduled()
+
+    def statuses(self) -> dict[str, str]:
+        """The cancel/pause statuses in force, by batch_id."""
+        return self._schedule.statuses()
+
     def stats(self) -> EmulatorStats:
         with self._lock:
             return EmulatorStats(**asdict(self._stats))
+
+    # ---- the clock (scheduled sends)
+
+    def now(self) -> float:
+        """The emulator's clock: `time.time()` plus however far the test advanced it."""
+        return self._schedule.now()
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward, then deliver (or discard) the scheduled mail now due."""
+        self._schedule.advance(seconds)
+
+    def advance_to(self, epoch: float) -> None:
+        """Move the clock to `epoch` (not back), then deliver as `advance` does."""
+        self._schedule.advance_to(epoch)
 
     def wait_for_requests(
         self, count: int, timeout: float = 5.0, path: str = MAIL_SEND_PATH
@@ -736,7 +834,8 @@ class SendGridEmulator:
             return True
 
     def reset(self) -> None:
-        """Forget recorded requests, counters and faults; keeps suppressions."""
+        """Forget recorded requests, counters, faults, batches, statuses and deliveries; keeps
+        suppressions and the clock."""
         with self._lock:
             self._records.clear()
             self._stats = EmulatorStats()
@@ -744,6 +843,7 @@ class SendGridEmulator:
             self._script.clear()
             self._persistent = None
             self._released = False
+        self._schedule.reset()
 
     def _need_bodies(self) -> None:
         if not self.record_bodies:
@@ -814,6 +914,10 @@ class SendGridEmulator:
             return self._suppressions(req)
         if _GLOBAL_MEMBER.match(req.path) or _GROUP_MEMBER.match(req.path):
             return self._forget(req)
+        if req.path == MAIL_BATCH_PATH or req.path.startswith(MAIL_BATCH_PATH + "/"):
+            return self._mail_batch(req)
+        if req.path == SCHEDULED_SENDS_PATH or req.path.startswith(SCHEDULED_SENDS_PATH + "/"):
+            return self._scheduled_sends(req)
         return _Reply(404, _error_body(404))
 
     def _forget(self, req: _Pending) -> _Reply:
@@ -871,7 +975,77 @@ class SendGridEmulator:
         elif not isinstance(parsed, dict):
             return _Reply(400, _error_body(400))
         message_id = new_message_id()
-        return _Reply(200 if _is_sandbox(parsed) else 202, b"", {"X-Message-Id": message_id})
+        sandbox = _is_sandbox(parsed)
+        refused = self._schedule.submit(parsed, message_id, deliver=not sandbox)
+        if refused:
+            req.errors = [{"field": e.field, "message": e.message, "help": None} for e in refused]
+            return _Reply(400, json.dumps({"errors": req.errors}).encode())
+        return _Reply(200 if sandbox else 202, b"", {"X-Message-Id": message_id})
+
+    def _mail_batch(self, req: _Pending) -> _Reply:
+        """POST /v3/mail/batch creates a batch ID; GET /v3/mail/batch/{id} validates one."""
+        batch_id = unquote(req.path.removeprefix(MAIL_BATCH_PATH).lstrip("/"))
+        if "/" in batch_id:
+            return _Reply(404, _spec_error_body(404))
+        if req.method != ("GET" if batch_id else "POST"):
+            return _Reply(405, _spec_error_body(405))
+        if not self._authorized(req):
+            return _Reply(401, _spec_error_body(401))
+        if not batch_id:
+            return _json_reply({"batch_id": self._schedule.create_batch()}, 201)
+        if not self._schedule.has_batch(batch_id):
+            error = {"field": "batch_id", "message": UNKNOWN_BATCH}
+            return _Reply(400, _spec_error_body(400, [error]))
+        return _json_reply({"batch_id": batch_id})
+
+    def _scheduled_sends(self, req: _Pending) -> _Reply:
+        """Cancel or pause a batch (POST), list (GET), and per batch GET/PATCH/DELETE."""
+        batch_id = unquote(req.path.removeprefix(SCHEDULED_SENDS_PATH).lstrip("/"))
+        allowed = ("GET", "PATCH", "DELETE") if batch_id else ("GET", "POST")
+        if "/" in batch_id:
+            return _Reply(404, _spec_error_body(404))
+        if req.method not in allowed:
+            return _Reply(405, _spec_error_body(405))
+        if not self._authorized(req):
+            return _Reply(401, _spec_error_body(401))
+        if req.method == "GET":
+            statuses = self._schedule.statuses()
+            if batch_id:
+                statuses = {batch_id: statuses[batch_id]} if batch_id in statuses else {}
+            return _json_reply([{"batch_id": b, "status": s} for b, s in statuses.items()])
+        if req.method == "DELETE":
+            return self._schedule_reply(req, lambda s: s.delete_status(batch_id))
+        if req.body.too_large:
+            return _Reply(413, _spec_error_body(413))
+        try:
+            req.parsed = _loads(req.body.raw or b"")
+        except ValueError:
+            return _Reply(400, _spec_error_body(400))
+        validator = scheduled_send_request_validator(req.method.lower())
+        errors = sorted(
+            (_schema_error(e) for e in validator.iter_errors(req.parsed)),
+            key=lambda e: e["field"] or "",
+        )
+        if errors:
+            req.errors = errors
+            return _Reply(400, _spec_error_body(400, errors))
+        body = req.parsed
+        if req.method == "PATCH":
+            return self._schedule_reply(req, lambda s: s.change_status(batch_id, body["status"]))
+        reply = self._schedule_reply(req, lambda s: s.set_status(body["batch_id"], body["status"]))
+        if reply.status != 204:
+            return reply
+        return _json_reply({"batch_id": body["batch_id"], "status": body["status"]}, 201)
+
+    def _schedule_reply(self, req: _Pending, change: Callable[[ScheduledSends], None]) -> _Reply:
+        """204 once `change` applied; its ScheduleError as a 400 (404 for StatusNotFound)."""
+        try:
+            change(self._schedule)
+        except ScheduleError as exc:
+            req.errors = [{"field": exc.field, "message": exc.message, "help": None}]
+            status = 404 if isinstance(exc, StatusNotFound) else 400
+            return _Reply(status, _spec_error_body(status, req.errors))
+        return _Reply(204, b"")
 
     def _suppressions(self, req: _Pending) -> _Reply:
         if req.method != "GET":
@@ -1021,8 +1195,8 @@ def _int_param(
     return value
 
 
-def _json_reply(payload: Any) -> _Reply:
-    return _Reply(200, json.dumps(payload).encode())
+def _json_reply(payload: Any, status: int = 200) -> _Reply:
+    return _Reply(status, json.dumps(payload).encode())
 
 
 # --------------------------------------------------------------------------- standalone process
