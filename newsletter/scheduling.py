@@ -74,6 +74,8 @@ class Scheduling:
         scheduled send, or a replacement when a request of the latest is in doubt and
         it can still be cancelled. None: sent at once, as without scheduling."""
         latest = self.ledger.latest_attempt(issue_id)
+        if latest is not None and latest.status == "cancelled":
+            latest = None  # the editor took it back: a corrected issue starts afresh
         if latest is None:
             if send_at is None:
                 return AttemptOutcome(None)
@@ -93,8 +95,8 @@ class Scheduling:
         except PermanentFailure as exc:
             return AttemptOutcome(latest, refused=_held_limit(str(exc)))
         log.warning(
-            "a request of batch %s was in doubt: SendGrid cancelled that batch; the whole "
-            "issue goes again under a new one",
+            "a request of batch %s went without an answer: SendGrid cancelled that batch, "
+            "and the whole issue goes again under a new one",
             latest.batch_id,
         )
         batch_id = self._call(lambda t: t.create_batch())

@@ -450,8 +450,8 @@ class Sending:
         report.send_at, report.cancel_deadline = attempt.send_at, attempt.cancel_deadline
         if found.replaced is not None:
             report.schedule_note = (
-                f"A request of batch {found.replaced.batch_id} was in doubt: SendGrid "
-                f"cancelled that batch, and the whole issue went again under batch "
+                f"A request of batch {found.replaced.batch_id} went without an answer, so "
+                "SendGrid cancelled that batch, and the whole issue went again under batch "
                 f"{attempt.batch_id}. Nobody gets it twice."
             )
         elif found.too_late:

@@ -99,10 +99,14 @@ def send(site: Site, *flags: str, failpoints: str = "") -> Run:
     return Run(done.returncode, done.stdout, done.stderr)
 
 
-def send_killed_when(site: Site, reached: Callable[[], bool]) -> Run:
+def send_killed_when(site: Site, reached: Callable[[], bool], *flags: str) -> Run:
     """Start a send and SIGKILL it once `reached()` (what the far side has seen) holds."""
     process = subprocess.Popen(
-        command(site), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment()
+        command(site, *flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
     )
     deadline = time.monotonic() + 60
     while not reached() and process.poll() is None and time.monotonic() < deadline:
