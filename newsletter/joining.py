@@ -90,7 +90,9 @@ class Helper:
                 list_name=report.list_name,
                 sandbox=False,
                 # under the claimant's scheduled attempt, if it has one
-                **request_fields(self.ledger.latest_attempt(issue.id)),  # type: ignore[arg-type]
+                **request_fields(  # type: ignore[arg-type]
+                    self.ledger.latest_attempt(issue.id), self.parts.config.newsletter.timezone
+                ),
             )
             outcome = deliverer.deliver(
                 issue.id,

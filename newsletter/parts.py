@@ -207,12 +207,16 @@ class Parts:
         sandbox: bool,
         send_at: int | None = None,
         batch_id: str | None = None,
+        zone: str | None = None,
+        anchor: int | None = None,
     ) -> Message:
         """The issue as every reader gets it, from the sender settings."""
         s = self.config.sender
         return Message(
             send_at=send_at,
             batch_id=batch_id,
+            zone=zone,
+            anchor=anchor,
             subject=subject,
             html=html,
             text=text,
@@ -271,6 +275,7 @@ class Parts:
             self.retry_policy(),
             self.clock,
             sleep,
+            self.config.newsletter.timezone,
         )
 
     def suppressions_at_service(self, transport: str) -> Callable[[], list[tuple[str, str]]] | None:

@@ -18,6 +18,7 @@ from newsletter.subscribers import (
     read_chunks,
     read_header,
 )
+from newsletter.zones import ZONE_COLUMN
 
 FIX_OR_SKIP = "\nfix these rows (or pass --skip-invalid to send without them)"
 
@@ -33,6 +34,14 @@ def check_columns(path: Path, tokens: frozenset[str]) -> None:
     if missing:
         names = ", ".join(f"{{{{ subscriber.{m} }}}}" for m in missing)
         raise SubscriberError(f"{path}: the templates use {names} but the list has no such column")
+
+
+def plan_tokens(path: Path, tokens: frozenset[str]) -> frozenset[str]:
+    """The columns a plan stores: the ones the email uses, and the readers' time zones
+    when the list has them (`zones.py`)."""
+    if path.exists() and ZONE_COLUMN in {column_token(h) for h in read_header(path)}:
+        return frozenset(tokens | {ZONE_COLUMN})
+    return frozenset(tokens)
 
 
 def read_subscribers(

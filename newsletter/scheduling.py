@@ -28,6 +28,7 @@ from newsletter.retry import RetryPolicy, with_retries
 from newsletter.state.attempts import Attempt
 from newsletter.transports.base import PermanentFailure
 from newsletter.transports.sendgrid import SendGridTransport
+from newsletter.zones import ZONE_COLUMN, ReaderTimes
 
 if TYPE_CHECKING:
     from newsletter.state import Ledger
@@ -62,7 +63,9 @@ class Scheduling:
         policy: RetryPolicy,
         clock: Callable[[], dt.datetime],
         sleep: Callable[[float], None],
+        zone: str,
     ) -> None:
+        self.zone = zone  # the newsletter's
         self.ledger = ledger
         self.make_transport = make_transport
         self.policy = policy
@@ -79,9 +82,14 @@ class Scheduling:
         if latest is None:
             if send_at is None:
                 return AttemptOutcome(None)
-            check_send_at(send_at, self.clock())
+            now = self.clock()
+            check_send_at(send_at, now)
+            # readers with a zone of their own may be due before the newsletter's time
+            times = ReaderTimes(send_at, self.zone, now)
+            earliest = times.earliest(self.ledger.plan_values(issue_id, ZONE_COLUMN), send_at)
             batch_id = self._call(lambda t: t.create_batch())
-            return AttemptOutcome(self.ledger.record_attempt(issue_id, batch_id, send_at))
+            attempt = self.ledger.record_attempt(issue_id, batch_id, send_at, now, earliest)
+            return AttemptOutcome(attempt)
         if send_at is not None and send_at != latest.send_at:
             log.warning(
                 "this issue is already scheduled for %s: keeping that time", _utc(latest.send_at)
@@ -128,11 +136,17 @@ class Scheduling:
             transport.close()
 
 
-def request_fields(attempt: Attempt | None) -> dict[str, int | str]:
-    """What every request of the attempt carries (`Message.send_at`, `.batch_id`)."""
+def request_fields(attempt: Attempt | None, zone: str) -> dict[str, int | str]:
+    """What every request of the attempt carries (`Message.send_at`, `.batch_id`, and what
+    readers' own zones need: the newsletter's zone and the attempt's anchor)."""
     if attempt is None:
         return {}
-    return {"send_at": int(attempt.send_at.timestamp()), "batch_id": attempt.batch_id}
+    return {
+        "send_at": int(attempt.send_at.timestamp()),
+        "batch_id": attempt.batch_id,
+        "zone": zone,
+        "anchor": int(attempt.anchor.timestamp()),
+    }
 
 
 def parse_send_time(value: str, date: dt.date, zone: ZoneInfo) -> dt.datetime:

@@ -31,7 +31,13 @@ from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
 from newsletter.parts import Parts, Route
 from newsletter.plan_parts import PlanJob, put_together
 from newsletter.planning import plan_batches
-from newsletter.recipients import FIX_OR_SKIP, check_columns, list_file, read_subscribers
+from newsletter.recipients import (
+    FIX_OR_SKIP,
+    check_columns,
+    list_file,
+    plan_tokens,
+    read_subscribers,
+)
 from newsletter.retry import with_retries
 from newsletter.scheduling import request_fields
 from newsletter.seen import HashedSeen, RepeatedAddresses, Seen, WatchedSeen
@@ -308,7 +314,11 @@ class Sending:
             skipped: list[str] = []
             people = read_subscribers(path, request.skip_invalid, list_report, seen)
             batches = plan_batches(
-                people, suppressed, content.tokens, self.config.delivery.batch_size, skipped
+                people,
+                suppressed,
+                plan_tokens(path, content.tokens),
+                self.config.delivery.batch_size,
+                skipped,
             )
             try:
                 self.app.ledger.save_plan(
@@ -347,7 +357,7 @@ class Sending:
                 path,
                 part,
                 index,
-                frozenset(content.tokens),
+                plan_tokens(path, content.tokens),
                 suppressed,
                 self.config.delivery.batch_size,
                 hashes=None if watch else Path(hashes),
@@ -417,7 +427,7 @@ class Sending:
             issue_id=str(issue_row.id),
             list_name=report.list_name,
             sandbox=False,
-            **request_fields(attempt),  # type: ignore[arg-type]
+            **request_fields(attempt, self.config.newsletter.timezone),  # type: ignore[arg-type]
         )
         with self.timings.phase("send"):
             ledger.open_to_helpers(issue_row.id, owner)  # settled: others may take batches

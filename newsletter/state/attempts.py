@@ -9,6 +9,7 @@ nobody gets it twice; an editor's cancel or pause is an attempt's status too.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -25,6 +26,10 @@ scheduled_attempts = sa.Table(
     sa.Column("attempt", sa.Integer, primary_key=True),
     sa.Column("batch_id", sa.String(128), nullable=False),
     sa.Column("send_at", UTCDateTime(), nullable=False),
+    # readers with their own zone get the send time of day on their clock, at the first
+    # such moment after `anchor` (`zones.py`); `earliest` is the first anyone is due
+    sa.Column("anchor", UTCDateTime(), nullable=False),
+    sa.Column("earliest", UTCDateTime(), nullable=False),
     # active | paused | replaced (cancelled to send again) | cancelled (by the editor)
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
@@ -40,11 +45,14 @@ class Attempt:
     batch_id: str
     send_at: dt.datetime
     status: str
+    anchor: dt.datetime
+    earliest: dt.datetime
 
     @property
     def cancel_deadline(self) -> dt.datetime:
-        """The last moment SendGrid promises to honour a cancel or pause."""
-        return self.send_at - CANCEL_NOTICE
+        """The last moment SendGrid promises to honour a cancel or pause: ten minutes
+        before the first reader is due."""
+        return self.earliest - CANCEL_NOTICE
 
 
 class AttemptStore(Database):
@@ -70,12 +78,20 @@ class AttemptStore(Database):
         with self.engine.connect() as conn:
             return [_attempt(row) for row in conn.execute(query)]
 
-    def record_attempt(self, issue_id: int, batch_id: str, send_at: dt.datetime) -> Attempt:
+    def record_attempt(
+        self,
+        issue_id: int,
+        batch_id: str,
+        send_at: dt.datetime,
+        anchor: dt.datetime,
+        earliest: dt.datetime,
+    ) -> Attempt:
         """A new attempt, active: recorded before any of its requests leaves."""
+        attempt = Attempt(issue_id, 0, batch_id, send_at, "active", anchor, earliest)
         with self._atomic() as conn:
-            number = _next_number(conn, issue_id)
-            conn.execute(_insert(issue_id, number, batch_id, send_at))
-        return Attempt(issue_id, number, batch_id, send_at, "active")
+            attempt = dataclasses.replace(attempt, attempt=_next_number(conn, issue_id))
+            conn.execute(_insert(attempt))
+        return attempt
 
     def replace_attempt(self, old: Attempt, batch_id: str) -> Attempt:
         """After SendGrid confirmed `old` cancelled: every batch of the issue is owed again,
@@ -90,8 +106,10 @@ class AttemptStore(Database):
                 )
                 .values(status="replaced")
             )
-            number = _next_number(conn, old.issue_id)
-            conn.execute(_insert(old.issue_id, number, batch_id, old.send_at))
+            new = dataclasses.replace(
+                old, attempt=_next_number(conn, old.issue_id), batch_id=batch_id, status="active"
+            )
+            conn.execute(_insert(new))
             ids = sa.select(batches.c.id).where(batches.c.issue_id == old.issue_id)
             conn.execute(sa.delete(batch_progress).where(batch_progress.c.batch_id.in_(ids)))
             conn.execute(
@@ -99,7 +117,7 @@ class AttemptStore(Database):
                 .where(batches.c.issue_id == old.issue_id, batches.c.status != "draft")
                 .values(status="pending", error=None, message_id=None, updated_at=utcnow())
             )
-        return Attempt(old.issue_id, number, batch_id, old.send_at, "active")
+        return new
 
     def set_attempt_status(self, attempt: Attempt, status: str) -> None:
         with self.engine.begin() as conn:
@@ -167,17 +185,10 @@ def _next_number(conn: sa.Connection, issue_id: int) -> int:
     return int(latest or 0) + 1
 
 
-def _insert(issue_id: int, number: int, batch_id: str, send_at: dt.datetime) -> sa.Insert:
-    return sa.insert(scheduled_attempts).values(
-        issue_id=issue_id,
-        attempt=number,
-        batch_id=batch_id,
-        send_at=send_at,
-        status="active",
-        created_at=utcnow(),
-    )
+def _insert(attempt: Attempt) -> sa.Insert:
+    return sa.insert(scheduled_attempts).values(**dataclasses.asdict(attempt), created_at=utcnow())
 
 
 def _attempt(row: sa.Row) -> Attempt:  # type: ignore[type-arg]
     m = row._mapping
-    return Attempt(m["issue_id"], m["attempt"], m["batch_id"], m["send_at"], m["status"])
+    return Attempt(**{f.name: m[f.name] for f in dataclasses.fields(Attempt)})

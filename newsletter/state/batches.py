@@ -276,6 +276,20 @@ class BatchStore(Database):
             blobs = list(conn.execute(query).scalars())
         return [row[0] for blob in blobs for row in unpack_recipients(blob)[1]]
 
+    def plan_values(self, issue_id: int, column: str) -> set[str]:
+        """The distinct values of one stored column over the issue's batches (the readers'
+        time zones, say); empty if the plan has no such column."""
+        query = sa.select(batches.c.recipients).where(batches.c.issue_id == issue_id)
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for blob in conn.execute(query).scalars():
+                columns, rows = unpack_recipients(blob)
+                if column not in columns:
+                    return found
+                index = columns.index(column)
+                found.update(row[index] for row in rows)
+        return found
+
     def batch_blob(self, batch_id: int) -> bytes:
         """The batch's recipients, packed; unpack where the work happens."""
         with self.engine.connect() as conn:

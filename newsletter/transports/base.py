@@ -39,6 +39,10 @@ class Message:
     # can cancel it until ten minutes before (`scheduling.py`); None: at once
     send_at: int | None = None
     batch_id: str | None = None
+    # with both: a reader with a `timezone` gets the send time of day on their own clock,
+    # at the first such moment after `anchor` (Unix seconds) (`zones.py`)
+    zone: str | None = None
+    anchor: int | None = None
 
 
 class Recipient(NamedTuple):

@@ -7,6 +7,7 @@ filled by SendGrid's `substitutions`, per-recipient unsubscribe headers and
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import functools
 import gzip
@@ -41,6 +42,7 @@ from newsletter.transports.base import (
     Recipient,
     TemporaryFailure,
 )
+from newsletter.zones import ZONE_COLUMN, ReaderTimes
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class SendGridTransport:
         self.clock = clock
         self._key = api_key
         self._common: tuple[Message, str, str, list[str]] | None = None
+        self._times: tuple[Message, ReaderTimes] | None = None
 
     @functools.cached_property
     def api(self) -> Any:
@@ -213,9 +216,26 @@ class SendGridTransport:
                 ]
             )
             template += "%s"
+        zones = batch.values.get(ZONE_COLUMN)
+        if zones is not None and message.send_at and message.zone and message.anchor:
+            # each reader's own morning: their send_at where it is not the newsletter's
+            times = self._reader_times(message)
+            own = [times.of(zone) for zone in zones]
+            if any(own):
+                columns.append([f',"send_at":{t}' if t else "" for t in own])
+                template += "%s"
         template += ',"custom_args":' + _literal(custom_args) + "}"
         personalizations = ",".join(map(template.__mod__, zip(*columns, strict=True)))
         return b"".join([b'{"personalizations":[', personalizations.encode(), b"],", common, b"}"])
+
+    def _reader_times(self, message: Message) -> ReaderTimes:
+        """Readers' own send times for this message, worked out once per zone."""
+        assert message.send_at and message.zone and message.anchor
+        if self._times is None or self._times[0] is not message:
+            moment = functools.partial(dt.datetime.fromtimestamp, tz=dt.UTC)
+            times = ReaderTimes(moment(message.send_at), message.zone, moment(message.anchor))
+            self._times = (message, times)
+        return self._times[1]
 
     def _prepare(self, message: Message) -> tuple[bytes, str, list[str]]:
         """Per message, once: the fields shared by every batch, as encoded JSON."""
