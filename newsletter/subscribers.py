@@ -25,6 +25,7 @@ from newsletter.controls import CONTROL_CLASS, find_control
 from newsletter.errors import SubscriberError
 from newsletter.models import Subscriber
 from newsletter.seen import ExactSeen, Seen
+from newsletter.zones import ZONE_COLUMN, known_zone
 
 LIST_NAME_RE = re.compile(LIST_NAME_PATTERN)
 STANDARD_COLUMNS = ("email", "name", "first_name", "subscribed_at", "source")
@@ -499,7 +500,7 @@ def merge_rows(
                     RowProblem(line, f"{raw!r}: {exc}" if raw else "no email address")
                 )
                 continue
-            control = _control_in(values)
+            control = _control_in(values) or _bad_zone(values)
             if control is not None:
                 report.rejected.append(RowProblem(line, control))
                 continue
@@ -545,6 +546,18 @@ def _control_in(values: Mapping[str, str]) -> str | None:
         if code is not None:
             kind = "one line of plain text" if one_line else "plain text"
             return f"{column} contains a control character ({code}); it must be {kind}"
+    return None
+
+
+def _bad_zone(values: Mapping[str, str]) -> str | None:
+    """Why a reader's `timezone` cannot be used: a zone nobody knows would quietly fall
+    back to the newsletter's, sending them the issue at the wrong hour."""
+    zone = values.get(ZONE_COLUMN, "")
+    if zone and known_zone(zone) is None:
+        return (
+            f"timezone {zone!r} is not a time zone name (an IANA name such as "
+            "America/New_York; leave it empty for the newsletter's own)"
+        )
     return None
 
 

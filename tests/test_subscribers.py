@@ -187,6 +187,29 @@ def test_import_validates_normalises_dedupes_and_reports_every_rejected_row(
     assert leftovers(main.parent) == []
 
 
+def test_import_keeps_readers_time_zones_and_names_the_line_of_a_bad_one(site: Site) -> None:
+    main = write_list(site, "main", "email,name\n")
+    source = site.root / "zones.csv"
+    source.write_text(
+        "email,name,timezone\n"
+        "ny@example.com,Ny,America/New_York\n"
+        "none@example.com,None,\n"
+        "mars@example.com,Mars,Mars/Olympus_Mons\n"  # line 4
+        "up@example.com,Up,../../etc/passwd\n",  # line 5: a path is no zone either
+        encoding="utf-8",
+    )
+
+    result = run(site, "import", str(source), "--list", "main")
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    problems = rejected(result.stderr)
+    assert [line for line, _ in problems] == [4, 5]
+    assert problems[0][1].startswith("timezone 'Mars/Olympus_Mons' is not a time zone name")
+    header, rows = table(main)
+    assert header == ["email", "name", "timezone"]
+    assert [row["timezone"] for row in rows] == ["America/New_York", ""]
+
+
 def test_import_with_resubscribe_lifts_the_suppression_and_adds(site: Site, ledger: Ledger) -> None:
     ledger.suppress([("gone@example.com", "unsubscribed")], source="test")
     source = site.root / "back.csv"
