@@ -24,6 +24,7 @@ from .support.faults import (
     Run,
     named_in_doubt,
     newsletter,
+    record,
     send,
     send_killed_when,
     write_site,
@@ -32,6 +33,7 @@ from .support.fixtures import HELD
 from .support.sendgrid_emulator import Fault, SendGridEmulator
 
 MINUTE = 60
+AHEAD = "sendgrid (submitted ahead)"  # RELIABILITY.md's label for these runs
 
 
 @pytest.fixture
@@ -129,6 +131,7 @@ def test_killed_anywhere_then_rerun_before_the_deadline_delivers_everyone_exactl
         assert (old, new) == ("replaced", "active")
         assert emulator.statuses() == {first: "cancel"}
     delivered_at_once_each(emulator, emails, at)
+    record(AHEAD, f"at {point}", emails, emulator.delivered(), named_in_doubt(site, rerun))
     assert "already sent" in send(site, "--at", at).stdout
 
 
@@ -148,6 +151,7 @@ def test_killed_with_a_request_in_flight_then_rerun_before_the_deadline_resends_
     assert rerun.code == 0, rerun.stderr
     assert "SendGrid cancelled that batch" in rerun.stderr
     delivered_at_once_each(emulator, emails, at)
+    record(AHEAD, "after 1 received", emails, emulator.delivered(), set())
 
 
 def test_in_doubt_after_the_deadline_falls_back_to_naming_the_readers(
@@ -166,6 +170,8 @@ def test_in_doubt_after_the_deadline_falls_back_to_naming_the_readers(
     assert 100 <= len(doubt) <= 200  # the requests in flight, one per sender
     emulator.advance_to(dt.datetime.fromisoformat(at).timestamp())
     assert emulator.delivered() == collections.Counter(emails)  # the request did go through
+    fault = "at deliver.batch_sent:2, rerun after the cancel deadline"
+    record(AHEAD, fault, emails, emulator.delivered(), doubt)
     final = send(site, "--skip-ambiguous")  # SendGrid's activity shows them delivered
     assert final.code == 0, final.stderr
     assert emulator.delivered() == collections.Counter(emails)
