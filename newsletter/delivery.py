@@ -8,6 +8,7 @@ between leaves it visibly ambiguous rather than silently resent.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -98,7 +99,12 @@ class DeliveryState(Protocol):
     (`newsletter.state.batches.BatchStore`), and nothing else (the sender's heartbeat,
     a claimant's or a helper's, is handed to `deliver`)."""
 
-    def batches(self, issue_id: int, statuses: Sequence[str] | None = None) -> list[BatchRow]: ...
+    def batches(
+        self,
+        issue_id: int,
+        statuses: Sequence[str] | None = None,
+        due_by: dt.datetime | None = None,
+    ) -> list[BatchRow]: ...
 
     def take_batch(
         self, batch_id: int, from_statuses: Sequence[str], kind: str = "batch"
@@ -229,8 +235,10 @@ class Deliverer:
         *,
         resend_ambiguous: bool = False,
         helping: bool = False,
+        due_by: dt.datetime | None = None,
     ) -> Outcome:
-        """The issue's batches still owed, `workers` at a time; `beat` shows the sender is
+        """The issue's batches still owed (and due by `due_by`: readers waiting for their
+        own morning stay for a later run), `workers` at a time; `beat` shows the sender is
         alive meanwhile. A helper (`helping`) takes only pending batches: what failed or is
         in doubt is for the claimant to settle."""
         outcome = Outcome()
@@ -238,7 +246,7 @@ class Deliverer:
             sendable = ["pending"]
         else:
             sendable = ["pending", "failed", *(["submitting"] if resend_ambiguous else [])]
-        todo = self.ledger.batches(issue_id, sendable)
+        todo = self.ledger.batches(issue_id, sendable, due_by)
         self.progress.start(sum(b.size for b in todo), len(todo))
         in_flight: dict[Future[BatchResult], BatchRow] = {}
         heartbeat = Heartbeat(beat, self.heartbeat_every)

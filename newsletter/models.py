@@ -162,6 +162,9 @@ class SendRequest:
     # before (`scheduling.py`); None: it goes at once
     send_at: dt.datetime | None = None
     replace: bool = False  # send a corrected issue for a date whose issue was cancelled
+    # SMTP, outbox: the scheduled send time; readers with a `timezone` of their own are
+    # planned to get the issue at that time of day on their clock, in later runs
+    reader_mornings: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ class SendReport:
     # sent | already_sent | busy | empty | dry_run | cancelled | failed | stopped | test_sent
     # | helped (batches taken beside another process that claimed the issue)
     # | was_cancelled (the editor cancelled the date's issue: `send --replace` sends anew)
+    # | partly_sent (everyone due so far; readers in other zones wait for their morning)
     outcome: str
     list_name: str
     date: dt.date
@@ -205,6 +209,8 @@ class SendReport:
     cancel_deadline: dt.datetime | None = None
     schedule_note: str = ""  # an attempt replaced, or why it could not be
     timezone: str = "UTC"  # the newsletter's, for the moments shown
+    waiting: int = 0  # readers who get it later, at their own morning (SMTP, outbox)
+    next_due: dt.datetime | None = None  # when the first of them is due
 
     @property
     def ok(self) -> bool:
@@ -217,6 +223,7 @@ class SendReport:
             "test_sent",
             "stopped",
             "helped",
+            "partly_sent",
         }
 
 

@@ -253,6 +253,10 @@ class SchedulerService:
         send_at = scheduled + trigger.ahead
         if not trigger.ahead or send_at <= now or self.transport not in (None, "sendgrid"):
             send_at = None
+        # SMTP and the outbox cannot hold mail: readers with a zone of their own are sent
+        # by later runs, each at its time (`zones.py`)
+        holds = (self.transport or config.delivery.transport) == "sendgrid"
+        mornings = None if holds else trigger.send_time(date)
         grace = config.schedule.misfire_grace
         if now - scheduled > grace and not self._partly_sent(config, list_name, date, now):
             self.record_skip(config, scheduled, now, "it could not start in time")
@@ -267,6 +271,7 @@ class SchedulerService:
             transport=self.transport,
             join=config.schedule.join,
             send_at=send_at,
+            reader_mornings=mornings,
         )
         retry = False
         report: SendReport | None = None
@@ -295,7 +300,7 @@ class SchedulerService:
         }
         level = logging.ERROR if outcome == "failed" else logging.INFO
         summary = f"run finished for {list_name} {date}: {outcome}"
-        if report is not None and outcome in ("sent", "failed", "stopped", "helped"):
+        if report is not None and outcome in ("sent", "failed", "stopped", "helped", "partly_sent"):
             stories = f"{plural(report.stories, 'story')}, " if report.stories is not None else ""
             summary += (
                 f" ({stories}{report.submitted:,} of {plural(report.recipients, 'recipient')}, "
@@ -303,6 +308,14 @@ class SchedulerService:
             )
         if outcome == "busy":
             summary += " (the issue is claimed by another sender)"
+        if report is not None and report.next_due is not None and outcome == "partly_sent":
+            # the readers of other zones: a run at the first one's morning, and so on
+            fields["next_run"] = report.next_due.isoformat()
+            summary += (
+                f"; {report.waiting:,} readers get it at their own morning, the first at "
+                f"{report.next_due.astimezone(config.newsletter.tz):%Y-%m-%d %H:%M}"
+            )
+            self._schedule_retry(scheduled, report.next_due)
         if error:
             summary += f": {error}"
         if retry:
@@ -323,10 +336,12 @@ class SchedulerService:
 
     def _partly_sent(self, config: Config, list_name: str, date: dt.date, now: dt.datetime) -> bool:
         """A started issue is finished on its own date, grace or not: half a list is worse."""
-        if now.astimezone(config.newsletter.tz).date() != date:
-            return False
         with Ledger(config.database_url) as ledger:
             issue = ledger.issue(list_name, date)
+            if issue is not None and issue.status == "partial":
+                return True  # readers wait for their own morning, whatever the date now
+            if now.astimezone(config.newsletter.tz).date() != date:
+                return False
             if issue is None or issue.status not in ("failed", "stopped", "sending"):
                 return False
             return "submitted" in ledger.batch_counts(issue.id)
@@ -431,7 +446,7 @@ class SchedulerService:
             date = trigger.issue_date(latest)
             with IssueStore(config.database_url) as ledger:
                 issue = ledger.issue(list_name, date)
-            if issue is not None and issue.status in ("failed", "stopped", "sending"):
+            if issue is not None and issue.status in ("failed", "stopped", "sending", "partial"):
                 due = latest
         if due is not None:
             queue_run(scheduler, due, now)

@@ -50,6 +50,7 @@ from newsletter.timings import Timings
 from newsletter.transports.base import BatchFailure
 from newsletter.trial import TrialSend
 from newsletter.words import moment
+from newsletter.zones import ZONE_COLUMN, ReaderTimes, group_by_reader_time
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,8 @@ class Sending:
             transport=report.transport,
         )
         path = self.list_file(report.list_name)
-        if isinstance(deliverer, SenderPool) and deliverer.planners >= 2 and path.exists():
+        in_parts = isinstance(deliverer, SenderPool) and deliverer.planners >= 2
+        if in_parts and path.exists() and request.reader_mornings is None:
             try:
                 self._plan_in_parts(report, issue_row, content, suppressed, request, deliverer)
             except BaseException:
@@ -313,17 +315,17 @@ class Sending:
             list_report = ListReport(path)
             skipped: list[str] = []
             people = read_subscribers(path, request.skip_invalid, list_report, seen)
-            batches = plan_batches(
-                people,
-                suppressed,
-                plan_tokens(path, content.tokens),
-                self.config.delivery.batch_size,
-                skipped,
-            )
+            tokens = plan_tokens(path, content.tokens)
+            size = self.config.delivery.batch_size
+            batches = plan_batches(people, suppressed, tokens, size, skipped)
+            later: dict[int, dt.datetime] = {}
+            if request.reader_mornings is not None and ZONE_COLUMN in tokens:
+                zone = self.config.newsletter.timezone
+                times = ReaderTimes(request.reader_mornings, zone, request.reader_mornings)
+                batches = group_by_reader_time(batches, times, size, later)
             try:
-                self.app.ledger.save_plan(
-                    issue_row.id, content, self.timings.timed("load list and plan", batches)
-                )
+                timed = self.timings.timed("load list and plan", batches)
+                self.app.ledger.save_plan(issue_row.id, content, timed, later)
                 break
             except RepeatedAddresses as repeated:
                 log.info("the list may hold an address twice: reading it again (%s)", repeated)
@@ -439,6 +441,7 @@ class Sending:
                     suppressed,
                     beat,
                     resend_ambiguous=request.resend_ambiguous,
+                    due_by=self.app.clock(),
                 )
             finally:
                 ledger.close_to_helpers(issue_row.id)
@@ -488,7 +491,16 @@ class Sending:
         report.in_doubt = ledger.in_doubt_addresses(issue_row.id)
         report.skipped = ledger.batch_addresses(issue_row.id, ["skipped"])
         unfinished = {k: v for k, v in counts.items() if k not in BATCH_DONE}
-        if not unfinished:
+        report.waiting, report.next_due = ledger.later_batches(issue_row.id, self.app.clock())
+        waiting_only = set(unfinished) == {"pending"} and unfinished["pending"][1] == report.waiting
+        if waiting_only and not outcome.errors and not outcome.stopped:
+            assert report.next_due is not None
+            when = moment(report.next_due, report.timezone)
+            ledger.finish(
+                issue_row.id, "partial", f"{report.waiting} readers get it later; next at {when}"
+            )
+            report.outcome = "partly_sent"
+        elif not unfinished:
             failpoint("send.finishing")
             ledger.finish(issue_row.id, "sent")
             report.outcome = "sent"

@@ -260,9 +260,11 @@ class SenderPool:
         *,
         resend_ambiguous: bool = False,
         helping: bool = False,
+        due_by: dt.datetime | None = None,
     ) -> Outcome:
         """As `Deliverer.deliver`, by the senders side by side; a helper leaves what
-        failed or is in doubt to the claimant."""
+        failed or is in doubt to the claimant. (Every batch is due: readers' own mornings
+        are SendGrid's `send_at`, not later runs.)"""
         ledger = self.deliverer.ledger
         if not helping:  # owed again: what failed, and what was in doubt if the editor says
             ledger.requeue(issue_id, ["failed", *(["submitting"] if resend_ambiguous else [])])

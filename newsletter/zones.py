@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from newsletter.models import local_time_on
@@ -65,3 +65,34 @@ class ReaderTimes:
         times = [t for t in map(self.of, set(names)) if t is not None]
         first = min(times, default=None)
         return min(send_at, dt.datetime.fromtimestamp(first, dt.UTC)) if first else send_at
+
+
+def group_by_reader_time(
+    planned: Iterable[tuple[list[str], list[Sequence[str]]]],
+    times: ReaderTimes,
+    batch_size: int,
+    later: dict[int, dt.datetime],
+) -> Iterator[tuple[list[str], list[Sequence[str]]]]:
+    """The plan's batches regrouped so that each holds readers due at one moment (SMTP
+    and the outbox, which cannot hold mail until then, send each group at its time);
+    `later` gets each batch number that is not due at once, with its moment."""
+    groups: dict[int | None, list[Sequence[str]]] = {}
+    seq = 0
+
+    def batch(due: int | None) -> list[Sequence[str]]:
+        nonlocal seq
+        seq += 1
+        if due is not None:
+            later[seq] = dt.datetime.fromtimestamp(due, dt.UTC)
+        return groups.pop(due)
+
+    columns: list[str] = []
+    for columns, rows in planned:
+        index = columns.index(ZONE_COLUMN)
+        for row in rows:
+            due = times.of(row[index])
+            groups.setdefault(due, []).append(row)
+            if len(groups[due]) == batch_size:
+                yield columns, batch(due)
+    for due in sorted(groups, key=lambda moment: moment or 0):
+        yield columns, batch(due)

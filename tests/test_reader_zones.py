@@ -95,3 +95,63 @@ def test_each_reader_gets_the_scheduled_issue_at_seven_on_their_own_clock(
         local = dt.datetime.fromtimestamp(delivery.at, zone)
         assert local.time() == SEVEN, (delivery.email, local)
         assert fire.timestamp() <= delivery.at < fire.timestamp() + 25 * 3600
+
+
+def test_smtp_and_outbox_readers_get_it_at_their_own_morning_in_later_runs(site: Site) -> None:
+    """No `send_at` on the outbox: the daily run sends the readers due now, and comes back
+    at each other zone's morning (a run queued for it) until everyone has the issue."""
+    from newsletter.state import Ledger
+
+    from .support.faults import OutboxFolder, write_site
+    from .test_scheduler_service import StoreOnly
+
+    write_site(site, "outbox", "")
+    lines = ["email,name,timezone"] + [
+        f"{a},{a.split('@')[0].title()},{z}" for a, z in READERS.items()
+    ]
+    (site.root / "subscribers" / "main.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    day = DAYS["ordinary"]
+    send_time = dt.datetime.combine(day, SEVEN, tzinfo=LONDON)
+    site.story("today", title="Today's news", date=(send_time - dt.timedelta(hours=2)).isoformat())
+    outbox = OutboxFolder(site.root / "outbox" / f"{day}-main")
+    utc = dt.UTC
+    mornings = {  # 07:00 on each clock, the first after 07:00 in London on a January day
+        "America/New_York": dt.datetime(2027, 1, 12, 12, tzinfo=utc),
+        "Pacific/Auckland": dt.datetime(2027, 1, 12, 18, tzinfo=utc),
+        "Asia/Shanghai": dt.datetime(2027, 1, 12, 23, tzinfo=utc),
+    }
+    due_now = {a for a, z in READERS.items() if z not in mornings}
+
+    clock = Clock(send_time)
+    runner = service(site, clock)
+    config = runner.config()
+    with Ledger(config.database_url) as ledger:
+        runner.scheduler = runner.build_scheduler(config, ledger, StoreOnly)
+        runner.scheduler.start(paused=True)
+        try:
+            first = runner.run_issue(send_time)
+            assert first is not None and first.outcome == "partly_sent", first
+            assert set(outbox.count()) == due_now
+            assert first.next_due == mornings["America/New_York"] and first.waiting == 3
+            queued = [
+                j.next_run_time for j in runner.scheduler.get_jobs() if j.id.startswith("retry")
+            ]
+            assert queued == [mornings["America/New_York"]]
+
+            clock.now = mornings["America/New_York"] + dt.timedelta(minutes=30)
+            early = runner.run_issue(send_time)  # before Auckland's morning: only New York
+            assert early is not None and early.outcome == "partly_sent"
+            assert set(outbox.count()) == due_now | {"newyork@example.com"}
+            assert early.next_due == mornings["Pacific/Auckland"]
+
+            for zone in ("Pacific/Auckland", "Asia/Shanghai"):
+                clock.now = mornings[zone]
+                report = runner.run_issue(send_time)
+                assert report is not None
+            assert report.outcome == "sent", report
+        finally:
+            runner.scheduler.shutdown(wait=False)
+        [issue] = ledger.recent_issues("main")
+        assert issue.status == "sent"
+    assert outbox.count() == collections.Counter(list(READERS))  # each once
+    assert not outbox.rewritten()

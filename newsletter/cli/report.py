@@ -55,6 +55,15 @@ def _print_report(r: SendReport) -> None:
             Text.assemble(("error:", "bold red"), f" the issue for {where} was cancelled;"),
             "send a corrected one with --replace",
         )
+    elif r.outcome == "partly_sent":
+        assert r.next_due is not None
+        out.print(
+            Text.assemble(("Sent", "green")),
+            f"{r.subject!r} to {r.delivered:,} of {plural(r.recipients, 'recipient')} of "
+            f"{where} via {r.transport}{tail}; {r.waiting:,} get it at the send time on their "
+            f"own clock, the first at {moment(r.next_due, r.timezone)}: `newsletter schedule` "
+            "sends them then (or run the same command again then).",
+        )
     elif r.outcome == "helped":
         out.print(
             Text.assemble(("Helped", "green")),
@@ -74,7 +83,13 @@ def _print_report(r: SendReport) -> None:
         )
     if r.schedule_note:
         err.print(Text.assemble(("note:", "yellow"), f" {r.schedule_note}"))
-    if r.outbox is not None and r.outcome in ("sent", "test_sent", "failed", "stopped"):
+    if r.outbox is not None and r.outcome in (
+        "sent",
+        "test_sent",
+        "failed",
+        "stopped",
+        "partly_sent",
+    ):
         out.print(f"Messages written to {r.outbox}/")
     for address, reason in r.rejected[:20]:
         err.print(Text.assemble(("refused:", "yellow"), f" {address}: {reason}"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from newsletter.state.batches import batch_progress, batches
+from newsletter.state.batches import batch_progress, batch_times, batches
 from newsletter.state.database import Database, UTCDateTime, metadata, utcnow
 from newsletter.state.issues import PLAN_COLUMNS, issue_stories, issues
 
@@ -162,7 +162,8 @@ class AttemptStore(Database):
             if status != "cancelled":
                 return
             ids = sa.select(batches.c.id).where(batches.c.issue_id == issue_id)
-            conn.execute(sa.delete(batch_progress).where(batch_progress.c.batch_id.in_(ids)))
+            for table in (batch_progress, batch_times):
+                conn.execute(sa.delete(table).where(table.c.batch_id.in_(ids)))
             conn.execute(sa.delete(batches).where(batches.c.issue_id == issue_id))
             conn.execute(
                 sa.update(issues)

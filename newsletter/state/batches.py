@@ -8,6 +8,7 @@ over; how much of it a crash leaves in doubt depends on the transport, and
 
 from __future__ import annotations
 
+import datetime as dt
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,16 @@ batch_progress = sa.Table(
     sa.Column("done", sa.Integer, nullable=False),
 )
 
+# Batches of readers who get the issue later, at their own morning (a list's `timezone`
+# column, on a transport that cannot hold mail until a time: SMTP, the outbox); a batch
+# without a row is due at once. `zones.py` groups the readers, the scheduler comes back.
+batch_times = sa.Table(
+    "batch_times",
+    metadata,
+    sa.Column("batch_id", sa.Integer, sa.ForeignKey("batches.id"), primary_key=True),
+    sa.Column("not_before", UTCDateTime(), nullable=False),
+)
+
 # batch states that need nothing more: accepted by the service, or left in doubt and not
 # resent on the editor's word (--skip-ambiguous)
 BATCH_DONE = ("submitted", "skipped")
@@ -85,7 +96,13 @@ class BatchStore(Database):
     """The batches of every issue and their state machine: what delivering needs, and what
     `status` and a rerun read of who was sent, who is owed and who is in doubt."""
 
-    def batches(self, issue_id: int, statuses: Sequence[str] | None = None) -> list[BatchRow]:
+    def batches(
+        self,
+        issue_id: int,
+        statuses: Sequence[str] | None = None,
+        due_by: dt.datetime | None = None,
+    ) -> list[BatchRow]:
+        """The issue's batches in these states; with `due_by`, only those due by then."""
         query = (
             sa.select(
                 batches.c.id,
@@ -101,8 +118,29 @@ class BatchStore(Database):
         )
         if statuses is not None:
             query = query.where(batches.c.status.in_(statuses))
+        if due_by is not None:
+            later = sa.select(batch_times.c.batch_id).where(batch_times.c.not_before > due_by)
+            query = query.where(batches.c.id.not_in(later))
         with self.engine.connect() as conn:
             return [BatchRow(*row) for row in conn.execute(query)]
+
+    def later_batches(self, issue_id: int, after: dt.datetime) -> tuple[int, dt.datetime | None]:
+        """Readers of pending batches not due until after `after`, and the first time due."""
+        query = (
+            sa.select(
+                sa.func.coalesce(sa.func.sum(batches.c.size), 0),
+                sa.func.min(batch_times.c.not_before),
+            )
+            .join(batch_times, batch_times.c.batch_id == batches.c.id)
+            .where(
+                batches.c.issue_id == issue_id,
+                batches.c.status == "pending",
+                batch_times.c.not_before > after,
+            )
+        )
+        with self.engine.connect() as conn:
+            readers, first = conn.execute(query).one()
+        return int(readers), first
 
     def take_batch(
         self, batch_id: int, from_statuses: Sequence[str], kind: str = "batch"

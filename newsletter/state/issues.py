@@ -12,13 +12,13 @@ import datetime as dt
 import json
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter.state.batches import batches, pack_recipients
+from newsletter.state.batches import batch_times, batches, pack_recipients
 from newsletter.state.database import Database, UTCDateTime, _aware, metadata, utcnow
 
 # One row per (list, date): claimed atomically by the unique constraint. The
@@ -54,8 +54,9 @@ issue_stories = sa.Table(
     sa.Column("story_key", sa.String(2048), primary_key=True),
 )
 
-# a skipped issue can still be sent by hand; failed and stopped ones resume
-RESUMABLE = ("failed", "stopped", "skipped")
+# a skipped issue can still be sent by hand; failed and stopped ones resume, and so does
+# a partial one (readers still waiting for their own morning)
+RESUMABLE = ("failed", "stopped", "skipped", "partial")
 # what a plan stores on its issue (`_plan_fields`); a cancelled plan clears them
 PLAN_COLUMNS = (
     "subject", "html", "text", "tokens", "story_keys", "window_start", "window_end", "transport",
@@ -188,8 +189,11 @@ class IssueStore(Database):
         issue_id: int,
         content: PlanContent,
         batches_of_recipients: Iterable[tuple[Sequence[str], Sequence[Sequence[str]]]],
+        later: Mapping[int, dt.datetime] | None = None,
     ) -> int:
-        """Store what will be sent and every batch with its recipients, in one transaction."""
+        """Store what will be sent and every batch with its recipients, in one transaction;
+        `later` (filled while the batches stream by): batch number -> when it is due, for
+        readers who get the issue at their own morning."""
         now = utcnow()
         total = 0
         with self.engine.begin() as conn:
@@ -197,6 +201,14 @@ class IssueStore(Database):
             for chunk in _batch_rows(issue_id, 1, "pending", batches_of_recipients, now):
                 conn.execute(sa.insert(batches), chunk)
                 total += sum(row["size"] for row in chunk)
+            if later:
+                ids = dict(
+                    conn.execute(
+                        sa.select(batches.c.seq, batches.c.id).where(batches.c.issue_id == issue_id)
+                    ).all()
+                )
+                rows = [{"batch_id": ids[seq], "not_before": due} for seq, due in later.items()]
+                conn.execute(sa.insert(batch_times), rows)
             conn.execute(_plan_fields(issue_id, content, total, now))
         return total
 
