@@ -61,11 +61,13 @@ RelPath = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_resolve_pat
 
 
 def _parse_duration(value: Any) -> Any:
-    """Accept "90m", "24h", "2d" or "1h30m", or a number of seconds."""
+    """Accept "90m", "24h", "2d", "1h30m" or "0", or a number of seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
     if isinstance(value, str):
         text = value.strip().lower()
+        if text == "0":  # no time at all needs no unit
+            return timedelta()
         match = re.fullmatch(r"(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?", text)
         if match and text and any(match.groups()):
             days, hours, minutes, seconds = (int(g or 0) for g in match.groups())

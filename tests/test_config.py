@@ -209,3 +209,24 @@ def test_an_unsubscribe_base_url_needing_html_escapes_is_refused(site: Site) -> 
     )
     with pytest.raises(ConfigError, match=r"unsubscribe.base_url: String should match pattern"):
         site.config()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"0"', dt.timedelta()),
+        ('"20m"', dt.timedelta(minutes=20)),
+        ('"72h"', dt.timedelta(hours=72)),
+    ],
+)
+def test_submit_ahead_is_a_duration_within_sendgrids_hold(
+    site: Site, value: str, expected: dt.timedelta
+) -> None:
+    site.write_config(BASE_CONFIG.replace("[schedule]\n", f"[schedule]\nsubmit_ahead = {value}\n"))
+    assert site.config().schedule.submit_ahead == expected
+
+
+def test_submit_ahead_past_sendgrids_72_hours_names_the_key(site: Site) -> None:
+    site.write_config(BASE_CONFIG.replace("[schedule]\n", '[schedule]\nsubmit_ahead = "73h"\n'))
+    with pytest.raises(ConfigError, match=r"schedule\.submit_ahead: .*72 hours at most"):
+        site.config()
