@@ -254,14 +254,7 @@ def test_sendgrids_limit_of_ten_held_batches_is_said(
 ) -> None:
     scheduled_site(site, emulator)
     assert send(site, "--at", minutes_ahead(emulator, 30)).code == 0
-    import sendgrid
-
-    client = sendgrid.SendGridAPIClient(api_key=SENDGRID_TEST_API_KEY, host=emulator.url)
-    for _ in range(10):  # ten other sends, cancelled already
-        batch = client.client.mail.batch.post().to_dict["batch_id"]
-        client.client.user.scheduled_sends.post(
-            request_body={"batch_id": batch, "status": "cancel"}
-        )
+    hold_ten_batches(emulator)
 
     refused = newsletter(site, "cancel", "--date", DATE)
 
@@ -304,3 +297,35 @@ def test_the_scheduler_submits_ahead_and_sendgrid_holds_the_issue_until_its_time
     assert emulator.delivered() == collections.Counter()
     emulator.advance_to(send_time.timestamp())
     assert emulator.delivered() == collections.Counter(emails)
+
+
+def test_a_rerun_that_cannot_cancel_for_sendgrids_limit_says_so_and_names_the_readers(
+    site: Site, emulator: SendGridEmulator
+) -> None:
+    emails = scheduled_site(site, emulator)
+    at = minutes_ahead(emulator, 30)
+    killed = send(site, "--at", at, failpoints="deliver.batch_sent:2")
+    assert killed.code == -signal.SIGKILL
+    hold_ten_batches(emulator)
+
+    rerun = send(site, "--at", at)
+
+    assert rerun.code == 1
+    assert "Could not cancel the batch in doubt" in rerun.stderr
+    assert "at most 10 cancelled or paused batches" in rerun.stderr
+    doubt = named_in_doubt(site, rerun)  # as without scheduling: named, never resent
+    assert 100 <= len(doubt) <= 200
+    emulator.advance_to(dt.datetime.fromisoformat(at).timestamp())
+    assert emulator.delivered() == collections.Counter(emails)
+
+
+def hold_ten_batches(emulator: SendGridEmulator) -> None:
+    """Ten other sends cancelled already: SendGrid's limit of held batches is reached."""
+    import sendgrid
+
+    client = sendgrid.SendGridAPIClient(api_key=SENDGRID_TEST_API_KEY, host=emulator.url)
+    for _ in range(10):
+        batch = client.client.mail.batch.post().to_dict["batch_id"]
+        client.client.user.scheduled_sends.post(
+            request_body={"batch_id": batch, "status": "cancel"}
+        )
