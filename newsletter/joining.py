@@ -89,6 +89,7 @@ class Helper:
                 issue_id=str(issue.id),
                 list_name=report.list_name,
                 sandbox=False,
+                date=report.date,
                 # under the claimant's scheduled attempt, if it has one
                 **request_fields(  # type: ignore[arg-type]
                     self.ledger.latest_attempt(issue.id), self.parts.config.newsletter.timezone

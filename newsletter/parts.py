@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
 
 from newsletter.config import Config
 from newsletter.delivery import Deliverer, Progress
@@ -35,6 +36,7 @@ from newsletter.scheduling import Scheduling
 from newsletter.senders import SenderPool
 from newsletter.signing import DEVELOPMENT_SECRET, Signer
 from newsletter.transports.base import InDoubt, Message, Transport
+from newsletter.transports.headers import list_fields
 from newsletter.transports.outbox import OutboxTransport
 from newsletter.transports.sendgrid import SendGridTransport
 from newsletter.transports.smtp import SmtpTransport
@@ -209,10 +211,13 @@ class Parts:
         batch_id: str | None = None,
         zone: str | None = None,
         anchor: int | None = None,
+        date: dt.date | None = None,
     ) -> Message:
-        """The issue as every reader gets it, from the sender settings."""
+        """The issue as every reader gets it, from the sender settings; with the issue's
+        `date`, the bulk-mail headers too (`list_headers`)."""
         s = self.config.sender
         return Message(
+            headers=self.list_headers(list_name, date) if date is not None else (),
             send_at=send_at,
             batch_id=batch_id,
             zone=zone,
@@ -228,6 +233,14 @@ class Parts:
             list_name=list_name,
             sandbox=sandbox,
         )
+
+    def list_headers(self, list_name: str, date: dt.date) -> tuple[tuple[str, str], ...]:
+        """List-Id and Feedback-ID (`headers.list_fields`), under the newsletter's domain:
+        its web address's, else the sender's."""
+        n = self.config.newsletter
+        host = urlsplit(n.url).hostname if n.url else None
+        domain = host or self.config.sender.from_email.rpartition("@")[2]
+        return list_fields(n.name, list_name, domain, date)
 
     def retry_policy(self) -> RetryPolicy:
         d = self.config.delivery

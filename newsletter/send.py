@@ -429,6 +429,7 @@ class Sending:
             issue_id=str(issue_row.id),
             list_name=report.list_name,
             sandbox=False,
+            date=report.date,
             **request_fields(attempt, self.config.newsletter.timezone),  # type: ignore[arg-type]
         )
         with self.timings.phase("send"):

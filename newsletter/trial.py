@@ -101,6 +101,7 @@ class TrialSend:
             issue_id="test",
             list_name=list_name,
             sandbox=request.sandbox,
+            date=report.date,
         )
         return self._deliver_test(report, route, message, batches, suppressed)
 

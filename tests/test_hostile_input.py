@@ -10,6 +10,7 @@ message aiosmtpd accepted, the request the SendGrid emulator validated against t
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import email
 import email.policy
 import html
@@ -29,6 +30,7 @@ import pytest
 
 from newsletter.config import SendGridSettings
 from newsletter.transports.base import Message, PermanentFailure, Recipient
+from newsletter.transports.headers import list_fields
 from newsletter.transports.mime import MimeBuilder
 from newsletter.transports.outbox import OutboxTransport
 from newsletter.transports.sendgrid import SendGridTransport
@@ -62,7 +64,7 @@ TITLE = f"Lead\r\nBcc: {EVIL}\u2028\x00Ünïcødé " + "überlange Überschrift 
 SUBJECT = f"Lead Bcc: {EVIL} Ünïcødé" + " überlange Überschrift" * 8
 STORY_TEXT = "A paragraph of news."
 # the head of every message of the local transports, in this order, and nothing else
-HEADERS = ["Subject", "From", "Reply-To", "To", "Date", "Message-ID"]
+HEADERS = ["Subject", "From", "Reply-To", "List-Id", "Feedback-ID", "To", "Date", "Message-ID"]
 HEADERS += ["List-Unsubscribe", "List-Unsubscribe-Post", "MIME-Version", "Content-Type"]
 
 
@@ -433,6 +435,7 @@ def message(hostile: str) -> Message:
         tokens=frozenset({"name", "company"}),
         issue_id="1",
         list_name="main",
+        headers=list_fields(hostile, "main", "example.com", dt.date(2024, 3, 5)),
     )
 
 

@@ -39,6 +39,8 @@ class Message:
     # can cancel it until ten minutes before (`scheduling.py`); None: at once
     send_at: int | None = None
     batch_id: str | None = None
+    # fields every copy carries, as written: List-Id and Feedback-ID of bulk mail
+    headers: tuple[tuple[str, str], ...] = ()
     # with both: a reader with a `timezone` gets the send time of day on their own clock,
     # at the first such moment after `anchor` (Unix seconds) (`zones.py`)
     zone: str | None = None

@@ -10,6 +10,7 @@ rewritten: one that cannot be written safely stops the send, naming it.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from email.header import Header
 from email.utils import formataddr
@@ -63,3 +64,20 @@ def check_address(address: str) -> str:
     if has_control(address) or _NOT_IN_ADDRESS.search(address) or "@" not in address:
         raise PermanentFailure(f"cannot write the address {address!r} into a mail header")
     return address
+
+
+LIST_NAME_SHOWN = 60  # characters of the newsletter's name in List-Id: a label, not a title
+
+
+def list_fields(
+    newsletter: str, list_name: str, domain: str, date: dt.date
+) -> tuple[tuple[str, str], ...]:
+    """What marks every copy as one list's bulk mail: `List-Id` (RFC 2919: a label and
+    an id under the newsletter's domain, which filters and unsubscribe buttons key on)
+    and `Feedback-ID` (Gmail's feedback loop: issue, list, kind, sender). The label is
+    cut short, so any name makes a field that fits on a line once its words are encoded."""
+    label = one_line(newsletter)
+    if len(label) > LIST_NAME_SHOWN:
+        label = label[: LIST_NAME_SHOWN - 1].rstrip() + "\u2026"
+    list_id = one_line(formataddr((label, f"{list_name}.{domain}"), charset="utf-8"))
+    return (("List-Id", list_id), ("Feedback-ID", f"{date:%Y%m%d}:{list_name}:newsletter:{domain}"))

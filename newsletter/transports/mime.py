@@ -10,12 +10,13 @@ must handle (non-ASCII, SMTPUTF8).
 from __future__ import annotations
 
 import binascii
+import datetime as dt
 import secrets
 from collections.abc import Mapping
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import format_datetime, make_msgid
 
 from newsletter.controls import body_text, has_control, one_line
 from newsletter.lines import wrap_long_lines
@@ -54,6 +55,7 @@ class MimeBuilder:
                 field("Subject", message.subject),
                 address_field("From", message.from_name, message.from_email),
                 address_field("Reply-To", None, message.reply_to) if message.reply_to else "",
+                *(verbatim_field(name, value) for name, value in message.headers),
             ]
         )
 
@@ -82,7 +84,7 @@ class MimeBuilder:
         b = self.boundary
         head = (
             f"{self._head}{address_field('To', recipient.name, recipient.email)}"
-            f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {make_msgid(domain=self.domain)}\r\n"
+            f"Date: {_now()}\r\nMessage-ID: {make_msgid(domain=self.domain)}\r\n"
             f"{extra}MIME-Version: 1.0\r\n"
             f'Content-Type: multipart/alternative; boundary="{b}"\r\n\r\n'
             f'--{b}\r\nContent-Type: text/plain; charset="utf-8"\r\n'
@@ -107,13 +109,20 @@ class MimeBuilder:
         mail["To"] = _address(check_address(recipient.email), recipient.name)
         if m.reply_to:
             mail["Reply-To"] = check_address(m.reply_to)
-        mail["Date"] = formatdate(localtime=False, usegmt=True)
+        mail["Date"] = _now()
         mail["Message-ID"] = make_msgid(domain=self.domain)
+        for name, value in m.headers:
+            mail[name] = one_line(value)
         for name, value in recipient.headers.items():
             mail[name] = one_line(value)
         mail.set_content(self.text.fill(values), cte="quoted-printable")
         mail.add_alternative(self.html.fill(values), subtype="html", cte="quoted-printable")
         return mail
+
+
+def _now() -> str:
+    """The Date field: with a numeric zone (+0000), as RFC 5322 prefers to "GMT"."""
+    return format_datetime(dt.datetime.now(dt.UTC))
 
 
 def _body_values(values: Mapping[str, str]) -> Mapping[str, str]:

@@ -126,6 +126,8 @@ class SendGridTransport:
             body["asm"] = {"group_id": s.asm_group_id}
         if s.ip_pool_name:
             body["ip_pool_name"] = s.ip_pool_name
+        if message.headers:
+            body["headers"] = {name: one_line(value) for name, value in message.headers}
         if message.send_at is not None:
             body["send_at"] = message.send_at
         if message.batch_id is not None:
