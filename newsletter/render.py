@@ -267,6 +267,9 @@ def inline_css(html: str) -> str:
         disable_validation=True,
         disable_link_rewrites=True,
         cache_css_parsing=True,
+        # an image's width and height attributes stay as written: Outlook on Windows
+        # draws an image at the attribute's width, and `height="auto"` is no value
+        disable_basic_attributes=["width", "height"],
     )
     out = inliner.transform(pretty_print=False)
     if not out.lstrip().upper().startswith("<!DOCTYPE"):
