@@ -77,7 +77,7 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(site: Site) -> None:
     assert "Traceback" not in err
     assert '"POST /unsubscribe/…" 200' in err
     assert '"GET /confirm" 400' in err
-    assert token not in err and token.split(".")[1] not in err
+    assert token not in err and token[-20:] not in err
     assert "reader@example.com" not in err
 
 
