@@ -29,6 +29,7 @@ from newsletter.tokens import Personaliser
 if TYPE_CHECKING:
     import httpx
 
+    from newsletter.lint import Finding
     from newsletter.preview import PreviewPage
     from newsletter.render import Renderer
 
@@ -209,6 +210,7 @@ def preview_page(
         built = app.build_issue(date)
         html, text = built.personalised(app.sample_values())
     notes = [str(p) for p in built.issue.problems] + list(built.email.warnings)
+    notes += [f"{f.level}: {f}" for f in lint_issue(config, built.email)]
     if built.issue.is_empty:
         notes.insert(0, empty_issue_message(built.issue))
     return PreviewPage(
@@ -220,6 +222,14 @@ def preview_page(
         notes=tuple(notes),
         watch=watched_paths(config),
     )
+
+
+def lint_issue(config: Config, email: RenderedEmail) -> list[Finding]:
+    """The deliverability lint of a rendered issue (`lint.py`), with this newsletter's
+    address and unsubscribe mode (SendGrid's own links are not ours to find)."""
+    from newsletter.lint import lint
+
+    return lint(email, config.newsletter.postal_address, config.unsubscribe.mode != "sendgrid")
 
 
 def list_problems(config: Config) -> list[str]:

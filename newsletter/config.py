@@ -346,6 +346,8 @@ class SmtpSettings(Settings):
     username: str | None = None
     password_env: str = "SMTP_PASSWORD"
     timeout: float = Field(default=30.0, gt=0, le=300)
+    # the DKIM selector the mail server signs with, for `newsletter check --dns`
+    dkim_selector: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None
 
 
 class OutboxSettings(Settings):

@@ -9,6 +9,7 @@ bug and keeps its traceback.
     ├── ConfigError        the config file or an environment variable
     ├── SourceError        a story source could not be read
     ├── RenderError        a template failed to render
+    ├── LintError          the rendered issue would not reach readers as it should
     ├── SubscriberError    a list file or a subscriber command
     ├── LedgerError        the state database
     └── TransportError     the mail service refused or could not be reached
@@ -32,6 +33,10 @@ class SourceError(NewsletterError):
 
 
 class RenderError(NewsletterError):
+    pass
+
+
+class LintError(NewsletterError):
     pass
 
 

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 THEME_DIR = Path(__file__).parent / "theme"
 HTML_TEMPLATE = "email.html"
 TEXT_TEMPLATE = "email.txt"
-GMAIL_CLIP_BYTES = 100 * 1024
 SENDGRID_UNSUBSCRIBE_TAG = "<%asm_group_unsubscribe_raw_url%>"
 
 
@@ -174,20 +173,9 @@ class Renderer:
             html = html.replace(html_token("unsubscribe_url"), SENDGRID_UNSUBSCRIBE_TAG)
             text = text.replace(text_token("unsubscribe_url"), SENDGRID_UNSUBSCRIBE_TAG)
             used.discard("unsubscribe_url")
-        warnings = []
-        size = len(html.encode("utf-8"))
-        if size > GMAIL_CLIP_BYTES:
-            warnings.append(
-                f"the HTML is {size / 1024:.0f} KB: Gmail clips messages over about 102 KB, "
-                "hiding the footer and its unsubscribe link (show summaries or fewer stories)"
-            )
+        # what a mail client or a filter would hold against it: `lint.py`
         return RenderedEmail(
-            subject=subject,
-            html=html,
-            text=text,
-            preheader=preheader,
-            tokens=frozenset(used),
-            warnings=tuple(warnings),
+            subject=subject, html=html, text=text, preheader=preheader, tokens=frozenset(used)
         )
 
     def _context(self, issue: Issue) -> dict[str, object]:

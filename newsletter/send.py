@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from newsletter.app import App, BuiltIssue, empty_issue_message
+from newsletter.app import App, BuiltIssue, empty_issue_message, lint_issue
 from newsletter.delivery import Deliverer, NoProgress, Outcome, Progress
-from newsletter.errors import ConfigError, LedgerError
+from newsletter.errors import ConfigError, LedgerError, LintError
 from newsletter.failpoints import failpoint
 from newsletter.joining import Helper, claimed_elsewhere, transport_mismatch, wait_for_helpers
 from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
@@ -195,6 +195,7 @@ class Sending:
                 report.outcome, report.detail = "empty", empty_issue_message(built.issue)
                 return report
             check_columns(self.list_file(list_name), built.email.tokens)
+            self._lint(built)
             report.subject = built.email.subject
             report.stories = len(built.issue.stories)
         else:
@@ -232,6 +233,21 @@ class Sending:
             status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
             self._record_end(issue_row.id, status, exc)
             raise
+
+    def _lint(self, built: BuiltIssue) -> None:
+        """The deliverability lint before a bulk send: its errors stop the send, with the
+        reason, before anything is claimed; its warnings are said."""
+        findings = lint_issue(self.config, built.email)
+        for finding in findings:
+            if finding.level == "warning":
+                log.warning("deliverability: %s", finding)
+        errors = [str(f) for f in findings if f.level == "error"]
+        if errors:
+            raise LintError(
+                "not sent, the issue would not reach readers as it should:\n  "
+                + "\n  ".join(errors)
+                + "\n(newsletter check lists every finding)"
+            )
 
     def _helper(self) -> Helper:
         return Helper(

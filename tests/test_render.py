@@ -7,10 +7,12 @@ import re
 import lxml.html
 import pytest
 
+from newsletter.app import lint_issue
 from newsletter.errors import RenderError
 from newsletter.tokens import Personaliser
 
 from .conftest import Site
+from .support.cli import run
 
 DAY = dt.date(2024, 3, 5)
 VALUES = {
@@ -232,18 +234,28 @@ def test_bad_subject_template_names_the_setting(two_stories: Site) -> None:
         build(two_stories)
 
 
-def test_oversized_email_warns_about_gmail_clipping(site: Site) -> None:
+def test_an_oversized_email_is_a_lint_error_and_stops_the_send(site: Site) -> None:
+    site.write_config(extra='[unsubscribe]\nmode = "hosted"\nbase_url = "https://n.example.com"\n')
     long_body = "\n\n".join(["Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 8] * 30)
     for n in range(10):
         site.story(f"long-{n}", body=long_body, date=f"2024-03-05 06:{n:02d}:00+00:00")
     email = build(site).email
     assert email.html_bytes > 100 * 1024
-    [warning] = email.warnings
-    assert "Gmail clips" in warning
+    [finding] = lint_issue(site.config(), email)
+    assert (finding.level, finding.rule) == ("error", "size") and "Gmail clips" in finding.message
+
+    sent = run(site.config_path, "send", "--date", "2024-03-05", "--yes", "--transport", "outbox")
+
+    assert sent.returncode == 1 and "Traceback" not in sent.stderr
+    assert "not sent, the issue would not reach readers" in sent.stderr
+    assert "Gmail clips" in sent.stderr
+    assert not (site.root / "outbox").exists()
+    checked = run(site.config_path, "check", "--date", "2024-03-05")
+    assert checked.returncode == 1 and "error: the template: the HTML is" in checked.stderr
 
 
-def test_a_normal_issue_has_no_warnings(two_stories: Site) -> None:
-    assert build(two_stories).email.warnings == ()
+def test_a_normal_issue_lints_clean(two_stories: Site) -> None:
+    assert lint_issue(two_stories.config(), build(two_stories).email) == []
 
 
 def test_css_parser_noise_goes_to_debug(

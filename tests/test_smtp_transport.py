@@ -56,9 +56,7 @@ SECRET = "test-secret-0123456789abcdef"
 BASE_URL = "https://news.example.com/n"
 DATE = "2024-03-05"
 SENDER = "news@example.com"
-UNSUBSCRIBE_RE = re.compile(
-    r"<(https://news\.example\.com/n/unsubscribe/([A-Za-z0-9_-]+))>"
-)
+UNSUBSCRIBE_RE = re.compile(r"<(https://news\.example\.com/n/unsubscribe/([A-Za-z0-9_-]+))>")
 
 # ~25 subscribers: markup characters in a name and in an address, and a non-ASCII name
 PEOPLE = [

@@ -20,7 +20,7 @@ import click
 from rich.text import Text
 
 from newsletter import __version__, logs
-from newsletter.app import App, empty_issue_message, list_problems, preview_page
+from newsletter.app import App, empty_issue_message, lint_issue, list_problems, preview_page
 from newsletter.cli.base import (
     DATE,
     Group,
@@ -34,6 +34,7 @@ from newsletter.cli.report import _print_report
 from newsletter.cli.status import status
 from newsletter.cli.subscribers import subscribers
 from newsletter.cli.undo import cancel, pause, resume
+from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.models import SendPreview, SendRequest
 from newsletter.progress import RichProgress
@@ -71,11 +72,21 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int, log_format: 
 @click.option(
     "--date", type=DATE, help="Issue date (default: today in the newsletter's time zone)."
 )
+@click.option(
+    "--dns",
+    is_flag=True,
+    help="Also check the From domain's SPF, DKIM, DMARC and MX records, as receivers do.",
+)
+@click.option(
+    "--dns-server", metavar="HOST[:PORT]", help="Ask this DNS server (default: the system's)."
+)
 @click.pass_obj
-def check(opts: Options, date: dt.datetime | None) -> None:
-    """Validate the config, gather and render the issue, and list any problems.
+def check(opts: Options, date: dt.datetime | None, dns: bool, dns_server: str | None) -> None:
+    """Validate the config, gather and render the issue, lint it for deliverability, and
+    list any problems.
 
-    Exits 1 when a story source failed or the email has a warning.
+    Exits 1 when a story source failed, the lint found an error or a warning, or (with
+    --dns) a record is missing or wrong.
     """
     config = opts.config()
     with App(config) as app:
@@ -110,9 +121,40 @@ def check(opts: Options, date: dt.datetime | None) -> None:
     problems = [str(p) for p in issue.problems] + list(email.warnings) + list_problems(config)
     for problem in problems:
         err.print(Text.assemble(("problem:", "yellow"), f" {problem}"))
-    if problems:
+    findings = lint_issue(config, email)
+    for finding in findings:
+        style = "bold red" if finding.level == "error" else "yellow"
+        err.print(Text.assemble((f"{finding.level}:", style), f" {finding}"))
+    failed = bool(problems or findings)
+    if dns:
+        failed |= _check_dns(config, dns_server)
+    if failed:
         sys.exit(1)
     out.print(Text("ok", "green"))
+
+
+def _check_dns(config: Config, server: str | None) -> bool:
+    """The From domain's records, a line each; True if one is missing or wrong."""
+    from newsletter.dnscheck import DnsUnreachable, check_domain, resolver_for
+
+    domain = config.sender.from_email.rpartition("@")[2]
+    out.print(f"DNS of {domain}, for sending with {config.delivery.transport}:")
+    try:
+        found = check_domain(
+            domain, config.delivery.transport, config.smtp.dkim_selector, resolver_for(server)
+        )
+    except DnsUnreachable as exc:
+        raise NewsletterError(f"cannot check the DNS of {domain}: {exc}") from None
+    marks = {
+        "ok": ("ok:", "green"),
+        "warning": ("warning:", "yellow"),
+        "error": ("error:", "bold red"),
+    }
+    for finding in found:
+        (out if finding.level == "ok" else err).print(
+            Text.assemble(marks[finding.level], f" {finding.record}: {finding.message}")
+        )
+    return any(f.level == "error" for f in found)
 
 
 @cli.command()
