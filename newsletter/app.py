@@ -210,7 +210,8 @@ def preview_page(
         built = app.build_issue(date)
         html, text = built.personalised(app.sample_values())
     notes = [str(p) for p in built.issue.problems] + list(built.email.warnings)
-    notes += [f"{f.level}: {f}" for f in lint_issue(config, built.email)]
+    if not built.issue.is_empty:
+        notes += [f"{f.level}: {f}" for f in lint_issue(config, built.email)]
     if built.issue.is_empty:
         notes.insert(0, empty_issue_message(built.issue))
     return PreviewPage(

@@ -121,7 +121,7 @@ def check(opts: Options, date: dt.datetime | None, dns: bool, dns_server: str | 
     problems = [str(p) for p in issue.problems] + list(email.warnings) + list_problems(config)
     for problem in problems:
         err.print(Text.assemble(("problem:", "yellow"), f" {problem}"))
-    findings = lint_issue(config, email)
+    findings = [] if issue.is_empty else lint_issue(config, email)  # nothing would go out
     for finding in findings:
         style = "bold red" if finding.level == "error" else "yellow"
         err.print(Text.assemble((f"{finding.level}:", style), f" {finding}"))
