@@ -78,7 +78,7 @@ def lint(email: RenderedEmail, postal_address: str, unsubscribe_in_body: bool) -
         _link(link, add)
     if unsubscribe_in_body:
         _leaving(email, document, postal_address, add)
-    return found
+    return list(dict.fromkeys(found))  # a story's link is in its headline and its button
 
 
 def _subject(subject: str, add: Adder) -> None:
