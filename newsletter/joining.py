@@ -22,7 +22,6 @@ from newsletter.delivery import Deliverer, Heartbeat
 from newsletter.errors import ConfigError
 from newsletter.models import SendReport
 from newsletter.parts import Parts, Route
-from newsletter.scheduling import request_fields
 from newsletter.senders import SenderPool
 from newsletter.state import Ledger
 from newsletter.state.database import utcnow
@@ -81,20 +80,8 @@ class Helper:
             return report.outcome != "busy"
         log.info("helping %s send the %s issue", issue.claimed_by, issue.issue_date)
         try:
-            message = self.parts.message(
-                subject=issue.subject or "",
-                html=issue.html or "",
-                text=issue.text or "",
-                tokens=issue.tokens,
-                issue_id=str(issue.id),
-                list_name=report.list_name,
-                sandbox=False,
-                date=report.date,
-                # under the claimant's scheduled attempt, if it has one
-                **request_fields(  # type: ignore[arg-type]
-                    self.ledger.latest_attempt(issue.id), self.parts.config.newsletter.timezone
-                ),
-            )
+            # under the claimant's scheduled attempt, if it has one
+            message = self.parts.issue_message(issue, self.ledger.latest_attempt(issue.id))
             outcome = deliverer.deliver(
                 issue.id,
                 message,

@@ -43,6 +43,8 @@ from newsletter.transports.smtp import SmtpTransport
 
 if TYPE_CHECKING:
     from newsletter.state import Ledger
+    from newsletter.state.attempts import Attempt
+    from newsletter.state.issues import IssueRow
 
 # the warnings here are the send's own (its JSON log lines say `"logger": "newsletter.send"`)
 log = logging.getLogger("newsletter.send")
@@ -232,6 +234,26 @@ class Parts:
             issue_id=issue_id,
             list_name=list_name,
             sandbox=sandbox,
+        )
+
+    def issue_message(self, issue: IssueRow, attempt: Attempt | None) -> Message:
+        """The day's issue from its stored plan, as the claimant and its helpers send it:
+        under its scheduled attempt, if it has one (`scheduling.py`), whose send time,
+        batch ID and anchor every request carries."""
+        held = attempt is not None
+        return self.message(
+            subject=issue.subject or "",
+            html=issue.html or "",
+            text=issue.text or "",
+            tokens=issue.tokens,
+            issue_id=str(issue.id),
+            list_name=issue.list_name,
+            sandbox=False,
+            date=issue.issue_date,
+            send_at=int(attempt.send_at.timestamp()) if held else None,
+            batch_id=attempt.batch_id if held else None,
+            zone=self.config.newsletter.timezone if held else None,
+            anchor=int(attempt.anchor.timestamp()) if held else None,
         )
 
     def list_headers(self, list_name: str, date: dt.date) -> tuple[tuple[str, str], ...]:

@@ -250,12 +250,13 @@ class SchedulerService:
         started = time.monotonic()
         now = self.clock()
         # submitted ahead: SendGrid holds it until the send time (`scheduling.py`)
-        send_at = scheduled + trigger.ahead
-        if not trigger.ahead or send_at <= now or self.transport not in (None, "sendgrid"):
-            send_at = None
-        # SMTP and the outbox cannot hold mail: readers with a zone of their own are sent
-        # by later runs, each at its time (`zones.py`)
+        # SendGrid holds mail until a time: submitted ahead, it holds the issue until the
+        # send time (`scheduling.py`). SMTP and the outbox cannot: readers with a zone of
+        # their own are sent by later runs, each at its time (`zones.py`)
         holds = (self.transport or config.delivery.transport) == "sendgrid"
+        send_at = scheduled + trigger.ahead
+        if not holds or not trigger.ahead or send_at <= now:
+            send_at = None
         mornings = None if holds else trigger.send_time(date)
         grace = config.schedule.misfire_grace
         if now - scheduled > grace and not self._partly_sent(config, list_name, date, now):

@@ -136,19 +136,6 @@ class Scheduling:
             transport.close()
 
 
-def request_fields(attempt: Attempt | None, zone: str) -> dict[str, int | str]:
-    """What every request of the attempt carries (`Message.send_at`, `.batch_id`, and what
-    readers' own zones need: the newsletter's zone and the attempt's anchor)."""
-    if attempt is None:
-        return {}
-    return {
-        "send_at": int(attempt.send_at.timestamp()),
-        "batch_id": attempt.batch_id,
-        "zone": zone,
-        "anchor": int(attempt.anchor.timestamp()),
-    }
-
-
 def parse_send_time(value: str, date: dt.date, zone: ZoneInfo) -> dt.datetime:
     """`--at`: "HH:MM" on the issue's date in the newsletter's zone, or a date and time
     ("2024-03-05 07:00", ISO 8601, with or without an offset)."""

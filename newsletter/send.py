@@ -39,7 +39,6 @@ from newsletter.recipients import (
     read_subscribers,
 )
 from newsletter.retry import with_retries
-from newsletter.scheduling import request_fields
 from newsletter.seen import HashedSeen, RepeatedAddresses, Seen, WatchedSeen
 from newsletter.senders import SenderPool
 from newsletter.state.attempts import Attempt
@@ -437,17 +436,7 @@ class Sending:
             attempt = self._attempt(report, issue_row.id, request.send_at)
         if request.skip_ambiguous:
             ledger.skip_in_doubt(issue_row.id, "in doubt, not resent (--skip-ambiguous)")
-        message = self.parts.message(
-            subject=issue_row.subject or "",
-            html=issue_row.html or "",
-            text=issue_row.text or "",
-            tokens=issue_row.tokens,
-            issue_id=str(issue_row.id),
-            list_name=report.list_name,
-            sandbox=False,
-            date=report.date,
-            **request_fields(attempt, self.config.newsletter.timezone),  # type: ignore[arg-type]
-        )
+        message = self.parts.issue_message(issue_row, attempt)
         with self.timings.phase("send"):
             ledger.open_to_helpers(issue_row.id, owner)  # settled: others may take batches
             try:

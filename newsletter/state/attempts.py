@@ -98,14 +98,7 @@ class AttemptStore(Database):
         under a new attempt with the same send time, in one transaction (a crash leaves
         either the old attempt, to cancel again, or the new one, to send)."""
         with self._atomic() as conn:
-            conn.execute(
-                sa.update(scheduled_attempts)
-                .where(
-                    scheduled_attempts.c.issue_id == old.issue_id,
-                    scheduled_attempts.c.attempt == old.attempt,
-                )
-                .values(status="replaced")
-            )
+            conn.execute(_set_status(old, "replaced"))
             new = dataclasses.replace(
                 old, attempt=_next_number(conn, old.issue_id), batch_id=batch_id, status="active"
             )
@@ -121,27 +114,13 @@ class AttemptStore(Database):
 
     def set_attempt_status(self, attempt: Attempt, status: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(scheduled_attempts)
-                .where(
-                    scheduled_attempts.c.issue_id == attempt.issue_id,
-                    scheduled_attempts.c.attempt == attempt.attempt,
-                )
-                .values(status=status)
-            )
+            conn.execute(_set_status(attempt, status))
 
     def cancel_issue(self, attempt: Attempt, note: str) -> None:
         """The editor's undo, once SendGrid confirmed it: the issue is `cancelled`, its
         stories are free for the next issue, and the archive no longer shows it."""
         with self._atomic() as conn:
-            conn.execute(
-                sa.update(scheduled_attempts)
-                .where(
-                    scheduled_attempts.c.issue_id == attempt.issue_id,
-                    scheduled_attempts.c.attempt == attempt.attempt,
-                )
-                .values(status="cancelled")
-            )
+            conn.execute(_set_status(attempt, "cancelled"))
             conn.execute(
                 sa.update(issues)
                 .where(issues.c.id == attempt.issue_id)
@@ -175,6 +154,17 @@ class AttemptStore(Database):
                     recipients=0,
                 )
             )
+
+
+def _set_status(attempt: Attempt, status: str) -> sa.Update:
+    return (
+        sa.update(scheduled_attempts)
+        .where(
+            scheduled_attempts.c.issue_id == attempt.issue_id,
+            scheduled_attempts.c.attempt == attempt.attempt,
+        )
+        .values(status=status)
+    )
 
 
 def _next_number(conn: sa.Connection, issue_id: int) -> int:
