@@ -346,6 +346,18 @@ def test_a_missed_run_goes_out_once_late_and_a_restart_sends_nothing(
     assert len(sendgrid_emulator.mail_requests()) == 1
 
 
+def owed_after_sendgrid_was_down(
+    site: Site, emulator: SendGridEmulator, fire: dt.datetime, database_url: str
+) -> None:
+    """The run of `fire` failed (SendGrid down), so the issue is owed; from now on each
+    request SendGrid gets waits for the test's word."""
+    emulator.fail_all(Fault(status=503))
+    failed = service(site, Clock(fire), database_url).run_issue(fire)
+    assert failed is not None and failed.outcome == "failed" and not failed.permanent
+    emulator.reset()
+    emulator.fail_all(Fault(hold=True))
+
+
 def test_two_schedulers_on_one_database_send_once(
     site: Site,
     sendgrid_emulator: SendGridEmulator,
@@ -354,11 +366,7 @@ def test_two_schedulers_on_one_database_send_once(
 ) -> None:
     fire = just_missed()
     emails = real_site(site, sendgrid_emulator, fire, 300, batch_size=100, timeout=HELD)
-    sendgrid_emulator.fail_all(Fault(status=503))  # SendGrid was down when the run was due
-    failed = service(site, Clock(fire), database_url).run_issue(fire)
-    assert failed is not None and failed.outcome == "failed" and not failed.permanent
-    sendgrid_emulator.reset()
-    sendgrid_emulator.fail_all(Fault(hold=True))  # each batch waits for the test's word
+    owed_after_sendgrid_was_down(site, sendgrid_emulator, fire, database_url)
 
     # both start at once on a job store nobody created yet; both owe the failed issue
     pair = [schedulers(site, database_url=database_url) for _ in range(2)]
@@ -387,11 +395,7 @@ def test_schedulers_that_join_share_the_issue_each_reader_once(
     emails = real_site(site, sendgrid_emulator, fire, 300, batch_size=10, timeout=HELD)
     text = site.config_path.read_text()
     site.config_path.write_text(text.replace("[schedule]\n", "[schedule]\njoin = true\n"))
-    sendgrid_emulator.fail_all(Fault(status=503))  # SendGrid was down when the run was due
-    failed = service(site, Clock(fire), database_url).run_issue(fire)
-    assert failed is not None and failed.outcome == "failed" and not failed.permanent
-    sendgrid_emulator.reset()
-    sendgrid_emulator.fail_all(Fault(hold=True))  # each batch waits for the test's word
+    owed_after_sendgrid_was_down(site, sendgrid_emulator, fire, database_url)
 
     pair = [schedulers(site, database_url=database_url) for _ in range(2)]
     # one claimed the issue and the other joined it: a request of each is in flight

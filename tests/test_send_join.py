@@ -34,19 +34,32 @@ def start_send(site: Site, environ: dict[str, str], *args: str) -> subprocess.Po
     )  # fmt: skip
 
 
+def both_at_work(
+    site: Site, emulator: SendGridEmulator, database_url: str, readers: int
+) -> tuple[list[str], subprocess.Popen[str], subprocess.Popen[str]]:
+    """The first machine's send and a `--join` from a second folder, each with its first
+    request held by SendGrid until the test's word: (emails, first, helper)."""
+    emails = setup_site(site, emulator, readers, batch_size=10, timeout=HELD)
+    machine_b = two_machines(site)
+    environ = env(NEWSLETTER_DATABASE_URL=database_url)
+    emulator.script(Fault(hold=True), Fault(hold=True))
+    first = start_send(site, environ)
+    try:
+        assert emulator.wait_for_held(1, timeout=60)
+        helper = start_send(machine_b, environ, "--join")
+        assert emulator.wait_for_held(2, timeout=60)
+    except BaseException:
+        first.kill()
+        raise
+    return emails, first, helper
+
+
 def test_a_second_machine_joins_the_send_and_each_reader_gets_it_once(
     site: Site, sendgrid_emulator: SendGridEmulator, database_url: str
 ) -> None:
-    emails = setup_site(site, sendgrid_emulator, 500, batch_size=10, timeout=HELD)
-    machine_b = two_machines(site)
-    environ = env(NEWSLETTER_DATABASE_URL=database_url)
     # the first request of each machine waits for the test's word: both are at work
-    sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))
-    first = start_send(site, environ)
+    emails, first, helper = both_at_work(site, sendgrid_emulator, database_url, 500)
     try:
-        assert sendgrid_emulator.wait_for_held(1, timeout=60), first.stderr
-        helper = start_send(machine_b, environ, "--join")
-        assert sendgrid_emulator.wait_for_held(2, timeout=60)
         sendgrid_emulator.release()
         out_b, err_b = helper.communicate(timeout=60)
         out_a, err_a = first.communicate(timeout=60)
@@ -74,15 +87,8 @@ def test_a_second_machine_joins_the_send_and_each_reader_gets_it_once(
 def test_a_killed_helpers_request_is_in_doubt_and_the_claimant_finishes_the_rest(
     site: Site, sendgrid_emulator: SendGridEmulator, database_url: str
 ) -> None:
-    emails = setup_site(site, sendgrid_emulator, 300, batch_size=10, timeout=HELD)
-    machine_b = two_machines(site)
-    environ = env(NEWSLETTER_DATABASE_URL=database_url)
-    sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))
-    first = start_send(site, environ)
+    emails, first, helper = both_at_work(site, sendgrid_emulator, database_url, 300)
     try:
-        assert sendgrid_emulator.wait_for_held(1, timeout=60)
-        helper = start_send(machine_b, environ, "--join")
-        assert sendgrid_emulator.wait_for_held(2, timeout=60)
         helper.send_signal(signal.SIGKILL)  # its request is in flight
         helper.wait(timeout=10)
         sendgrid_emulator.release()  # SendGrid took it: its answer finds nobody
@@ -102,6 +108,7 @@ def test_a_killed_helpers_request_is_in_doubt_and_the_claimant_finishes_the_rest
         doubt = ledger.in_doubt_addresses(issue.id)
     assert len(doubt) == 10 and set(doubt) <= set(got)
 
+    environ = env(NEWSLETTER_DATABASE_URL=database_url)
     rerun = send(site, "--skip-ambiguous", environ=environ)  # SendGrid shows them delivered
     assert rerun.returncode == 0, rerun.stderr
     assert delivered(sendgrid_emulator) == collections.Counter(emails)
