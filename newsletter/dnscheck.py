@@ -7,11 +7,14 @@ receive mail. Each finding says exactly which record to add or change.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.exception
 import dns.resolver
+
+from newsletter.errors import NewsletterError
 
 TIMEOUT = 5.0  # seconds for each lookup, retries included
 
@@ -30,8 +33,17 @@ def resolver_for(server: str | None) -> dns.resolver.Resolver:
     else:
         host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
         resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [host]
-        resolver.port = int(port or 53)
+        try:
+            ipaddress.ip_address(host)
+            resolver.nameservers = [host]
+            resolver.port = int(port or 53)
+            if not 0 < resolver.port < 65536:
+                raise ValueError(port)
+        except ValueError:
+            raise NewsletterError(
+                f"--dns-server {server!r}: give an IP address and, if not 53, a port "
+                "(127.0.0.1:5353)"
+            ) from None
     resolver.lifetime = TIMEOUT
     return resolver
 

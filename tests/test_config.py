@@ -73,6 +73,7 @@ def test_discovery_order(tmp_path: Path) -> None:
         ("[smtp]\nhost = 25\n", "smtp.host: Input should be a valid string (text in quotes), got 25"),
         ("[subscribers]\npath = true\n", "subscribers.path: expected a path as a string, got True"),
         ("[delivery]\nretry_delay = true\n", "delivery.retry_delay: Input should be a valid timedelta"),
+        ("[smtp]\ndkim_selector = 'a b'\n", "smtp.dkim_selector: String should match pattern"),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_file_and_the_key(site: Site, extra: str, expected: str) -> None:

@@ -94,3 +94,13 @@ def test_an_unreachable_dns_server_is_one_line(site: Site) -> None:
     result = run(site.config_path, "check", "--dns", "--dns-server", "127.0.0.1:9")
     assert result.returncode == 1
     assert "no answer about" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "server", ["bad:port", "dns.example.com", "127.0.0.1:0", "127.0.0.1:99999"]
+)
+def test_a_dns_server_that_is_not_an_address_is_named(site: Site, server: str) -> None:
+    setup_site(site, None, 3)
+    result = run(site.config_path, "check", "--dns", "--dns-server", server)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"--dns-server {server!r}: give an IP address" in result.stderr

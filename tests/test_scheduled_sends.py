@@ -329,3 +329,21 @@ def hold_ten_batches(emulator: SendGridEmulator) -> None:
         client.client.user.scheduled_sends.post(
             request_body={"batch_id": batch, "status": "cancel"}
         )
+
+
+@pytest.mark.parametrize(
+    ("at", "says"),
+    [
+        ("soon", "--at 'soon': give a time (07:00) or a date and time"),
+        ("2020-01-01 07:00", "the send time 2020-01-01 07:00 UTC has passed"),
+        ("2099-01-01 07:00", "is more than 72 hours ahead"),
+    ],
+)
+def test_a_send_time_that_cannot_be_held_is_named(
+    site: Site, emulator: SendGridEmulator, at: str, says: str
+) -> None:
+    scheduled_site(site, emulator)
+    result = send(site, "--at", at)
+    assert result.code == 1 and "Traceback" not in result.stderr
+    assert says in result.stderr
+    assert emulator.mail_requests() == []
