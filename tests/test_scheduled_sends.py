@@ -169,12 +169,13 @@ def test_in_doubt_after_the_deadline_falls_back_to_naming_the_readers(
     doubt = named_in_doubt(site, rerun)
     assert 100 <= len(doubt) <= 200  # the requests in flight, one per sender
     emulator.advance_to(dt.datetime.fromisoformat(at).timestamp())
-    assert emulator.delivered() == collections.Counter(emails)  # the request did go through
+    got = once_each_or_named(emulator, emails, doubt)
     fault = "at deliver.batch_sent:2, rerun after the cancel deadline"
-    record(AHEAD, fault, emails, emulator.delivered(), doubt)
-    final = send(site, "--skip-ambiguous")  # SendGrid's activity shows them delivered
+    record(AHEAD, fault, emails, got, doubt)
+    final = send(site, "--skip-ambiguous")  # the editor looked them up in SendGrid's activity
     assert final.code == 0, final.stderr
-    assert emulator.delivered() == collections.Counter(emails)
+    emulator.advance_to(dt.datetime.fromisoformat(at).timestamp() + MINUTE)
+    assert emulator.delivered() == got  # nobody twice, nothing new
 
 
 def test_cancel_before_the_deadline_then_a_corrected_issue_replaces_it(
@@ -316,7 +317,20 @@ def test_a_rerun_that_cannot_cancel_for_sendgrids_limit_says_so_and_names_the_re
     doubt = named_in_doubt(site, rerun)  # as without scheduling: named, never resent
     assert 100 <= len(doubt) <= 200
     emulator.advance_to(dt.datetime.fromisoformat(at).timestamp())
-    assert emulator.delivered() == collections.Counter(emails)
+    once_each_or_named(emulator, emails, doubt)
+
+
+def once_each_or_named(
+    emulator: SendGridEmulator, emails: list[str], doubt: set[str]
+) -> collections.Counter[str]:
+    """The promise after a kill at `deliver.batch_sent:2`: the batch whose answer was cut
+    went through; the other sender's request may have been killed before or after it
+    reached SendGrid. Nobody got it twice, and whoever did not get it is named."""
+    got = emulator.delivered()
+    assert max(got.values()) == 1
+    assert set(emails) - set(got) <= doubt
+    assert len(got) >= len(emails) - len(doubt) + 100
+    return got
 
 
 def hold_ten_batches(emulator: SendGridEmulator) -> None:
