@@ -222,6 +222,7 @@ def preview_page(
         stories=len(built.issue.stories),
         notes=tuple(notes),
         watch=watched_paths(config),
+        language=app.renderer.language,
     )
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +34,7 @@ from pydantic_core import PydanticUndefined
 
 from newsletter.controls import find_control
 from newsletter.errors import ConfigError
+from newsletter.locale import catalogue_for, unknown_language
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
@@ -134,16 +135,16 @@ class NewsletterSettings(Settings):
     postal_address: NonEmpty
     reason: str = ""
     archive_url: str | None = None
-    subject: str = "{{ newsletter.name }}: {{ issue.date | long_date }}"
+    # the lead story's headline; the name and the date on a day without stories
+    subject: str = (
+        "{% if lead %}{{ lead.title }}{% else %}"
+        "{{ newsletter.name }}: {{ issue.date | long_date }}{% endif %}"
+    )
     preheader: str | None = None
 
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
-
-    @property
-    def why_text(self) -> str:
-        return self.reason or f"You are receiving this email because you subscribed to {self.name}."
 
 
 def _one_line(value: str) -> str:
@@ -265,10 +266,24 @@ class TemplateSettings(Settings):
     path: RelPath | None = Path("templates")
 
 
+# a CSS font-family list: names, quotes, commas; nothing that could end the declaration
+FontStack = Annotated[str, Field(pattern=r"^[A-Za-z0-9 ,'\"_-]+$")]
+
+
 class ThemeSettings(Settings):
     accent_color: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")] = "#1f5f8b"
     logo_url: str | None = None
     logo_width: int = Field(default=160, gt=0, le=600)
+    # "In this issue": the headlines at the top, when there are two stories or more
+    contents: bool = True
+    # how a story leads to its page: a quiet "Continue reading" link, or a button
+    read_more: Literal["link", "button"] = "link"
+    # one share row for the whole issue in the footer (a forward link without a web
+    # version), share links under every story, or none
+    share: Literal["issue", "stories", "none"] = "issue"
+    # font stacks; by default they follow the language's script (`typography.py`)
+    headline_font: FontStack | None = None
+    body_font: FontStack | None = None
 
 
 class SubscriberSettings(Settings):
@@ -414,12 +429,21 @@ class Config(Settings):
             else [self.schedule.list]
         )
 
-    @property
-    def consent_wording(self) -> str:
-        return self.serve.consent or (
-            f"Send me {self.newsletter.name} by email. "
-            "I can unsubscribe at any time with the link in every email."
-        )
+    def consent_wording(self, gettext: Callable[[str], str]) -> str:
+        """What a sign-up agrees to: `[serve] consent`, or the default in the language."""
+        return self.serve.consent or gettext(
+            "Send me %(name)s by email. I can unsubscribe at any time with the link in "
+            "every email."
+        ) % {"name": self.newsletter.name}
+
+    @model_validator(mode="after")
+    def _language_has_translations(self) -> Config:
+        user_root = self.templates.path / "locale" if self.templates.path else None
+        if catalogue_for(self.newsletter.language, user_root) is None:
+            raise ValueError(
+                f"newsletter.language: {unknown_language(self.newsletter.language, user_root)}"
+            )
+        return self
 
     def secret(self, env_name: str) -> str | None:
         """A secret from the environment, or None; the value never enters the config."""
@@ -525,5 +549,6 @@ def format_validation_error(path: Path, exc: ValidationError) -> str:
             message = f"{error['msg']} ({_TYPE_HINTS[kind]}), got {_toml(error['input'])}"
         else:
             message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {_key_path(tuple(error['loc']))}: {message}")
+        where = f"{_key_path(tuple(error['loc']))}: " if error["loc"] else ""  # names its key
+        lines.append(f"{path}: {where}{message}")
     return "\n".join(lines)

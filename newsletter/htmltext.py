@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import unicodedata
 
 import lxml.html
 
@@ -38,14 +39,7 @@ def html_to_text(fragment: str, width: int = 72) -> str:
         paragraphs.append(
             (
                 is_item,
-                textwrap.fill(
-                    " ".join(block.split()),
-                    width=width,
-                    initial_indent=prefix,
-                    subsequent_indent=indent,
-                    break_long_words=False,
-                    break_on_hyphens=False,
-                ),
+                fill(" ".join(block.split()), width, prefix, indent),
             )
         )
     out = ""
@@ -110,3 +104,38 @@ def _flush(blocks: list[str], current: list[str]) -> None:
     if current:
         blocks.append("".join(current))
         current.clear()
+
+
+# a line may not begin with these (closing punctuation, in Chinese and Japanese typesetting)
+_NO_LINE_START = set("，。、；：？！）」』”’》〉】〕…—,.;:?!)]}%")
+_TOKENS = re.compile(r"\s+|[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]|[^\s\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]+")
+
+
+def fill(text: str, width: int, initial: str = "", subsequent: str = "") -> str:
+    """Wrap at `width` columns. Latin text wraps at spaces, as textwrap does; Chinese,
+    Japanese and Korean have no spaces, so they wrap between any two characters, each
+    two columns wide, never putting closing punctuation at the start of a line."""
+    if not any(unicodedata.east_asian_width(c) in "WF" for c in text):
+        return textwrap.fill(
+            text,
+            width=width,
+            initial_indent=initial,
+            subsequent_indent=subsequent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    lines: list[str] = []
+    line, used = initial, len(initial)
+    for token in _TOKENS.findall(text):
+        size = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in token)
+        fits = used + size <= width or line.strip() == "" or token[0] in _NO_LINE_START
+        if token.isspace():
+            if used + 1 <= width:
+                line, used = line + " ", used + 1
+            continue
+        if not fits:
+            lines.append(line.rstrip())
+            line, used = subsequent, len(subsequent)
+        line, used = line + token, used + size
+    lines.append(line.rstrip())
+    return "\n".join(lines)

@@ -33,6 +33,7 @@ class Story(BaseModel):
     image_alt: str = ""
     author: str | None = None
     tags: tuple[str, ...] = ()
+    lead: bool = False  # the editor's pick to open the issue (front matter `lead: true`)
 
     @property
     def keys(self) -> frozenset[str]:

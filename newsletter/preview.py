@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    from newsletter.i18n import Language
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ class PreviewPage:
     notes: tuple[str, ...] = ()
     error: str | None = None
     watch: tuple[Path, ...] = ()
+    language: Language | None = None  # the newsletter's, for the page around the email
 
 
 Builder = Callable[[], PreviewPage]
@@ -52,7 +57,7 @@ class PreviewState:
         try:
             page = self.build()
         except NewsletterError as exc:
-            page = PreviewPage(error=str(exc), watch=self.page.watch)
+            page = PreviewPage(error=str(exc), watch=self.page.watch, language=self.page.language)
         with self.lock:
             self.page = page
             self.version += 1
@@ -139,29 +144,39 @@ def make_server(state: PreviewState, port: int = 8025) -> ThreadingHTTPServer:
 
 def index_page(page: PreviewPage, version: int) -> str:
     e = html.escape
+    _ = page.language.gettext if page.language else str
+    ngettext = page.language.ngettext if page.language else _english_plural
+    direction = page.language.direction if page.language else "ltr"
+    code = page.language.code if page.language else "en"
+    stories = ngettext("%(num)d story", "%(num)d stories", page.stories) % {"num": page.stories}
+    # (outside the f-strings below, where gettext's extractor can find them)
+    desktop, desktop_title = _("Desktop"), _("Email at desktop width")
+    phone, phone_title = _("Phone (375 px)"), _("Email at phone width")
+    text_part, live = _("Plain-text part"), _("live reload on")
+    title = _("Preview: %(subject)s") % {"subject": page.subject}
     notes = "".join(f"<li>{e(n)}</li>" for n in page.notes)
     if page.error:
         body = f'<pre class="error">{e(page.error)}</pre>'
     else:
-        body = """
+        body = f"""
 <div class="views">
-  <section class="view" id="desktop"><h2>Desktop</h2>
-    <iframe title="Email at desktop width" src="/email.html" class="desktop"></iframe></section>
-  <section class="view" id="phone"><h2>Phone (375 px)</h2>
-    <iframe title="Email at phone width" src="/email.html" class="phone"></iframe></section>
-  <section class="view" id="text"><h2>Plain-text part</h2>
-    <iframe title="Plain-text part" src="/email.txt" class="text"></iframe></section>
+  <section class="view" id="desktop"><h2>{e(desktop)}</h2>
+    <iframe title="{e(desktop_title)}" src="/email.html" class="desktop"></iframe></section>
+  <section class="view" id="phone"><h2>{e(phone)}</h2>
+    <iframe title="{e(phone_title)}" src="/email.html" class="phone"></iframe></section>
+  <section class="view" id="text"><h2>{e(text_part)}</h2>
+    <iframe title="{e(text_part)}" src="/email.txt" class="text"></iframe></section>
 </div>"""
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="{e(code)}" dir="{direction}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Preview: {e(page.subject or "newsletter")}</title>
+<title>{e(title)}</title>
 <style>
 body {{ margin: 0; font: 14px/1.45 system-ui, sans-serif; background: #e5e7eb; color: #111827; }}
 header {{ background: #111827; color: #f9fafb; padding: 12px 20px; position: sticky; top: 0; z-index: 1; }}
 header .subject {{ font-size: 16px; font-weight: 600; }}
 header .meta {{ color: #9ca3af; font-size: 13px; }}
-header ul {{ margin: 6px 0 0; padding-left: 18px; color: #fbbf24; }}
+header ul {{ margin: 6px 0 0; padding-inline-start: 18px; color: #fbbf24; }}
 .views {{ display: flex; flex-wrap: wrap; gap: 20px; padding: 20px; align-items: flex-start; }}
 .view h2 {{ font-size: 12px; text-transform: uppercase; letter-spacing: 1px; color: #4b5563; margin: 0 0 6px; }}
 iframe {{ border: 0; background: #fff; box-shadow: 0 1px 4px rgba(0,0,0,.2); height: 1400px; }}
@@ -173,7 +188,7 @@ iframe.text {{ width: 640px; }}
 <body>
 <header>
   <div class="subject">{e(page.subject)}</div>
-  <div class="meta">{e(page.preheader)} · {page.stories} stories · live reload on</div>
+  <div class="meta">{e(page.preheader)} · {e(stories)} · {e(live)}</div>
   {f"<ul>{notes}</ul>" if notes else ""}
 </header>
 {body}
@@ -188,3 +203,7 @@ setInterval(async () => {{
 }}, 700);
 </script>
 </body></html>"""
+
+
+def _english_plural(singular: str, plural: str, n: int) -> str:
+    return singular if n == 1 else plural

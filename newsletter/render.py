@@ -22,10 +22,12 @@ from premailer import Premailer
 from newsletter.config import Config
 from newsletter.errors import RenderError
 from newsletter.htmltext import html_to_text
+from newsletter.i18n import load_language
 from newsletter.lines import wrap_long_lines
 from newsletter.models import Issue, RenderedEmail, Story
 from newsletter.stories.sanitize import plain_text
 from newsletter.tokens import Recipient, defang, defang_url, html_token, text_token
+from newsletter.typography import typography_for
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +37,14 @@ TEXT_TEMPLATE = "email.txt"
 SENDGRID_UNSUBSCRIBE_TAG = "<%asm_group_unsubscribe_raw_url%>"
 
 
-def long_date(value: dt.date) -> str:
-    return f"{value:%A}, {value.day} {value:%B %Y}"
-
-
-def short_date(value: dt.date) -> str:
-    return f"{value.day} {value:%B %Y}"
-
-
 def lighten(colour: str, amount: float = 0.5) -> str:
     """A `#rrggbb` colour mixed with white, e.g. the accent made readable on a dark background."""
     channels = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
     return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in channels)
+
+
+def strong(value: str) -> Markup:
+    return Markup("<strong>%s</strong>") % value
 
 
 def nl2br(value: str) -> Markup:
@@ -60,6 +58,8 @@ class StoryView:
     story: Story
     tz: dt.tzinfo
     full_text: bool
+    position: int = 1  # in the issue, from 1: the anchor "In this issue" links to
+    is_lead: bool = False
 
     @property
     def title(self) -> str:
@@ -108,17 +108,19 @@ class StoryView:
 
     @property
     def share(self) -> dict[str, str]:
-        if not self.story.url:
-            return {}
-        url = quote(self.story.url, safe="")
-        title = quote(self.story.title, safe="")
-        links = {
-            "Email": f"mailto:?subject={title}&body={url}",
-            "X": f"https://x.com/intent/tweet?text={title}&url={url}",
-            "LinkedIn": f"https://www.linkedin.com/sharing/share-offsite/?url={url}",
-            "Facebook": f"https://www.facebook.com/sharer/sharer.php?u={url}",
-        }
-        return {label: defang_url(link) for label, link in links.items()}
+        return share_links(self.story.url, self.story.title) if self.story.url else {}
+
+
+def share_links(url: str, title: str) -> dict[str, str]:
+    """Where a reader can pass a page on: by email and on three networks."""
+    url, title = quote(url, safe=""), quote(title, safe="")
+    links = {
+        "Email": f"mailto:?subject={title}&body={url}",
+        "X": f"https://x.com/intent/tweet?text={title}&url={url}",
+        "LinkedIn": f"https://www.linkedin.com/sharing/share-offsite/?url={url}",
+        "Facebook": f"https://www.facebook.com/sharer/sharer.php?u={url}",
+    }
+    return {label: defang_url(link) for label, link in links.items()}
 
 
 class Renderer:
@@ -126,6 +128,13 @@ class Renderer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        locale_root = config.templates.path / "locale" if config.templates.path else None
+        self.language = load_language(
+            config.newsletter.language, locale_root, key=f"{config.path}: newsletter.language"
+        )
+        self.typography = typography_for(
+            self.language.script, config.theme.headline_font, config.theme.body_font
+        )
         template_dirs = []
         user_dir = config.templates.path
         if user_dir is not None:
@@ -141,14 +150,24 @@ class Renderer:
                 ]
             ),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
+            extensions=["jinja2.ext.i18n"],
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
+        self.env.install_gettext_translations(self.language.translations, newstyle=True)
         self.env.filters.update(
-            long_date=long_date, short_date=short_date, nl2br=nl2br, lighten=lighten
+            long_date=self.language.long_date,
+            short_date=self.language.short_date,
+            time=self.language.time,
+            number=self.language.number,
+            join=self.language.join,
+            nl2br=nl2br,
+            strong=strong,
+            lighten=lighten,
         )
+        self.env.globals.update(lang=self.language, fonts=self.typography)
         self.template_dirs = [Path(d) for d in template_dirs]
         _quiet_cssutils()
 
@@ -181,7 +200,17 @@ class Renderer:
     def _context(self, issue: Issue) -> dict[str, object]:
         cfg = self.config
         tz = cfg.newsletter.tz
-        stories = [StoryView(s, tz, cfg.issue.story_text == "full") for s in issue.stories]
+        full = cfg.issue.story_text == "full"
+        # the story the subject names: the editor's pick (`lead: true`), else the newest
+        picked = next((s for s in issue.stories if s.lead), None) or max(
+            issue.stories, key=lambda s: s.published, default=None
+        )
+        stories = [
+            StoryView(s, tz, full, n, is_lead=s is picked)
+            for n, s in enumerate(issue.stories, 1)
+        ]
+        lead = next((v for v in stories if v.is_lead), None)
+        issue_title = lead.title if lead else cfg.newsletter.name
         view_url = None
         if cfg.newsletter.archive_url:
             view_url = f"{cfg.newsletter.archive_url.rstrip('/')}/{issue.date.isoformat()}"
@@ -191,7 +220,14 @@ class Renderer:
             "theme": cfg.theme,
             "issue": issue,
             "stories": stories,
+            "lead": lead,
             "view_url": view_url,
+            # points the way a line reads: right in English, left in Arabic
+            "arrow": Markup("&larr;" if self.language.direction == "rtl" else "&rarr;"),
+            # between inline items; in Arabic, marks keep a Latin name (LinkedIn) from
+            # pulling the separator to the wrong side
+            "dot": Markup("\u200f · \u200f" if self.language.direction == "rtl" else " · "),
+            "issue_share": share_links(view_url, issue_title) if view_url else {},
         }
 
     def _preheader(self, issue: Issue, context: dict[str, object]) -> str:

@@ -332,7 +332,7 @@ class SchedulerService:
                 retry = False
         log_event(level, summary, fields)
         if outcome == "failed" and not retry:
-            self.tell_admin(config, f"scheduled issue {date} for list {list_name} failed", summary)
+            self.tell_admin(config, "failed", date, list_name, summary)
         return report
 
     def _partly_sent(self, config: Config, list_name: str, date: dt.date, now: dt.datetime) -> bool:
@@ -367,19 +367,31 @@ class SchedulerService:
         if new:
             fields = {"event": "run", "phase": "skipped", "list": list_name, "date": date.isoformat(), "outcome": "skipped", "error": reason}  # fmt: skip
             log_event(logging.WARNING, f"issue {date} for {list_name} {reason}", fields)
-            self.tell_admin(config, f"scheduled issue {date} for list {list_name} skipped", reason)
+            self.tell_admin(config, "skipped", date, list_name, reason)
 
-    def tell_admin(self, config: Config, subject: str, body: str) -> None:
-        """Optional: a plain email to the admin through the same transport."""
+    def tell_admin(
+        self, config: Config, what: str, date: dt.date, list_name: str, details: str
+    ) -> None:
+        """Optional: a plain email to the admin through the same transport, in the
+        newsletter's language (the details are the log's line, as `newsletter` logs it)."""
         address = config.schedule.admin_email
         if not address:
             return
         try:
             with App(config, clock=self.clock) as app:
+                _ = app.renderer.language.gettext
+                values = {"date": app.renderer.language.long_date(date), "list": list_name}
+                if what == "failed":
+                    line = _("The scheduled issue of %(date)s for the list %(list)s failed.")
+                else:
+                    line = _("The scheduled issue of %(date)s for the list %(list)s was skipped.")
+                line %= values
+                details_label = _("Details:")
+                body = f"{line}\n\n{details_label} {details}"
                 transport = app.parts.admin_transport(app.parts.transport_name(self.transport))
                 message = Message(
-                    subject=f"[newsletter] {subject}",
-                    html=f"<p>{_escape(body)}</p>",
+                    subject=f"[newsletter] {line}",
+                    html=f"<p>{_escape(line)}</p><p>{_escape(details_label)} {_escape(details)}</p>",
                     text=body,
                     from_email=config.sender.from_email,
                     from_name=config.sender.from_name,

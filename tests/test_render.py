@@ -74,28 +74,34 @@ def test_theme_has_the_parts_of_a_real_newsletter(two_stories: Site) -> None:
     built = build(two_stories)
     doc = lxml.html.fromstring(built.email.html)
     text = doc.text_content()
-    assert "The Test Times" in text and "Tuesday, 5 March 2024" in text
+    assert "The Test Times" in text and "Tuesday, March 5, 2024" in text
+    assert built.email.subject == "Lead story & more"  # the lead story's headline
     lead = doc.xpath("//h2[contains(@class,'headline')]/a")[0]
     assert lead.get("href") == "https://example.com/lead" and lead.text == "Lead story & more"
-    assert "By Ann Writer · 5 March 2024" in text
+    assert "By Ann Writer · March 5, 2024" in text
     img = doc.xpath("//img[contains(@class,'story-image')]")[0]
     assert img.get("src") == "https://cdn.example.com/lead.jpg" and img.get("alt") == "A crowd"
-    assert doc.xpath("//a[contains(@class,'button')]")[0].get("href") == "https://example.com/lead"
-    assert "Share this post:" in text
-    share = {a.text: a.get("href") for a in doc.xpath("//p[contains(@class,'share')]/a")}
-    assert share["X"].startswith(
-        "https://x.com/intent/tweet?text=Lead%20story%20%26%20more&url=https%3A%2F%2Fexample.com%2Flead"
+    # "In this issue", each headline a link to its story
+    contents = doc.xpath("//td[contains(@class,'contents')]")[0]
+    assert contents.text_content().split() [:3] == ["In", "this", "issue"]
+    links = [(a.text, a.get("href")) for a in contents.xpath(".//a")]
+    assert links == [("Lead story & more", "#story-1"), ("A brief", "#story-2")]
+    assert doc.xpath("//td[@id='story-2']//h2")[0].text_content() == "A brief"
+    # one quiet link per story, no button, and one share row for the whole issue
+    [more] = doc.xpath("//p[contains(@class,'continue')]/a")
+    assert more.get("href") == "https://example.com/lead" and "Continue reading" in more.text
+    assert not doc.xpath("//a[contains(@class,'button')]") and not doc.xpath("//p[@class='share']")
+    row = doc.xpath("//td[contains(@class,'share-row')]")[0]
+    assert row.text_content().split()[:3] == ["Share", "this", "issue:"]
+    share = {a.text: a.get("href") for a in row.xpath(".//a")}
+    issue_url = "https%3A%2F%2Fnews.example.com%2Farchive%2F2024-03-05"
+    assert share["X"] == (
+        f"https://x.com/intent/tweet?text=Lead%20story%20%26%20more&url={issue_url}"
     )
-    assert (
-        share["LinkedIn"]
-        == "https://www.linkedin.com/sharing/share-offsite/?url=https%3A%2F%2Fexample.com%2Flead"
-    )
-    assert (
-        share["Facebook"]
-        == "https://www.facebook.com/sharer/sharer.php?u=https%3A%2F%2Fexample.com%2Flead"
-    )
-    assert share["Email"].startswith("mailto:?subject=Lead%20story")
-    # the story without a URL: plain headline, no button, no share links
+    assert share["LinkedIn"] == f"https://www.linkedin.com/sharing/share-offsite/?url={issue_url}"
+    assert share["Facebook"] == f"https://www.facebook.com/sharer/sharer.php?u={issue_url}"
+    assert share["Email"] == f"mailto:?subject=Lead%20story%20%26%20more&body={issue_url}"
+    # the story without a URL: plain headline, no link to continue
     brief = doc.xpath("//td[contains(@class,'story')]")[1]
     assert not brief.xpath(".//a")
     preheader = doc.xpath("//div[contains(@class,'preheader')]")[0]
@@ -121,7 +127,9 @@ def test_text_part_reads_on_its_own(two_stories: Site) -> None:
     built = build(two_stories)
     text = Personaliser(built.email.text).fill(VALUES)
     assert "First paragraph with a link (https://example.com/source)." in text
-    assert "Read more: https://example.com/lead" in text
+    assert "Continue reading: https://example.com/lead" in text
+    assert "In this issue\n1. Lead story & more\n2. A brief\n" in text
+    assert "Share this issue: https://news.example.com/archive/2024-03-05" in text
     assert "Unsubscribe: https://news.example.com/u?t=abc" in text
     assert "1 Fixture Lane" in text
     assert "\u034f" not in text and "&zwnj;" not in text and "<" not in text
@@ -206,7 +214,7 @@ def test_a_user_template_overrides_one_partial(two_stories: Site) -> None:
     )
     html = build(two_stories).email.html
     assert "Custom foot" in html and "Leave</a>" in html
-    assert "Share this post:" in html  # the rest still comes from the built-in theme
+    assert "Continue reading" in html  # the rest still comes from the built-in theme
 
 
 def test_template_syntax_error_names_file_and_line(two_stories: Site) -> None:

@@ -119,6 +119,9 @@ def check(opts: Options, date: dt.datetime | None, dns: bool, dns_server: str | 
         f"HTML {email.html_bytes / 1024:.1f} KB, text {len(email.text.encode()) / 1024:.1f} KB"
     )
     problems = [str(p) for p in issue.problems] + list(email.warnings) + list_problems(config)
+    from newsletter.catalogues import untranslated  # Babel's extraction: `check` only
+
+    problems += untranslated(app.renderer.language, config.templates.path)
     for problem in problems:
         err.print(Text.assemble(("problem:", "yellow"), f" {problem}"))
     findings = [] if issue.is_empty else lint_issue(config, email)  # nothing would go out

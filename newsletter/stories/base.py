@@ -79,8 +79,11 @@ def gather(
         if keys & already_sent:
             continue
         chosen.append(story)
-    chosen = chosen[:max_stories]
+    lead = next((s for s in chosen if s.lead), None)  # the editor's pick opens the issue
+    chosen = [s for s in chosen if s is not lead][: max_stories - (lead is not None)]
     if not newest_first:
         chosen.reverse()
+    if lead is not None:
+        chosen.insert(0, lead)
     drafts.sort(key=lambda s: s.published, reverse=True)
     return Gathered(tuple(chosen), tuple(problems), tuple(drafts))

@@ -54,6 +54,7 @@ class FrontMatter(BaseModel):
     author: Line | None = None
     tags: Annotated[list[Line], BeforeValidator(_tags)] = []
     draft: bool = False
+    lead: bool = False
 
 
 class MarkdownFolderSource:
@@ -113,6 +114,7 @@ class MarkdownFolderSource:
             image_alt=meta.image_alt,
             author=meta.author or None,
             tags=tuple(meta.tags),
+            lead=meta.lead,
         )
         return story, meta.draft
 

@@ -59,6 +59,7 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
         ),
         address_limiter=RateLimiter(CONFIRMATIONS_PER_ADDRESS, 3600),
         csrf=Csrf(signer),
+        language=app.renderer.language,
     )
 
 

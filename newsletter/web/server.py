@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from newsletter.config import Config
 from newsletter.controls import one_line
 from newsletter.errors import NewsletterError
+from newsletter.i18n import Language
 from newsletter.state.archive import ArchiveStore
 from newsletter.state.database import Database
 from newsletter.state.events import EventStore
@@ -78,6 +79,7 @@ class WebParts:
     signup_limiter: RateLimiter
     address_limiter: RateLimiter
     csrf: Csrf
+    language: Language
 
 
 def create_app(parts: WebParts) -> ASGIApp:
@@ -104,6 +106,7 @@ class _Pages:
         self.parts = parts
         self.config = parts.config
         self.subs = parts.subscriptions
+        self._ = parts.language.gettext  # every string a reader sees is translated
 
     # -- rendering -------------------------------------------------------------------
 
@@ -120,15 +123,15 @@ class _Pages:
         return self.page("web/message.html", status, title=title, lines=lines, **extra)
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
-        return self.message("Page not found", "There is nothing at this address.", status=404)
+        return self.message(self._("Page not found"), self._("There is nothing at this address."), status=404)
 
     async def not_allowed(self, request: Request, exc: Exception) -> Response:
         return PlainTextResponse("Method not allowed", status_code=405)
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
         return self.message(
-            "Something went wrong",
-            "Nothing was lost; please try again in a minute.",
+            self._("Something went wrong"),
+            self._("Nothing was lost; please try again in a minute."),
             status=500,
         )
 
@@ -153,7 +156,7 @@ class _Pages:
             csrf_field=Csrf.field,
             csrf_value=self.parts.csrf.field_value(cookie),
             honeypot=HONEYPOT,
-            consent=self.config.consent_wording,
+            consent=self.config.consent_wording(self._),
             error=error,
             values=values,
         )
@@ -185,21 +188,29 @@ class _Pages:
         wait = self.parts.signup_limiter.hit(f"ip:{_network(_client_ip(request))}")
         if wait is not None:
             response = self.message(
-                "Too many sign-ups",
-                "Too many sign-ups came from your network just now. Please try again later.",
+                self._("Too many sign-ups"),
+                self._(
+                    "Too many sign-ups came from your network just now. Please try again later."
+                ),
                 status=429,
             )
             response.headers["retry-after"] = str(int(wait) + 1)
             return response
         if too_large:
-            return self.message("Too much data", "The form was too large.", status=413)
+            return self.message(
+                self._("Too much data"), self._("The form was too large."), status=413
+            )
         if form is None:
-            return self.message("Not a form", "Please use the sign-up form.", status=400)
+            return self.message(
+                self._("Not a form"), self._("Please use the sign-up form."), status=400
+            )
         if not self.parts.csrf.check(request.cookies.get(Csrf.cookie), form.get(Csrf.field)):
             return self.form(
                 request,
                 403,
-                "The form had expired. Please check your details and press Subscribe again.",
+                self._(
+                    "The form had expired. Please check your details and press Subscribe again."
+                ),
                 form,
             )
         if form.get(HONEYPOT):
@@ -207,12 +218,17 @@ class _Pages:
             return self.check_inbox()
         list_name = form.get("list") or next(iter(self.subs.lists))
         if list_name not in self.subs.lists:
-            return self.form(request, 400, "Please choose one of the lists below.", form)
+            return self.form(
+                request, 400, self._("Please choose one of the lists below."), form
+            )
         try:
             email = check_address(form.get("email", ""))
         except NewsletterError:
             return self.form(
-                request, 400, "That does not look like an email address. Please check it.", form
+                request,
+                400,
+                self._("That does not look like an email address. Please check it."),
+                form,
             )
         # one line of text: the name goes into a To: header once confirmed (import refuses
         # control characters; a form just drops them)
@@ -227,17 +243,24 @@ class _Pages:
                 # the class only: a mail server's reply often quotes the address
                 log.error("could not send a confirmation email (%s)", type(exc).__name__)
                 return self.message(
-                    "Please try again later",
-                    "We could not send the confirmation email just now. Nothing was saved.",
+                    self._("Please try again later"),
+                    self._(
+                        "We could not send the confirmation email just now. Nothing was saved."
+                    ),
                     status=503,
                 )
         return self.check_inbox()
 
     def check_inbox(self) -> HTMLResponse:
         return self.message(
-            "Check your inbox",
-            "If the address can receive email, a message with a confirmation link is on its way.",
-            "Follow the link in it to start your subscription. Nothing is sent until you do.",
+            self._("Check your inbox"),
+            self._(
+                "If the address can receive email, a message with a confirmation link is on "
+                "its way."
+            ),
+            self._(
+                "Follow the link in it to start your subscription. Nothing is sent until you do."
+            ),
         )
 
     async def confirm(self, request: Request) -> Response:
@@ -252,32 +275,36 @@ class _Pages:
             )
         except LinkExpired:
             return self.message(
-                "This link has expired",
-                "Confirmation links work for a limited time. Please sign up again.",
+                self._("This link has expired"),
+                self._("Confirmation links work for a limited time. Please sign up again."),
                 status=410,
-                link=(f"{self.parts.public_url}/subscribe", "Sign up again"),
+                link=(f"{self.parts.public_url}/subscribe", self._("Sign up again")),
             )
         except LinkInvalid:
             return self.invalid_link()
         except NewsletterError as exc:
             log.error("could not confirm a subscription (%s)", type(exc).__name__)
             return self.message(
-                "Please try again later",
-                "Your subscription could not be saved just now. The link will still work.",
+                self._("Please try again later"),
+                self._(
+                    "Your subscription could not be saved just now. The link will still work."
+                ),
                 status=503,
             )
         return self.message(
-            "You're subscribed",
-            f"Thank you for confirming. {self.subs.label(pending.list_name)} "
-            f"will come to {pending.email}.",
-            link=(f"{self.parts.public_url}/archive", "Read past issues"),
+            self._("You're subscribed"),
+            self._("Thank you for confirming. %(list)s will come to %(email)s.")
+            % {"list": self.subs.label(pending.list_name), "email": pending.email},
+            link=(f"{self.parts.public_url}/archive", self._("Read past issues")),
         )
 
     def invalid_link(self) -> HTMLResponse:
         return self.message(
-            "This link is not valid",
-            "It may have been cut short when it was copied. Please use the whole link "
-            "from the email.",
+            self._("This link is not valid"),
+            self._(
+                "It may have been cut short when it was copied. Please use the whole link "
+                "from the email."
+            ),
             status=400,
         )
 
@@ -285,9 +312,11 @@ class _Pages:
 
     async def unsubscribe_help(self, request: Request) -> Response:
         return self.message(
-            "Unsubscribing",
-            "Every email we send has an Unsubscribe link at the bottom. It knows your "
-            "address, so one click is all it takes: no password, no form.",
+            self._("Unsubscribing"),
+            self._(
+                "Every email we send has an Unsubscribe link at the bottom. It knows your "
+                "address, so one click is all it takes: no password, no form."
+            ),
         )
 
     async def unsubscribe_page(self, request: Request) -> Response:
@@ -323,12 +352,13 @@ class _Pages:
             return self.invalid_link()
         if form.get("List-Unsubscribe") == "One-Click":
             return PlainTextResponse("Unsubscribed.\n")
-        labels = ", ".join(self.subs.label(name) for name in lists)
+        labels = self.parts.language.join(self.subs.label(name) for name in lists)
         return self.message(
-            "You're unsubscribed",
-            f"{email} will get no more email from {labels}.",
-            "Changed your mind? You can sign up again at any time.",
-            link=(f"{self.parts.public_url}/subscribe", "Sign up again"),
+            self._("You're unsubscribed"),
+            self._("%(email)s will get no more email from %(lists)s.")
+            % {"email": email, "lists": labels},
+            self._("Changed your mind? You can sign up again at any time."),
+            link=(f"{self.parts.public_url}/subscribe", self._("Sign up again")),
         )
 
     # -- SendGrid events ---------------------------------------------------------------

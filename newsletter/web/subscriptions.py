@@ -109,6 +109,8 @@ class Subscriptions:
         # the mail service's own unsubscribe lists, which each send copies into the ledger
         self.forget_at_service = forget_at_service
         self.public_url = public_url.rstrip("/")
+        # the renderer's environment carries the newsletter's language (`render.py`)
+        self._ = templates.globals["lang"].gettext
 
     @property
     def lists(self) -> dict[str, str]:
@@ -117,7 +119,7 @@ class Subscriptions:
     @property
     def form_version(self) -> str:
         """Changes whenever the consent wording does, so each record names what was agreed."""
-        return hashlib.sha256(self.config.consent_wording.encode()).hexdigest()[:12]
+        return hashlib.sha256(self.config.consent_wording(self._).encode()).hexdigest()[:12]
 
     def confirm_url(self, pending: Pending) -> str:
         return f"{self.public_url}/confirm?token={self.signer.sign_text(CONFIRM, pending.encode())}"
@@ -137,7 +139,7 @@ class Subscriptions:
             "email": email,
         }
         message = Message(
-            subject=f"Confirm your subscription to {label}",
+            subject=self._("Confirm your subscription to %(list)s") % {"list": label},
             html=self.templates.get_template("web/confirm_email.html").render(context),
             text=self.templates.get_template("web/confirm_email.txt").render(context),
             from_email=self.config.sender.from_email,
@@ -196,7 +198,7 @@ class Subscriptions:
             ip=ip,
             user_agent=user_agent,
             form_version=pending.form_version,
-            wording=self.config.consent_wording
+            wording=self.config.consent_wording(self._)
             if pending.form_version == self.form_version
             else f"(wording version {pending.form_version})",
         )
