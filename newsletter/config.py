@@ -432,8 +432,7 @@ class Config(Settings):
     def consent_wording(self, gettext: Callable[[str], str]) -> str:
         """What a sign-up agrees to: `[serve] consent`, or the default in the language."""
         return self.serve.consent or gettext(
-            "Send me %(name)s by email. I can unsubscribe at any time with the link in "
-            "every email."
+            "Send me %(name)s by email. I can unsubscribe at any time with the link in every email."
         ) % {"name": self.newsletter.name}
 
     @model_validator(mode="after")

@@ -108,7 +108,9 @@ def _flush(blocks: list[str], current: list[str]) -> None:
 
 # a line may not begin with these (closing punctuation, in Chinese and Japanese typesetting)
 _NO_LINE_START = set("，。、；：？！）」』”’》〉】〕…—,.;:?!)]}%")
-_TOKENS = re.compile(r"\s+|[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]|[^\s\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]+")
+_TOKENS = re.compile(
+    r"\s+|[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]|[^\s\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]+"
+)
 
 
 def fill(text: str, width: int, initial: str = "", subsequent: str = "") -> str:

@@ -53,6 +53,9 @@ def _compiled(catalogues: Iterable[Catalog]) -> gettext.GNUTranslations:
             continue
         for message in catalogue:
             if message.id and message.string and any(_texts(message.string)):
+                # (setting an id the catalogue has would keep its old translation)
+                if message.id in merged:
+                    merged.delete(message.id)
                 merged[message.id] = message
     buffer = io.BytesIO()
     write_mo(buffer, merged or Catalog())

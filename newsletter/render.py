@@ -206,8 +206,7 @@ class Renderer:
             issue.stories, key=lambda s: s.published, default=None
         )
         stories = [
-            StoryView(s, tz, full, n, is_lead=s is picked)
-            for n, s in enumerate(issue.stories, 1)
+            StoryView(s, tz, full, n, is_lead=s is picked) for n, s in enumerate(issue.stories, 1)
         ]
         lead = next((v for v in stories if v.is_lead), None)
         issue_title = lead.title if lead else cfg.newsletter.name

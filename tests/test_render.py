@@ -83,7 +83,7 @@ def test_theme_has_the_parts_of_a_real_newsletter(two_stories: Site) -> None:
     assert img.get("src") == "https://cdn.example.com/lead.jpg" and img.get("alt") == "A crowd"
     # "In this issue", each headline a link to its story
     contents = doc.xpath("//td[contains(@class,'contents')]")[0]
-    assert contents.text_content().split() [:3] == ["In", "this", "issue"]
+    assert contents.text_content().split()[:3] == ["In", "this", "issue"]
     links = [(a.text, a.get("href")) for a in contents.xpath(".//a")]
     assert links == [("Lead story & more", "#story-1"), ("A brief", "#story-2")]
     assert doc.xpath("//td[@id='story-2']//h2")[0].text_content() == "A brief"

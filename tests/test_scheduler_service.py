@@ -182,7 +182,9 @@ def test_a_permanent_failure_is_not_retried_and_the_admin_is_told(
         for b in sendgrid_emulator.accepted()
         if b["personalizations"][0]["to"][0]["email"] == "admin@example.com"
     ]
-    assert admin["subject"] == "[newsletter] scheduled issue 2024-03-05 for list main failed"
+    assert admin["subject"] == (
+        "[newsletter] The scheduled issue of Tuesday, March 5, 2024 for the list main failed."
+    )
     assert "from: unverified sender" in admin["content"][0]["value"]
 
 

@@ -123,7 +123,9 @@ class _Pages:
         return self.page("web/message.html", status, title=title, lines=lines, **extra)
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
-        return self.message(self._("Page not found"), self._("There is nothing at this address."), status=404)
+        return self.message(
+            self._("Page not found"), self._("There is nothing at this address."), status=404
+        )
 
     async def not_allowed(self, request: Request, exc: Exception) -> Response:
         return PlainTextResponse("Method not allowed", status_code=405)
@@ -218,9 +220,7 @@ class _Pages:
             return self.check_inbox()
         list_name = form.get("list") or next(iter(self.subs.lists))
         if list_name not in self.subs.lists:
-            return self.form(
-                request, 400, self._("Please choose one of the lists below."), form
-            )
+            return self.form(request, 400, self._("Please choose one of the lists below."), form)
         try:
             email = check_address(form.get("email", ""))
         except NewsletterError:
@@ -244,9 +244,7 @@ class _Pages:
                 log.error("could not send a confirmation email (%s)", type(exc).__name__)
                 return self.message(
                     self._("Please try again later"),
-                    self._(
-                        "We could not send the confirmation email just now. Nothing was saved."
-                    ),
+                    self._("We could not send the confirmation email just now. Nothing was saved."),
                     status=503,
                 )
         return self.check_inbox()
@@ -286,9 +284,7 @@ class _Pages:
             log.error("could not confirm a subscription (%s)", type(exc).__name__)
             return self.message(
                 self._("Please try again later"),
-                self._(
-                    "Your subscription could not be saved just now. The link will still work."
-                ),
+                self._("Your subscription could not be saved just now. The link will still work."),
                 status=503,
             )
         return self.message(

@@ -196,10 +196,18 @@ webhook_public_key = "{public_key}"
 
 @pytest.fixture
 def web(site: Site) -> Iterator[Web]:
+    with running_web(site) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_web(site: Site, language: str = "en") -> Iterator[Web]:
+    """`newsletter serve` for the test site, in `language`, with two readers."""
     sock = free_socket()
     url = "http://{}:{}".format(*sock.getsockname())
     signer = EventSigner()
-    site.write_config(web_config(url, signer.public_key))
+    config = web_config(url, signer.public_key)
+    site.write_config(config.replace("[sender]", f'language = "{language}"\n\n[sender]', 1))
     site.story("lead", title="Lead story", date="2024-03-05 06:00:00+00:00")
     (site.root / "subscribers").mkdir()
     (site.root / "subscribers" / "main.csv").write_text(
