@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 MODULES = Path(os.environ.get("NEWSLETTER_TEST_CANIEMAIL", REPO / ".ci" / "node" / "node_modules"))
 CLIENTS = ["gmail.*", "outlook.windows", "apple-mail.*", "yahoo.*"]
@@ -39,6 +41,8 @@ FALLBACKS = {
     "opacity": "the same preheader: each client honours one of its hiding rules",
     "border-radius": "square corners where it is missing: cosmetic",
     "outline": "an image reset: without it a client draws no outline anyway",
+    "Local anchors": "'In this issue' still reads as the list of headlines where a client "
+    "does not scroll to a story (Gmail and Yahoo on phones); the stories follow in that order",
 }
 
 
@@ -62,8 +66,9 @@ def caniemail(html: str) -> list[tuple[str, str]]:
     return found
 
 
-def test_every_feature_a_client_lacks_has_a_named_fallback() -> None:
-    html = (REPO / "tests" / "golden" / "email.html").read_text(encoding="utf-8")
+@pytest.mark.parametrize("language", ["en", "zh-CN", "ar"])
+def test_every_feature_a_client_lacks_has_a_named_fallback(language: str) -> None:
+    html = (REPO / "tests" / "golden" / language / "email.html").read_text(encoding="utf-8")
     lacking = caniemail(html)
     assert lacking  # the linter ran and read the email
     unexplained = sorted(

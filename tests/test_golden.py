@@ -63,6 +63,7 @@ def test_default_theme_matches_golden_output(
         path.write_text(actual, encoding="utf-8")
     expected = path.read_text(encoding="utf-8")
     assert actual == expected, f"{language}/{name} differs from the golden file; see {__doc__}"
+    assert len(actual.encode()) < 100 * 1024  # under Gmail's clipping, in every language
 
 
 def test_golden_issue_has_the_stories_of_its_window_only(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SENDGRID_TEST_API_KEY, example_copy
+from .conftest import FIXTURES, REPO, SENDGRID_TEST_API_KEY, example_copy
 from .support.sendgrid_emulator import SendGridEmulator
 from .support.smtp_server import SmtpServer
 
@@ -108,3 +108,17 @@ def test_the_example_issue_scores_at_most_a_tenth(tmp_path: Path, transport: str
     for message in found:
         points, rules = score(message)
         assert points <= BAR, f"{transport}: {points} points, rules that fired:\n{rules}"
+
+
+@pytest.mark.parametrize(
+    "folder", [REPO / "examples" / "zh", FIXTURES / "golden-site-ar"], ids=["zh-CN", "ar"]
+)
+def test_the_chinese_and_arabic_issues_score_at_most_a_tenth(tmp_path: Path, folder: Path) -> None:
+    site = tmp_path / folder.name
+    shutil.copytree(folder, site, ignore=shutil.ignore_patterns("outbox", "*.db"))
+    send_example(site / "config.toml", "outbox", {})
+    found = [p.read_bytes() for p in sorted((site / "outbox").glob("*/*.eml"))]
+    assert len(found) == 2
+    for message in found:
+        points, rules = score(message)
+        assert points <= BAR, f"{folder.name}: {points} points, rules that fired:\n{rules}"
