@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page
 
+from .conftest import Site
 from .support.browser import ARTIFACTS
+from .support.web import running_web
 from .test_golden import SITES, built_email
 
 SIZES = [("desktop", 800), ("phone", 375)]
@@ -111,3 +113,32 @@ def test_a_chinese_headline_is_drawn_in_one_font_digits_and_all(
     assert "3.64" in page.locator(headline).inner_text()
     fonts = platform_fonts(page, headline)
     assert len(fonts) == 1 and "CJK" in fonts[0], fonts  # .ci/run installs Noto CJK
+
+
+@pytest.mark.parametrize("language", ["zh-CN", "ar"])
+@pytest.mark.parametrize(
+    "page", [(375, "light"), (375, "dark")], indirect=True, ids=["light", "dark"]
+)
+def test_the_sign_up_and_unsubscribe_pages_at_phone_width(
+    page: Page, site: Site, language: str
+) -> None:
+    with running_web(site, language) as web:
+        dark = page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+        for name, url in [
+            ("subscribe", f"{web.url}/subscribe"),
+            ("unsubscribe", web.unsubscribe_url("reader@example.com")),
+        ]:
+            page.goto(url)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = f"serve-{name}-{language}-phone-{'dark' if dark else 'light'}.png"
+            page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+            assert page.evaluate("document.scrollingElement.scrollWidth") <= 375
+            family = page.evaluate("getComputedStyle(document.body).fontFamily")
+            assert ("Noto Sans Arabic" if language == "ar" else "PingFang SC") in family
+            card = page.locator(".card").bounding_box()
+            heading = page.locator("h1").bounding_box()
+            assert card is not None and heading is not None
+            if language == "ar":  # set from the right edge of the card
+                assert abs(card["x"] + card["width"] - (heading["x"] + heading["width"])) <= 28
+            else:
+                assert abs(heading["x"] - card["x"]) <= 28

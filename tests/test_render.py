@@ -61,6 +61,7 @@ def test_css_is_inlined_and_head_rules_keep_important(two_stories: Site) -> None
     assert "font-family:Georgia" in headline.get("style").replace(" ", "")
     styles = [s.text_content() for s in doc.xpath("//head/style")]
     head_css = "\n".join(styles)
+    assert "&#39;" not in html.split("</head>")[0]  # quoted font names reach the CSS as written
     assert "@media only screen and (max-width: 620px)" in head_css
     assert "@media (prefers-color-scheme: dark)" in head_css
     assert "[data-ogsc]" in head_css
