@@ -137,7 +137,7 @@ class NewsletterSettings(Settings):
     archive_url: str | None = None
     # the lead story's headline; the name and the date on a day without stories
     subject: str = (
-        "{% if lead %}{{ lead.title }}{% else %}"
+        '{% if lead %}{{ lead.title | truncate(78, end="…", leeway=0) }}{% else %}'
         "{{ newsletter.name }}: {{ issue.date | long_date }}{% endif %}"
     )
     preheader: str | None = None

@@ -32,7 +32,7 @@ from .support.tmpfs import KB, MB, Tmpfs
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Tmpfs]:
-    with Tmpfs(tmp_path / "disk", size=4 * MB) as mounted:
+    with Tmpfs(tmp_path / "disk", size=8 * MB) as mounted:
         yield mounted
 
 

@@ -110,3 +110,14 @@ def test_an_empty_window_is_said_plainly(site: Site) -> None:
         "No stories for 2024-03-05: nothing was published since 2024-03-04 07:00 GMT "
         "up to 2024-03-05 07:00 GMT (a send skips an empty issue)."
     )
+
+
+def test_the_story_marked_lead_opens_the_issue_and_survives_the_cap() -> None:
+    stories = [story(n, utc(2024, 3, 5, n)) for n in range(1, 7)]
+    stories[0] = stories[0].model_copy(update={"lead": True})  # the oldest
+    for newest_first in (True, False):
+        chosen = gather(
+            [ListSource("a", stories)], WINDOW, max_stories=3, newest_first=newest_first
+        )
+        ids = [s.id for s in chosen.stories]
+        assert ids == (["s1", "s6", "s5"] if newest_first else ["s1", "s5", "s6"])

@@ -73,13 +73,13 @@ def test_preview_page_shows_text_part_and_reloads_on_edit(
 ) -> None:
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.goto(preview_url)
-    expect(page.locator(".subject")).to_have_text("The Test Times: Tuesday, 5 March 2024")
+    expect(page.locator(".subject")).to_have_text("Harbour bridge reopens")
     desktop = page.frame_locator("iframe.desktop")
     expect(desktop.get_by_role("heading", name="Harbour bridge reopens")).to_be_visible()
     phone = page.frame_locator("iframe.phone")
     expect(phone.get_by_role("heading", name="Markets steady as rates hold")).to_be_visible()
     text = page.frame_locator("iframe.text")
-    expect(text.locator("body")).to_contain_text("Read more: https://example.com/b")
+    expect(text.locator("body")).to_contain_text("Continue reading: https://example.com/b")
     expect(text.locator("body")).to_contain_text(
         "Unsubscribe: https://example.com/unsubscribe?preview"
     )

@@ -317,3 +317,29 @@ def test_long_lines_are_broken_only_where_a_newline_means_a_space() -> None:
 def test_rendered_html_lines_fit_in_a_mail_line(two_stories: Site) -> None:
     html = build(two_stories).email.html
     assert max(len(line.encode()) for line in html.split("\n")) <= 998
+
+
+def test_the_default_subject_is_the_lead_headline_cut_to_fit_an_inbox(site: Site) -> None:
+    title = "A very long headline about the harbour bridge " * 3
+    site.story("long", title=title.strip(), date="2024-03-05 06:00:00+00:00")
+    subject = build(site).email.subject
+    assert subject.endswith("…") and len(subject) <= 79 and title.startswith(subject[:-1])
+
+
+def test_the_old_layout_is_a_theme_setting_away(two_stories: Site) -> None:
+    config = two_stories.config_path.read_text()
+    two_stories.write_config(
+        config + '\n[theme]\nread_more = "button"\nshare = "stories"\ncontents = false\n'
+    )
+    doc = lxml.html.fromstring(build(two_stories).email.html)
+    assert doc.xpath("//a[contains(@class,'button')]")[0].get("href") == "https://example.com/lead"
+    assert len(doc.xpath("//p[contains(@class,'share')]/a")) == 4  # under the story with a URL
+    assert not doc.xpath("//td[contains(@class,'contents')]")
+    assert not doc.xpath("//td[contains(@class,'share-row')]")
+    two_stories.write_config(
+        config.replace('archive_url = "https://news.example.com/archive"\n', "")
+    )
+    row = lxml.html.fromstring(build(two_stories).email.html).xpath(
+        "//td[contains(@class,'share-row')]"
+    )
+    assert "Forward it to someone" in row[0].text_content() and not row[0].xpath(".//a")

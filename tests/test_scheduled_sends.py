@@ -86,7 +86,7 @@ def test_a_scheduled_send_is_held_until_its_time_under_one_batch(
     result = send(site, "--at", at)
 
     assert result.code == 0, result.stderr
-    assert "Scheduled 'The Test Times" in result.stdout and "300 recipients" in result.stdout
+    assert "Scheduled 'Lead story'" in result.stdout and "300 recipients" in result.stdout
     assert "it can be taken back: newsletter cancel --list main --date 2024-03-05" in " ".join(
         result.stdout.split()
     )

@@ -104,7 +104,7 @@ def test_a_restart_knows_what_it_missed_from_the_job_store(
 
     assert report is not None and report.outcome == "sent"
     assert collections.Counter(sendgrid_emulator.recipients()) == collections.Counter(emails)
-    assert sendgrid_emulator.accepted()[0]["subject"] == "The Test Times: Thursday, 7 March 2024"
+    assert sendgrid_emulator.accepted()[0]["subject"] == "News of the 7th"
     status = newsletter(site, "status", environ=env(NEWSLETTER_DATABASE_URL=database_url))
     assert "Last issue: 2024-03-07 (main) sent" in status.stdout
     assert "2024-03-06  main       skipped" in status.stdout

@@ -224,7 +224,7 @@ def test_cli_send_gives_every_subscriber_one_personalised_well_formed_message(
         mail = parse(received)
         assert not mail.defects
 
-        assert mail["Subject"] == "The Test Times: Tuesday, 5 March 2024"
+        assert mail["Subject"] == "Harbour bridge reopens"
         assert mail["From"].addresses[0].addr_spec == SENDER
         assert mail["From"].addresses[0].display_name == "The Test Times"
         (to,) = mail["To"].addresses

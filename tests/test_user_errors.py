@@ -264,7 +264,7 @@ def test_timings_that_cannot_be_written_after_a_send_do_not_fail_it(
 
     assert result.returncode == 0, result.stderr
     assert f"warning: --timings {folder / 't.json'}: cannot write it (" in result.stderr
-    assert "Sent 'The Test Times: Tuesday, 5 March 2024' to 3 recipients" in result.stdout
+    assert "Sent 'Lead story' to 3 recipients" in result.stdout
     assert sent_files(site) == sorted(f"{e}.eml" for e in emails)
 
 
