@@ -15,7 +15,10 @@ def test_the_readme_main_job_on_a_copy_of_the_example(tmp_path: Path) -> None:
     first = run(config, "send", "--yes")
 
     assert first.returncode == 0, first.stderr
-    assert "Sent 'The Morning Brief: " in first.stdout
+    assert (
+        "Sent 'Putin Meets Top Chinese General, Enhancing the Constructive Ties Between…'"
+        in first.stdout
+    )
     folder = next((example / "outbox").iterdir())
     assert f"Messages written to {folder}/" in first.stdout
     files = sorted(p.name for p in folder.iterdir())
