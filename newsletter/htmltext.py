@@ -108,16 +108,23 @@ def _flush(blocks: list[str], current: list[str]) -> None:
 
 # a line may not begin with these (closing punctuation, in Chinese and Japanese typesetting)
 _NO_LINE_START = set("，。、；：？！）」』”’》〉】〕…—,.;:?!)]}%")
-_TOKENS = re.compile(
-    r"\s+|[\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]|[^\s\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6]+"
+_WIDE = (
+    "\u1100-\u115f\u2e80-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6"
 )
+# a run of spaces, one wide (CJK) character, or a run of anything else (a Latin word)
+_TOKENS = re.compile(rf"\s+|[{_WIDE}]|[^\s{_WIDE}]+")
+
+
+def _columns(text: str) -> int:
+    """How wide `text` is on a terminal: CJK characters take two columns."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def fill(text: str, width: int, initial: str = "", subsequent: str = "") -> str:
     """Wrap at `width` columns. Latin text wraps at spaces, as textwrap does; Chinese,
     Japanese and Korean have no spaces, so they wrap between any two characters, each
     two columns wide, never putting closing punctuation at the start of a line."""
-    if not any(unicodedata.east_asian_width(c) in "WF" for c in text):
+    if _columns(text) == len(text):
         return textwrap.fill(
             text,
             width=width,
@@ -129,7 +136,7 @@ def fill(text: str, width: int, initial: str = "", subsequent: str = "") -> str:
     lines: list[str] = []
     line, used = initial, len(initial)
     for token in _TOKENS.findall(text):
-        size = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in token)
+        size = _columns(token)
         fits = used + size <= width or line.strip() == "" or token[0] in _NO_LINE_START
         if token.isspace():
             if used + 1 <= width:

@@ -7,6 +7,7 @@ a phone-width view and live reload.
 
 from __future__ import annotations
 
+import gettext
 import html
 import json
 import logging
@@ -144,8 +145,8 @@ def make_server(state: PreviewState, port: int = 8025) -> ThreadingHTTPServer:
 
 def index_page(page: PreviewPage, version: int) -> str:
     e = html.escape
-    _ = page.language.gettext if page.language else str
-    ngettext = page.language.ngettext if page.language else _english_plural
+    words = page.language.translations if page.language else gettext.NullTranslations()
+    _, ngettext = words.gettext, words.ngettext
     direction = page.language.direction if page.language else "ltr"
     code = page.language.code if page.language else "en"
     stories = ngettext("%(num)d story", "%(num)d stories", page.stories) % {"num": page.stories}
@@ -203,7 +204,3 @@ setInterval(async () => {{
 }}, 700);
 </script>
 </body></html>"""
-
-
-def _english_plural(singular: str, plural: str, n: int) -> str:
-    return singular if n == 1 else plural

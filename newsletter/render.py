@@ -220,6 +220,11 @@ class Renderer:
             "issue": issue,
             "stories": stories,
             "lead": lead,
+            "why": cfg.newsletter.reason
+            or self.language.gettext(
+                "You are receiving this email because you subscribed to %(name)s."
+            )
+            % {"name": cfg.newsletter.name},
             "view_url": view_url,
             # points the way a line reads: right in English, left in Arabic
             "arrow": Markup("&larr;" if self.language.direction == "rtl" else "&rarr;"),
