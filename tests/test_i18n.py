@@ -207,3 +207,14 @@ def test_the_chinese_example_previews_and_sends_to_the_outbox(tmp_path: Path) ->
     message = read(files[0])
     assert message["Subject"] == "普京会见中国军方高层，中俄建设性关系进一步加强"
     assert "退订" in message.get_body(("plain",)).get_content()
+
+
+def test_a_font_stack_that_could_end_the_css_declaration_is_refused(site: Site) -> None:
+    site.write_config(
+        site.config_path.read_text()
+        + '\n[theme]\nheadline_font = "Georgia; } .footer { display: none"\nread_more = "big"\n'
+    )
+    result = run(site.config_path, "check")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{site.config_path}: theme.headline_font: " in result.stderr
+    assert f"{site.config_path}: theme.read_more: " in result.stderr and "'link'" in result.stderr
