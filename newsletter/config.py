@@ -352,6 +352,24 @@ class ServeSettings(Settings):
     max_webhook_bytes: int = Field(default=8_000_000, ge=1024)
     # proxies whose X-Forwarded-For / -Proto are believed (uvicorn's forwarded_allow_ips)
     forwarded_allow_ips: str = "127.0.0.1"
+    # /admin/ (the report) exists only when one of these environment variables is set:
+    # the hash `newsletter admin hash-password` prints, or a long random token
+    admin_password_hash_env: str = "NEWSLETTER_ADMIN_PASSWORD_HASH"
+    admin_token_env: str = "NEWSLETTER_ADMIN_TOKEN"
+    admin_session: Duration = timedelta(hours=12)
+    admin_attempts: int = Field(default=5, ge=1)  # sign-in attempts per address per period
+    admin_attempt_period: Duration = timedelta(minutes=15)
+
+
+class AnalyticsSettings(Settings):
+    """What `newsletter report` counts and how long the raw events are kept."""
+
+    # keep who clicked what (addresses) as well as the counts
+    per_recipient: bool = False
+    # raw events and per-reader rows older than this go with `newsletter events prune`
+    keep_events: Duration = timedelta(days=90)
+    # issues shown with their clicks per story (the most recent ones)
+    detail_issues: int = Field(default=10, ge=0, le=1000)
 
 
 class SmtpSettings(Settings):
@@ -383,6 +401,7 @@ class Config(Settings):
     unsubscribe: UnsubscribeSettings = UnsubscribeSettings()
     sendgrid: SendGridSettings = SendGridSettings()
     serve: ServeSettings = ServeSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     smtp: SmtpSettings = SmtpSettings()
     outbox: OutboxSettings = OutboxSettings()
 

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from newsletter import __version__, logs
 from newsletter.app import App, empty_issue_message, lint_issue, list_problems, preview_page
+from newsletter.cli.analytics import events, report
 from newsletter.cli.base import (
     DATE,
     Group,
@@ -491,6 +492,8 @@ def schedule(
 
 cli.add_command(status)
 cli.add_command(subscribers)
+cli.add_command(report)
+cli.add_command(events)
 for undo in (cancel, pause, resume):
     cli.add_command(undo)
 

@@ -10,6 +10,8 @@ One module per concern, each owning its tables and their queries:
     batches        batches and the send state machine, progress, who is in doubt
     suppressions   suppressions (every list or one) and sign-up consents
     events         mail events, applied once each, and their counts
+    analytics      what the report reads: per-issue counts, clicks per link, a list's
+                   days, kept up to date as events arrive; pruning the raw events
     archive        the sent issues, as the public archive shows them
     feeds          the feed cache
 
@@ -20,6 +22,7 @@ Importing this package imports every module, so any store creates the whole sche
 
 from __future__ import annotations
 
+from newsletter.state.analytics import AnalyticsStore
 from newsletter.state.archive import ArchiveStore
 from newsletter.state.attempts import AttemptStore
 from newsletter.state.batches import BatchStore
@@ -40,6 +43,7 @@ class Ledger(
     EventStore,
     ArchiveStore,
     FeedCacheStore,
+    AnalyticsStore,
 ):
     """The whole state database in one handle, for the composition root (and tests).
 
@@ -49,6 +53,7 @@ class Ledger(
 
 
 __all__ = [
+    "AnalyticsStore",
     "ArchiveStore",
     "AttemptStore",
     "BatchStore",

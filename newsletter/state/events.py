@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from newsletter.state.analytics import Counted, add_counts
 from newsletter.state.database import Database, UTCDateTime, _insert_missing, metadata, utcnow
 from newsletter.state.suppressions import _suppress
 
@@ -39,13 +40,19 @@ class MailEvent:
     issue_id: int | None
     occurred_at: dt.datetime | None
     suppress: str | None  # a SUPPRESSION_REASONS value, or None
+    metric: str | None = None  # what it adds to in the issue's counts (analytics.metric_of)
+    reader: int | None = None  # the reader's keyed hash for this issue (analytics.ReaderKeys)
+    url: str | None = None  # the link clicked
 
 
 class EventStore(Database):
     """Mail events and their per-issue counts: what the webhook and `status` need."""
 
-    def apply_mail_events(self, events: Sequence[MailEvent], source: str = "webhook") -> int:
-        """Record events not seen before and their suppressions, in one transaction.
+    def apply_mail_events(
+        self, events: Sequence[MailEvent], source: str = "webhook", per_recipient: bool = False
+    ) -> int:
+        """Record events not seen before, their suppressions and their counts, in one
+        transaction.
 
         Either all of a delivery is recorded or none of it, so an acknowledged
         batch is never half applied and a redelivered one changes nothing.
@@ -67,6 +74,23 @@ class EventStore(Database):
             # for every list: SendGrid's verdicts are about the address itself
             found = [(e.email, e.suppress) for e in events if e.event_id in fresh and e.suppress]
             _suppress(conn, found, source, None, now)
+            counted = [
+                Counted(
+                    issue_id=e.issue_id,
+                    metric=e.metric,
+                    reader=e.reader,
+                    email=e.email,
+                    url=e.url,
+                    day=(e.occurred_at or now).date(),
+                    occurred_at=e.occurred_at or now,
+                )
+                for e in {e.event_id: e for e in events}.values()
+                if e.event_id in fresh
+                and e.issue_id is not None
+                and e.metric is not None
+                and e.reader is not None
+            ]
+            add_counts(conn, counted, per_recipient)
         return len(fresh)
 
     def event_counts(self, issue_id: int) -> dict[str, int]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from newsletter.errors import LedgerError
+from newsletter.state.analytics import SIGNUP, UNSUBSCRIBE_LINK, add_list_days
 from newsletter.state.database import Database, UTCDateTime, _insert_missing, metadata, utcnow
 
 suppressions = sa.Table(
@@ -66,8 +67,13 @@ class SuppressionStore(Database):
 
         An address already suppressed keeps its first reason; returns how many are new.
         """
+        now = utcnow()
         with self._atomic() as conn:
-            return _suppress(conn, entries, source, list_name, utcnow())
+            new = _suppress(conn, entries, source, list_name, now)
+            if source == "link" and list_name is not None and new:
+                # a reader who left by the link in an email: the list's loss that day
+                add_list_days(conn, {(list_name, now.date(), UNSUBSCRIBE_LINK): new})
+            return new
 
     def unsuppress(self, email: str) -> bool:
         """Lift every suppression of the address, for all lists (the CLI, with consent)."""
@@ -170,7 +176,8 @@ class SuppressionStore(Database):
         form_version: str,
         wording: str,
     ) -> None:
-        with self.engine.begin() as conn:
+        with self._atomic() as conn:
+            add_list_days(conn, {(list_name, confirmed_at.astimezone(dt.UTC).date(), SIGNUP): 1})
             conn.execute(
                 sa.insert(consents).values(
                     list_name=list_name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from newsletter.app import App
 from newsletter.errors import ConfigError
+from newsletter.state.analytics import ReaderKeys
 from newsletter.web.events import SignatureChecker
 from newsletter.web.guards import Csrf, RateLimiter
 from newsletter.web.server import WebParts, create_app
@@ -60,6 +61,7 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
         address_limiter=RateLimiter(CONFIRMATIONS_PER_ADDRESS, 3600),
         csrf=Csrf(signer),
         language=app.renderer.language,
+        readers=ReaderKeys(config.secret(config.unsubscribe.secret_env) or ""),
     )
 
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sendgrid.helpers.eventwebhook import EventWebhook
 
 from newsletter.errors import ConfigError
+from newsletter.state.analytics import ReaderKeys, metric_of
 from newsletter.state.events import MailEvent
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -71,7 +72,7 @@ class SignatureChecker:
             raise Rejected(403, "bad signature")
 
 
-def parse_events(body: bytes) -> tuple[list[MailEvent], int]:
+def parse_events(body: bytes, readers: ReaderKeys | None = None) -> tuple[list[MailEvent], int]:
     """The events of a batch, and how many were skipped as malformed.
 
     A body that is not a JSON array is refused (Rejected(400)); one odd event in a
@@ -84,11 +85,11 @@ def parse_events(body: bytes) -> tuple[list[MailEvent], int]:
         raise Rejected(400, "body is not JSON") from None
     if not isinstance(items, list):
         raise Rejected(400, "body is not a JSON array of events")
-    events = [e for e in map(_event, items) if e is not None]
+    events = [e for e in (_event(item, readers) for item in items) if e is not None]
     return events, len(items) - len(events)
 
 
-def _event(item: Any) -> MailEvent | None:
+def _event(item: Any, readers: ReaderKeys | None = None) -> MailEvent | None:
     """One event, or None if it lacks what is needed to apply it once (logged, skipped)."""
     if not isinstance(item, dict):
         return None
@@ -103,13 +104,23 @@ def _event(item: Any) -> MailEvent | None:
             occurred = dt.datetime.fromtimestamp(stamp, dt.UTC)
         except (OverflowError, OSError, ValueError):
             occurred = None
+    issue_id = _issue_id(item.get("issue_id"))
+    url = item.get("url") if kind == "click" else None
+    bounce_type = item.get("type")
     return MailEvent(
         event_id=event_id,
         event=kind,
         email=email,
-        issue_id=_issue_id(item.get("issue_id")),
+        issue_id=issue_id,
         occurred_at=occurred,
         suppress=_suppression(kind, item),
+        metric=metric_of(
+            kind,
+            bounce_type if isinstance(bounce_type, str) else None,
+            item.get("sg_machine_open") is True,
+        ),
+        reader=readers(issue_id, email) if readers is not None and issue_id is not None else None,
+        url=url if _storable(url, 8192) else None,
     )
 
 

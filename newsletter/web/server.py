@@ -28,6 +28,7 @@ from newsletter.config import Config
 from newsletter.controls import one_line
 from newsletter.errors import NewsletterError
 from newsletter.i18n import Language
+from newsletter.state.analytics import ReaderKeys
 from newsletter.state.archive import ArchiveStore
 from newsletter.state.database import Database
 from newsletter.state.events import EventStore
@@ -80,6 +81,7 @@ class WebParts:
     address_limiter: RateLimiter
     csrf: Csrf
     language: Language
+    readers: ReaderKeys  # counts each reader once per issue without storing who
 
 
 def create_app(parts: WebParts) -> ASGIApp:
@@ -374,12 +376,17 @@ class _Pages:
                 request.headers.get(TIMESTAMP_HEADER),
                 self.parts.clock(),
             )
-            events, skipped = parse_events(body)
+            events, skipped = parse_events(body, self.parts.readers)
         except Rejected as exc:
             log.warning("SendGrid event batch rejected: %s", exc)
             return PlainTextResponse(f"{exc}\n", status_code=exc.status)
         # committed before the answer: an acknowledged event is never lost
-        new = await run_in_threadpool(self.parts.events.apply_mail_events, events)
+        new = await run_in_threadpool(
+            self.parts.events.apply_mail_events,
+            events,
+            "webhook",
+            self.config.analytics.per_recipient,
+        )
         received = len(events) + skipped
         if skipped:
             log.warning("SendGrid events: %d malformed ones skipped", skipped)

@@ -1,0 +1,184 @@
+"""The report's charts: matplotlib figures saved as SVG and put inline in the page.
+
+Text stays text (`svg.fonttype = none`: selectable, printed sharp, in the page's
+font), each chart gets its own id salt (two charts on one page never share an
+element id), and the XML prologue and fixed size are dropped so that a chart
+scales to the width of a phone. Labels that come from data (headlines) are
+escaped for matplotlib's mathtext: a `$` in a headline is a dollar sign.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import logging
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from newsletter.report.model import DayLine, IssueLine, StoryClicks
+
+INK = "#1f2933"
+MUTED = "#6b7280"
+GRID = "#e5e7eb"
+OPEN = "#2563eb"
+CLICK = "#d97706"
+GAIN = "#059669"
+LOSS = "#dc2626"
+
+_STYLE = {
+    "svg.fonttype": "none",
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial"],
+    "font.size": 11,
+    "axes.titlesize": 13,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+    "axes.edgecolor": GRID,
+    "axes.labelcolor": MUTED,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "xtick.color": MUTED,
+    "ytick.color": MUTED,
+    "text.color": INK,
+    "legend.frameon": False,
+}
+
+
+def _figure(width: float = 7.2, height: float = 3.2) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.subplots()
+
+
+def _svg(figure: Any, name: str, label: str) -> str:
+    """The figure as an <svg> element for inline use: scalable, ids unique to `name`."""
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({**_STYLE, "svg.hashsalt": f"newsletter-{name}"}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg") :]
+    text = re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", text, count=1)
+    text = text.replace("<svg", f'<svg class="chart" role="img" aria-label="{_attr(label)}"', 1)
+    return re.sub(r"<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
+
+
+def _attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def _plain(text: str) -> str:
+    """Data as matplotlib shows it literally (no mathtext, no control characters)."""
+    text = re.sub(r"[\x00-\x1f\x7f]", " ", text)
+    return text.replace("$", r"\$")
+
+
+@contextlib.contextmanager
+def _drawing() -> Iterator[None]:
+    """The report's style; glyph warnings (a headline in a script DejaVu lacks) silenced:
+    the SVG keeps the text, and the page's fonts draw it."""
+    import matplotlib
+
+    with warnings.catch_warnings(), matplotlib.rc_context(_STYLE):
+        warnings.simplefilter("ignore")
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+        yield
+
+
+def rate_trend(name: str, lines: Sequence[IssueLine], median_open: float | None,
+               median_click: float | None) -> str | None:  # fmt: skip
+    """Open and click rates of each issue with events, and the list's medians."""
+    shown = [line for line in lines if line.open_rate is not None]
+    if not shown:
+        return None
+    with _drawing():
+        from matplotlib.ticker import PercentFormatter
+
+        figure, ax = _figure()
+        dates = [line.date for line in shown]
+        ax.plot(dates, [line.open_rate * 100 for line in shown], color=OPEN, lw=2,
+                marker="o" if len(shown) < 40 else None, ms=4, label="Open rate (human opens)")  # fmt: skip
+        ax.plot(dates, [(line.click_rate or 0) * 100 for line in shown], color=CLICK, lw=2,
+                marker="o" if len(shown) < 40 else None, ms=4, label="Click rate")  # fmt: skip
+        for median, colour in ((median_open, OPEN), (median_click, CLICK)):
+            if median is not None:
+                ax.axhline(median * 100, color=colour, lw=1, ls="--", alpha=0.6)
+        ax.set_title(f"Open and click rate per issue, list {_plain(name)}")
+        ax.set_ylabel("% of delivered")
+        ax.set_xlabel("Issue date (dashed: the list's median)")
+        ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", color=GRID)
+        ax.legend(loc="upper left", ncols=2, fontsize=10)
+        _date_axis(ax, dates)
+        return _svg(figure, f"trend-{name}", f"Open and click rate per issue, list {name}")
+
+
+def list_growth(name: str, days: Sequence[DayLine]) -> str | None:
+    """Sign-ups above the line, losses below it, and the net change, per day."""
+    if not days:
+        return None
+    with _drawing():
+        figure, ax = _figure()
+        dates = [d.day for d in days]
+        width = 0.8 if len(days) < 120 else 1.0
+        ax.bar(dates, [d.signups for d in days], width=width, color=GAIN, label="Sign-ups")
+        bottom = [0] * len(days)
+        for values, colour, label in (
+            ([-d.unsubscribes for d in days], LOSS, "Unsubscribes"),
+            ([-d.bounces for d in days], "#9333ea", "Bounces"),
+            ([-d.complaints for d in days], "#111827", "Complaints"),
+        ):
+            if any(values):
+                ax.bar(dates, values, width=width, bottom=bottom, color=colour, label=label)
+                bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.plot(dates, [d.net for d in days], color=INK, lw=1.5, label="Net change")
+        ax.axhline(0, color=MUTED, lw=0.8)
+        ax.set_title(f"List growth per day, list {_plain(name)}")
+        ax.set_ylabel("Readers per day")
+        ax.set_xlabel("Day (UTC)")
+        ax.grid(axis="y", color=GRID)
+        ax.legend(loc="upper left", ncols=3, fontsize=10)
+        _date_axis(ax, dates)
+        return _svg(figure, f"growth-{name}", f"List growth per day, list {name}")
+
+
+def story_clicks(line: IssueLine, stories: Sequence[StoryClicks]) -> str | None:
+    """Readers who clicked each story of one issue, in the order of the issue."""
+    if not stories or not any(s.readers for s in stories):
+        return None
+    with _drawing():
+        figure, ax = _figure(7.2, 0.9 + 0.42 * len(stories))
+        labels = [_plain(_short(f"{s.position}. {s.title}", 44)) for s in stories]
+        values = [s.readers for s in stories]
+        bars = ax.barh(labels, values, color=OPEN)
+        ax.invert_yaxis()
+        ax.bar_label(bars, labels=[f"{v:,}" for v in values], padding=4, color=INK, fontsize=10)
+        ax.set_title(f"Readers who clicked each story, {line.date:%d %b %Y}")
+        ax.set_xlabel("Readers (unique clicks)")
+        ax.spines["left"].set_visible(False)
+        ax.tick_params(axis="y", length=0)
+        ax.margins(x=0.15)
+        ax.grid(axis="x", color=GRID)
+        return _svg(
+            figure, f"stories-{line.facts.id}", f"Readers who clicked each story, {line.date}"
+        )
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _date_axis(ax: Any, dates: Sequence[dt.date]) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    if len(dates) == 1:
+        ax.set_xlim(dates[0] - dt.timedelta(days=3), dates[0] + dt.timedelta(days=3))

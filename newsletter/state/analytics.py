@@ -1,0 +1,568 @@
+"""What the report reads: per-issue counts, clicks per link, and a list's days, kept up to
+date as events arrive so that a year of issues is a few hundred rows to read.
+
+Every count is added in the transaction that records its events (`EventStore`), so
+a redelivered batch adds nothing. "Readers" counts are unique per issue: the first
+event of a kind for a reader adds one. A reader is a keyed 64-bit hash of the issue
+and the address (`ReaderKeys`), so nobody can be followed from one issue to the
+next, and the hashes are per-recipient data: `newsletter events prune` deletes them
+with the raw events; the counts stay. Addresses are stored only when the newsletter
+asks for per-recipient activity (`[analytics] per_recipient = true`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from newsletter.links import OTHER, STORY, IssueLink, LinkMatcher, issue_links, normalise
+from newsletter.state.database import Database, UTCDateTime, metadata, utcnow
+from newsletter.state.issues import issues
+
+# metric -> (total events, unique readers) of one issue
+issue_stats = sa.Table(
+    "issue_stats",
+    metadata,
+    sa.Column("issue_id", sa.Integer, primary_key=True),
+    sa.Column("metric", sa.String(24), primary_key=True),
+    sa.Column("total", sa.BigInteger, nullable=False),
+    sa.Column("readers", sa.BigInteger, nullable=False),
+)
+
+# who has been counted for a metric of an issue (prunable; see the module docstring)
+event_readers = sa.Table(
+    "event_readers",
+    metadata,
+    sa.Column("issue_id", sa.Integer, primary_key=True),
+    sa.Column("metric", sa.String(24), primary_key=True),
+    sa.Column("reader", sa.BigInteger, primary_key=True),
+)
+
+# the links of an issue, found in its email at its first click, with their clicks
+issue_links_table = sa.Table(
+    "issue_links",
+    metadata,
+    sa.Column("issue_id", sa.Integer, primary_key=True),
+    sa.Column("link_no", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("position", sa.Integer),
+    sa.Column("title", sa.Text),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("clicks", sa.BigInteger, nullable=False),
+    sa.Column("readers", sa.BigInteger, nullable=False),
+)
+
+# a list's day: sign-ups, unsubscribes (by link and by the mail service), bounces, complaints
+list_days = sa.Table(
+    "list_days",
+    metadata,
+    sa.Column("list_name", sa.String(64), primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("metric", sa.String(24), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+
+# issues whose reader hashes were pruned: later events add to totals, not to readers
+pruned_issues = sa.Table(
+    "pruned_issues",
+    metadata,
+    sa.Column("issue_id", sa.Integer, primary_key=True),
+    sa.Column("pruned_at", UTCDateTime(), nullable=False),
+)
+
+# who did what, kept only with `[analytics] per_recipient = true`
+reader_activity = sa.Table(
+    "reader_activity",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("issue_id", sa.Integer, nullable=False),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("metric", sa.String(24), nullable=False),
+    sa.Column("link_no", sa.Integer),
+    sa.Column("occurred_at", UTCDateTime(), nullable=False),
+)
+sa.Index("ix_reader_activity_issue", reader_activity.c.issue_id, reader_activity.c.link_no)
+
+ISSUE_METRICS = (
+    "delivered",
+    "deferred",
+    "bounce_hard",
+    "bounce_soft",
+    "dropped",
+    "spamreport",
+    "unsubscribe",
+    "open",
+    "machine_open",
+    "click",
+)
+# list_days metrics
+SIGNUP, UNSUBSCRIBE_LINK, UNSUBSCRIBE_EVENT, BOUNCE, COMPLAINT = (
+    "signup",
+    "unsubscribe_link",
+    "unsubscribe_event",
+    "bounce",
+    "complaint",
+)
+# a first reader of these issue metrics is also a loss for the list that day
+_LIST_LOSSES = {"bounce_hard": BOUNCE, "spamreport": COMPLAINT, "unsubscribe": UNSUBSCRIBE_EVENT}
+MAX_LINKS = 500  # links kept per issue; clicks on further unknown URLs count as one "other"
+
+
+class ReaderKeys:
+    """The keyed hash that makes a reader countable once per issue without naming them."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = hashlib.blake2b(
+            b"newsletter readers\0" + secret.encode(), digest_size=32
+        ).digest()
+
+    def __call__(self, issue_id: int, email: str) -> int:
+        digest = hashlib.blake2b(
+            f"{issue_id}\0{email.strip().lower()}".encode(), key=self._key, digest_size=8
+        ).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Counted:
+    """One event as the counts see it (built from a MailEvent by the event store)."""
+
+    issue_id: int
+    metric: str
+    reader: int
+    email: str
+    url: str | None
+    day: dt.date
+    occurred_at: dt.datetime
+
+
+def metric_of(event: str, bounce_type: str | None, machine: bool) -> str | None:
+    """The issue metric a SendGrid event adds to, or None (processed, resubscribes...)."""
+    if event == "bounce":
+        return "bounce_soft" if bounce_type == "blocked" else "bounce_hard"
+    if event in ("unsubscribe", "group_unsubscribe"):
+        return "unsubscribe"
+    if event == "open":
+        return "machine_open" if machine else "open"
+    if event in ("delivered", "deferred", "dropped", "spamreport", "click"):
+        return event
+    return None
+
+
+def add_counts(conn: sa.Connection, counted: Sequence[Counted], per_recipient: bool) -> None:
+    """Add new events to the counts, in the caller's transaction."""
+    if not counted:
+        return
+    ids = sorted({c.issue_id for c in counted})
+    known = dict(
+        conn.execute(sa.select(issues.c.id, issues.c.list_name).where(issues.c.id.in_(ids))).all()
+    )
+    counted = [c for c in counted if c.issue_id in known]  # a test send or a deleted issue
+    if not counted:
+        return
+    pruned = set(
+        conn.execute(
+            sa.select(pruned_issues.c.issue_id).where(pruned_issues.c.issue_id.in_(ids))
+        ).scalars()
+    )
+    link_of = _links_clicked(conn, [c for c in counted if c.metric == "click"])
+
+    totals: Counter[tuple[int, str]] = Counter()
+    link_totals: Counter[tuple[int, int]] = Counter()
+    firsts: dict[tuple[int, str, int], Counted] = {}
+    for c in counted:
+        totals[c.issue_id, c.metric] += 1
+        if c.issue_id not in pruned:
+            firsts.setdefault((c.issue_id, c.metric, c.reader), c)
+        link = link_of.get((c.issue_id, c.url)) if c.metric == "click" else None
+        if link is not None:
+            link_totals[c.issue_id, link.number] += 1
+            if c.issue_id not in pruned:
+                firsts.setdefault((c.issue_id, f"link:{link.number}", c.reader), c)
+            if link.kind == STORY and link.position is not None:
+                # a story read: counted once per reader, whichever of its links they took
+                story = f"story:{link.position}"
+                totals[c.issue_id, story] += 1
+                if c.issue_id not in pruned:
+                    firsts.setdefault((c.issue_id, story, c.reader), c)
+
+    new = _insert_firsts(conn, list(firsts))
+    readers: Counter[tuple[int, str]] = Counter((i, m) for i, m, _ in new)
+    stat_rows = [
+        {"issue_id": i, "metric": m, "total": n, "readers": readers.get((i, m), 0)}
+        for (i, m), n in totals.items()
+    ]
+    _add(conn, issue_stats, ("issue_id", "metric"), stat_rows, ("total", "readers"))
+    link_rows = [
+        {
+            "issue_id": i,
+            "link_no": link,
+            "clicks": n,
+            "readers": readers.get((i, f"link:{link}"), 0),
+        }
+        for (i, link), n in link_totals.items()
+    ]
+    for row in link_rows:
+        conn.execute(
+            sa.update(issue_links_table)
+            .where(
+                issue_links_table.c.issue_id == row["issue_id"],
+                issue_links_table.c.link_no == row["link_no"],
+            )
+            .values(
+                clicks=issue_links_table.c.clicks + row["clicks"],
+                readers=issue_links_table.c.readers + row["readers"],
+            )
+        )
+    losses: Counter[tuple[str, dt.date, str]] = Counter()
+    for issue_id, metric, reader in new:
+        if metric in _LIST_LOSSES:
+            losses[known[issue_id], firsts[issue_id, metric, reader].day, _LIST_LOSSES[metric]] += 1
+    add_list_days(conn, losses)
+    if per_recipient:
+        rows = [
+            {
+                "issue_id": c.issue_id,
+                "email": c.email.strip().lower(),
+                "metric": c.metric,
+                "link_no": _number(link_of.get((c.issue_id, c.url)))
+                if c.metric == "click"
+                else None,
+                "occurred_at": c.occurred_at,
+            }
+            for c in counted
+        ]
+        conn.execute(sa.insert(reader_activity), rows)
+
+
+def _number(link: IssueLink | None) -> int | None:
+    return None if link is None else link.number
+
+
+def add_list_days(conn: sa.Connection, counts: Mapping[tuple[str, dt.date, str], int]) -> None:
+    rows = [
+        {"list_name": name, "day": day, "metric": metric, "count": n}
+        for (name, day, metric), n in counts.items()
+        if n
+    ]
+    _add(conn, list_days, ("list_name", "day", "metric"), rows, ("count",))
+
+
+def _insert_firsts(
+    conn: sa.Connection, keys: list[tuple[int, str, int]]
+) -> list[tuple[int, str, int]]:
+    """Record (issue, metric, reader) triples; returns those not there before."""
+    if not keys:
+        return []
+    insert = _dialect_insert(conn)(event_readers).on_conflict_do_nothing()
+    statement = insert.returning(
+        event_readers.c.issue_id, event_readers.c.metric, event_readers.c.reader
+    )
+    rows = [{"issue_id": i, "metric": m, "reader": r} for i, m, r in keys]
+    new: list[tuple[int, str, int]] = []
+    for start in range(0, len(rows), 1000):
+        result = conn.execute(statement, rows[start : start + 1000])
+        new.extend((int(i), m, int(r)) for i, m, r in result)
+    return new
+
+
+def _add(
+    conn: sa.Connection,
+    table: sa.Table,
+    keys: tuple[str, ...],
+    rows: list[dict[str, object]],
+    columns: tuple[str, ...],
+) -> None:
+    """Insert each row, or add its `columns` to the row already there (one statement each
+    batch; concurrent writers add, they never overwrite)."""
+    if not rows:
+        return
+    insert = _dialect_insert(conn)(table)
+    statement = insert.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + insert.excluded[name] for name in columns},
+    )
+    for start in range(0, len(rows), 1000):
+        conn.execute(statement, rows[start : start + 1000])
+
+
+def _dialect_insert(conn: sa.Connection):  # type: ignore[no-untyped-def]
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+# -- links --------------------------------------------------------------------------
+
+
+def _links_clicked(
+    conn: sa.Connection, clicks: Sequence[Counted]
+) -> dict[tuple[int, str | None], IssueLink]:
+    """(issue, clicked URL) -> the issue's link number, finding an issue's links the first
+    time one of its links is clicked and adding URLs it did not carry as "other"."""
+    wanted: dict[int, set[str]] = {}
+    for c in clicks:
+        if c.url:
+            wanted.setdefault(c.issue_id, set()).add(c.url)
+    found: dict[tuple[int, str | None], IssueLink] = {}
+    for issue_id, urls in wanted.items():
+        matcher = LinkMatcher(_stored_links(conn, issue_id))
+        extra: dict[str, IssueLink] = {}
+        for url in sorted(urls):
+            link = matcher.match(url)
+            if link is None:
+                key = normalise(url)
+                if key not in extra:
+                    extra[key] = IssueLink(_add_other_link(conn, issue_id, key), OTHER, key)
+                link = extra[key]
+            found[issue_id, url] = link
+    return found
+
+
+def _stored_links(conn: sa.Connection, issue_id: int) -> list[IssueLink]:
+    rows = conn.execute(
+        sa.select(issue_links_table)
+        .where(issue_links_table.c.issue_id == issue_id)
+        .order_by(issue_links_table.c.link_no)
+    ).all()
+    if rows:
+        return [
+            IssueLink(r.link_no, r.kind, r.url, r.position, r.title) for r in rows if r.link_no > 0
+        ]
+    html = conn.execute(sa.select(issues.c.html).where(issues.c.id == issue_id)).scalar_one()
+    links = issue_links(html or "")
+    rows_to_add = [
+        {
+            "issue_id": issue_id,
+            "link_no": link.number,
+            "kind": link.kind,
+            "position": link.position,
+            "title": link.title,
+            "url": link.url,
+            "clicks": 0,
+            "readers": 0,
+        }
+        for link in links
+    ]
+    # link 0: clicks on URLs past MAX_LINKS; present from the start so that it is never raced
+    rows_to_add.append(
+        {**dict.fromkeys(("position", "title")), "issue_id": issue_id, "link_no": 0,
+         "kind": OTHER, "url": "", "clicks": 0, "readers": 0}
+    )  # fmt: skip
+    conn.execute(_dialect_insert(conn)(issue_links_table).on_conflict_do_nothing(), rows_to_add)
+    return links
+
+
+def _add_other_link(conn: sa.Connection, issue_id: int, url: str) -> int:
+    """A clicked URL the email did not carry (a redirect, a link SendGrid rewrote): kept
+    as an "other" link of the issue, up to MAX_LINKS of them."""
+    existing = conn.execute(
+        sa.select(issue_links_table.c.link_no).where(
+            issue_links_table.c.issue_id == issue_id, issue_links_table.c.url == url
+        )
+    ).scalar()
+    if existing is not None:
+        return int(existing)
+    last = conn.execute(
+        sa.select(sa.func.max(issue_links_table.c.link_no)).where(
+            issue_links_table.c.issue_id == issue_id
+        )
+    ).scalar_one()
+    number = int(last or 0) + 1
+    if number > MAX_LINKS:
+        return 0
+    conn.execute(
+        _dialect_insert(conn)(issue_links_table).on_conflict_do_nothing(),
+        [{"issue_id": issue_id, "link_no": number, "kind": OTHER, "position": None,
+          "title": None, "url": url, "clicks": 0, "readers": 0}],
+    )  # fmt: skip
+    return number
+
+
+# -- what the report reads -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssueFacts:
+    """An issue as the report needs it, without its stored email."""
+
+    id: int
+    list_name: str
+    issue_date: dt.date
+    status: str
+    subject: str | None
+    transport: str | None
+    recipients: int
+    submitted: int
+    finished_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class LinkCount:
+    issue_id: int
+    number: int
+    kind: str
+    position: int | None
+    title: str | None
+    url: str
+    clicks: int
+    readers: int
+
+
+class AnalyticsStore(Database):
+    """The counts behind `newsletter report`: each read is one indexed query."""
+
+    def report_issues(self, list_name: str | None, since: dt.date | None) -> list[IssueFacts]:
+        from newsletter.state.batches import batches
+
+        submitted = (
+            sa.select(batches.c.issue_id, sa.func.sum(batches.c.size).label("n"))
+            .where(batches.c.status == "submitted")
+            .group_by(batches.c.issue_id)
+            .subquery()
+        )
+        query = (
+            sa.select(
+                issues.c.id,
+                issues.c.list_name,
+                issues.c.issue_date,
+                issues.c.status,
+                issues.c.subject,
+                issues.c.transport,
+                issues.c.recipients,
+                sa.func.coalesce(submitted.c.n, 0),
+                issues.c.finished_at,
+            )
+            .outerjoin(submitted, submitted.c.issue_id == issues.c.id)
+            .where(issues.c.subject.is_not(None))
+            .order_by(issues.c.list_name, issues.c.issue_date)
+        )
+        if list_name is not None:
+            query = query.where(issues.c.list_name == list_name)
+        if since is not None:
+            query = query.where(issues.c.issue_date >= since)
+        with self.engine.connect() as conn:
+            return [
+                IssueFacts(
+                    id=r[0],
+                    list_name=r[1],
+                    issue_date=r[2],
+                    status=r[3],
+                    subject=r[4],
+                    transport=r[5],
+                    recipients=int(r[6] or 0),
+                    submitted=int(r[7] or 0),
+                    finished_at=r[8],
+                )
+                for r in conn.execute(query)
+            ]
+
+    def issue_stats(self, issue_ids: Iterable[int]) -> dict[int, dict[str, tuple[int, int]]]:
+        """issue -> metric -> (events, readers)."""
+        found: dict[int, dict[str, tuple[int, int]]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(issue_ids)):
+                query = sa.select(issue_stats).where(issue_stats.c.issue_id.in_(chunk))
+                for row in conn.execute(query):
+                    found.setdefault(row.issue_id, {})[row.metric] = (
+                        int(row.total),
+                        int(row.readers),
+                    )
+        return found
+
+    def link_counts(self, issue_ids: Iterable[int]) -> list[LinkCount]:
+        """Every link of these issues that was clicked, and every story link (clicked or not)."""
+        found: list[LinkCount] = []
+        t = issue_links_table
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(issue_ids)):
+                query = (
+                    sa.select(t)
+                    .where(t.c.issue_id.in_(chunk), sa.or_(t.c.clicks > 0, t.c.kind == "story"))
+                    .order_by(t.c.issue_id, t.c.link_no)
+                )
+                found.extend(
+                    LinkCount(r.issue_id, r.link_no, r.kind, r.position, r.title, r.url,
+                              int(r.clicks), int(r.readers))
+                    for r in conn.execute(query)
+                )  # fmt: skip
+        return found
+
+    def list_days(
+        self, list_name: str | None, since: dt.date | None
+    ) -> dict[str, dict[dt.date, dict[str, int]]]:
+        """list -> day -> metric -> count."""
+        query = sa.select(list_days)
+        if list_name is not None:
+            query = query.where(list_days.c.list_name == list_name)
+        if since is not None:
+            query = query.where(list_days.c.day >= since)
+        found: dict[str, dict[dt.date, dict[str, int]]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                found.setdefault(row.list_name, {}).setdefault(row.day, {})[row.metric] = int(
+                    row.count
+                )
+        return found
+
+    def readers_of_links(self, issue_ids: Iterable[int]) -> dict[tuple[int, int], list[str]]:
+        """(issue, link) -> addresses that clicked it: only kept with per-recipient analytics."""
+        found: dict[tuple[int, int], set[str]] = {}
+        t = reader_activity
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(issue_ids)):
+                query = sa.select(t.c.issue_id, t.c.link_no, t.c.email).where(
+                    t.c.issue_id.in_(chunk), t.c.metric == "click", t.c.link_no.is_not(None)
+                )
+                for issue_id, link, email in conn.execute(query):
+                    found.setdefault((issue_id, link), set()).add(email)
+        return {key: sorted(emails) for key, emails in found.items()}
+
+    def prune_events(self, before: dt.datetime) -> dict[str, int]:
+        """Delete raw events and per-reader rows older than `before`; counts are kept.
+
+        An issue from before the cut-off has its reader hashes deleted and is marked,
+        so an event that still comes in for it adds to its totals only.
+        """
+        from newsletter.state.events import mail_events
+
+        now = utcnow()
+        with self._atomic() as conn:
+            old = [
+                row[0]
+                for row in conn.execute(
+                    sa.select(issues.c.id).where(
+                        issues.c.issue_date < before.date(),
+                        issues.c.id.not_in(sa.select(pruned_issues.c.issue_id)),
+                    )
+                )
+            ]
+            readers = 0
+            for chunk in _chunks(old):
+                readers += conn.execute(
+                    sa.delete(event_readers).where(event_readers.c.issue_id.in_(chunk))
+                ).rowcount
+                conn.execute(
+                    sa.insert(pruned_issues), [{"issue_id": i, "pruned_at": now} for i in chunk]
+                )
+            events = conn.execute(
+                sa.delete(mail_events).where(mail_events.c.received_at < before)
+            ).rowcount
+            activity = conn.execute(
+                sa.delete(reader_activity).where(reader_activity.c.occurred_at < before)
+            ).rowcount
+        return {
+            "events": events,
+            "reader_hashes": readers,
+            "activity": activity,
+            "issues": len(old),
+        }
+
+
+def _chunks(values: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

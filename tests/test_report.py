@@ -1,0 +1,298 @@
+"""`newsletter report` end to end: issues sent through the real sendgrid client to the
+emulator, SendGrid's signed events posted through the real webhook of `newsletter serve`,
+then the real CLI's HTML and CSV checked against what the events add up to."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from newsletter.app import App
+from newsletter.config import load_config
+from newsletter.signing import UNSUBSCRIBE, Signer
+from newsletter.state.analytics import event_readers, reader_activity
+from newsletter.state.events import mail_events
+
+from .conftest import BASE_CONFIG, NOW, SENDGRID_TEST_API_KEY, Site
+from .support.cli import run
+from .support.sendgrid_emulator import SendGridEmulator
+from .support.web import SECRET, Clock, EventSigner, confirm_link_in, free_socket, serve
+
+ENV = {"NEWSLETTER_SECRET": SECRET, "SENDGRID_API_KEY": SENDGRID_TEST_API_KEY}
+MAIN = [f"r{n}@example.com" for n in range(6)]
+WEEKLY = [f"w{n}@example.com" for n in range(3)]
+DATES = ["2024-03-03", "2024-03-04", "2024-03-05"]
+STAMP = int(NOW.timestamp())
+
+
+@dataclass
+class Newsroom:
+    site: Site
+    url: str
+    app: App
+    http: httpx.Client
+    signer: EventSigner
+    clock: Clock
+    emulator: SendGridEmulator
+    sequence: int = 0
+
+    def cli(self, *args: str) -> str:
+        done = run(self.site.config_path, *args, **ENV)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def issue_id(self, list_name: str, date: str) -> str:
+        row = self.app.ledger.issue(list_name, dt.date.fromisoformat(date))
+        assert row is not None
+        return str(row.id)
+
+    def event(self, kind: str, email: str, issue: str, **extra: object) -> dict[str, object]:
+        self.sequence += 1
+        return {"email": email, "event": kind, "sg_event_id": f"ev{self.sequence}",
+                "timestamp": STAMP, "issue_id": issue, **extra}  # fmt: skip
+
+    def post(self, events: list[dict[str, object]]) -> dict[str, int]:
+        body = json.dumps(events).encode()
+        answer = self.http.post(
+            "/webhooks/sendgrid",
+            content=body,
+            headers=self.signer.headers(body, int(self.clock.now.timestamp())),
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()  # type: ignore[no-any-return]
+
+
+def _config(url: str, emulator: SendGridEmulator, public_key: str, per_recipient: bool) -> str:
+    return (
+        BASE_CONFIG
+        + f"""
+[delivery]
+transport = "sendgrid"
+workers = 1
+retry_delay = "0s"
+
+[unsubscribe]
+mode = "hosted"
+base_url = "{url}"
+
+[serve]
+lists = {{ main = "The Test Times (daily)", weekly = "The Test Times Weekly" }}
+
+[sendgrid]
+api_url = "{emulator.url}"
+timeout = 5
+click_tracking = true
+open_tracking = true
+webhook_public_key = "{public_key}"
+
+[analytics]
+per_recipient = {str(per_recipient).lower()}
+"""
+    )
+
+
+@pytest.fixture(params=[False, True], ids=["counts-only", "per-recipient"])
+def newsroom(
+    request: pytest.FixtureRequest, site: Site, sendgrid_emulator: SendGridEmulator
+) -> Iterator[Newsroom]:
+    sock = free_socket()
+    url = "http://{}:{}".format(*sock.getsockname())
+    signer = EventSigner()
+    site.write_config(_config(url, sendgrid_emulator, signer.public_key, request.param))
+    for date in ["2024-03-02", *DATES]:
+        site.story(f"lead-{date}", title=f"Lead of {date}: rates hold at $5", lead=True,
+                   date=f"{date} 06:00:00+00:00",
+                   url=f"https://paper.example.com/{date}/lead?utm_source=rss")  # fmt: skip
+        site.story(f"second-{date}", title=f"Second of {date}", date=f"{date} 05:00:00+00:00",
+                   url=f"https://paper.example.com/{date}/second",
+                   body=f"See [the report](https://paper.example.com/{date}/report.pdf).")  # fmt: skip
+        site.story(f"brief-{date}", title=f"Brief of {date}", date=f"{date} 04:00:00+00:00")
+    folder = site.root / "subscribers"
+    folder.mkdir()
+    (folder / "main.csv").write_text("email,name\n" + "".join(f"{e},R\n" for e in MAIN))
+    (folder / "weekly.csv").write_text("email,name\n" + "".join(f"{e},W\n" for e in WEEKLY))
+    clock = Clock(NOW)
+    with (
+        App(load_config(site.config_path, ENV), clock=clock) as app,
+        serve(app, sock) as base,
+        httpx.Client(base_url=base, timeout=10, follow_redirects=False) as http,
+    ):
+        yield Newsroom(site, base, app, http, signer, clock, sendgrid_emulator)
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_report_adds_up_the_events_sent_through_the_webhook(
+    newsroom: Newsroom, tmp_path: Path
+) -> None:
+    n = newsroom
+    n.cli("send", "--date", "2024-03-02", "--transport", "outbox", "--yes")
+    for date in DATES:
+        n.cli("send", "--date", date, "--yes")
+    n.cli("send", "--date", "2024-03-05", "--list", "weekly", "--yes")
+    d3, d4, d5 = (n.issue_id("main", date) for date in DATES)
+    weekly = n.issue_id("weekly", "2024-03-05")
+    r0, r1, r2, r3, r4, r5 = MAIN
+    base = "https://paper.example.com/2024-03-05"
+
+    # 3 March: everyone delivered, three readers open, one clicks
+    n.post([n.event("delivered", r, d3) for r in MAIN]
+           + [n.event("open", r, d3) for r in (r0, r1, r2)]
+           + [n.event("click", r0, d3, url="https://paper.example.com/2024-03-03/lead?utm_source=rss")])  # fmt: skip
+    # 4 March: a hard and a soft bounce; one open, one click
+    n.post([n.event("delivered", r, d4) for r in (r0, r1, r2, r5)]
+           + [n.event("bounce", r3, d4, type="bounce", reason="550 5.1.1 unknown"),
+              n.event("bounce", r4, d4, type="blocked", reason="452 mailbox full"),
+              n.event("open", r0, d4),
+              n.event("click", r0, d4, url="https://paper.example.com/2024-03-04/lead?utm_source=rss")])  # fmt: skip
+    # 5 March: the interesting day
+    batch = [
+        n.event("deferred", r4, d5, response="421 try later"),
+        n.event("deferred", r4, d5, response="421 try later"),  # deferred twice: one reader
+        *[n.event("delivered", r, d5) for r in (r0, r1, r2, r3, r4)],
+        n.event("dropped", r5, d5, reason="Invalid"),
+        n.event("open", r0, d5, sg_machine_open=False),
+        n.event("open", r0, d5),  # the same reader again: one reader, two opens
+        n.event("open", r1, d5),
+        n.event("open", r2, d5, sg_machine_open=True),  # Apple Mail Privacy Protection
+        n.event("open", r0, d5, sg_machine_open=True),
+        # the lead's link as SendGrid reports it with its own tracking parameters added
+        n.event("click", r0, d5, url=f"{base}/lead?utm_source=rss&utm_medium=email&utm_campaign=daily"),
+        n.event("click", r0, d5, url=f"{base}/lead?utm_source=rss"),
+        n.event("click", r1, d5, url=f"{base}/report.pdf"),  # a link in the second story's text
+        n.event("click", r1, d5, url=f"{base}/second"),
+        n.event("click", r2, d5, url="https://x.com/intent/tweet?text=Lead&url=https%3A%2F%2Fx"),
+        n.event("click", r3, d5, url=f"{n.url}/unsubscribe/{Signer(SECRET).sign(UNSUBSCRIBE, 'main', r3)}"),
+        n.event("click", r3, d5, url="https://elsewhere.example.org/somewhere"),
+        n.event("spamreport", r1, d5),
+        n.event("unsubscribe", r2, d5),
+        n.event("delivered", "editor@example.com", "test"),  # a test send: no issue of a list
+    ]  # fmt: skip
+    assert n.post(batch) == {"received": len(batch), "new": len(batch), "skipped": 0}
+    assert n.post(batch[:8])["new"] == 0  # SendGrid redelivers part of it: nothing counts twice
+    n.post([n.event("delivered", w, weekly) for w in WEEKLY]
+           + [n.event("open", WEEKLY[0], weekly),
+              n.event("click", WEEKLY[0], weekly, url=f"{base}/lead")])  # fmt: skip
+
+    # a reader leaves by the link in the email, another joins the weekly list
+    token = Signer(SECRET).sign(UNSUBSCRIBE, "main", r4)
+    left = n.http.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert left.status_code == 200
+    page = n.http.get("/subscribe")
+    marker = 'name="csrf" value="'
+    csrf = page.text.split(marker, 1)[1].split('"', 1)[0]
+    asked = n.http.post("/subscribe", data={"csrf": csrf, "email": "new@example.com",
+                                            "name": "New", "list": "weekly", "website": ""})  # fmt: skip
+    assert asked.status_code in (200, 303), asked.text
+    confirmation = n.emulator.requests[-1].body
+    text = next(c["value"] for c in confirmation["content"] if c["type"] == "text/plain")
+    assert n.http.get(confirm_link_in(text).removeprefix(n.url)).status_code == 200
+
+    out = n.cli("report", "--output", str(tmp_path / "report.html"), "--csv", str(tmp_path / "csv"))
+    assert "Report on 5 issues of main, weekly written to" in out
+
+    issues = {(r["list"], r["date"]): r for r in _csv(tmp_path / "csv" / "issues.csv")}
+    assert issues["main", "2024-03-05"] == {
+        "list": "main", "date": "2024-03-05", "subject": "Lead of 2024-03-05: rates hold at $5",
+        "transport": "sendgrid", "submitted": "6", "delivered": "5", "deferred": "1",
+        "bounced_hard": "0", "bounced_soft": "0", "dropped": "1", "spam_reports": "1",
+        "unsubscribes": "2",  # SendGrid's event for r2, and r4 by the link, after this issue
+        "human_opens": "2", "open_rate": "0.400000", "open_rate_vs_median": "0.000000",
+        "machine_opens": "2", "opens_total": "3", "readers_who_clicked": "4",
+        "click_rate": "0.800000", "click_rate_vs_median": "0.550000", "clicks_total": "7",
+    }  # fmt: skip
+    d4_row = issues["main", "2024-03-04"]
+    assert (d4_row["delivered"], d4_row["bounced_hard"], d4_row["bounced_soft"]) == ("4", "1", "1")
+    assert (d4_row["open_rate"], d4_row["click_rate"], d4_row["unsubscribes"]) == ("0.250000", "0.250000", "0")  # fmt: skip
+    d3_row = issues["main", "2024-03-03"]
+    assert (d3_row["human_opens"], d3_row["open_rate"], d3_row["click_rate"]) == ("3", "0.500000", "0.166667")  # fmt: skip
+    outbox = issues["main", "2024-03-02"]
+    assert (outbox["transport"], outbox["submitted"], outbox["delivered"], outbox["open_rate"]) == ("outbox", "6", "", "")  # fmt: skip
+    week = issues["weekly", "2024-03-05"]
+    assert (week["submitted"], week["human_opens"], week["open_rate"], week["readers_who_clicked"]) == ("3", "1", "0.333333", "1")  # fmt: skip
+
+    stories = {
+        (r["list"], r["date"], r["story"]): r for r in _csv(tmp_path / "csv" / "stories.csv")
+    }
+    lead = stories["main", "2024-03-05", "1"]
+    assert (lead["headline"], lead["readers_who_clicked"], lead["clicks"]) == ("Lead of 2024-03-05: rates hold at $5", "1", "2")  # fmt: skip
+    second = stories["main", "2024-03-05", "2"]
+    assert (second["headline"], second["readers_who_clicked"], second["clicks"]) == ("Second of 2024-03-05", "1", "2")  # fmt: skip
+    assert ("main", "2024-03-05", "3") not in stories  # a brief without a link: nothing to click
+    assert stories["weekly", "2024-03-05", "1"]["readers_who_clicked"] == "1"
+
+    links = [
+        r
+        for r in _csv(tmp_path / "csv" / "links.csv")
+        if r["date"] == "2024-03-05" and r["list"] == "main"
+    ]
+    clicked_outside = {
+        r["kind"]: (r["readers_who_clicked"], r["clicks"]) for r in links if r["kind"] != "story"
+    }
+    assert clicked_outside == {"share": ("1", "1"), "unsubscribe": ("1", "1"), "other": ("1", "1")}
+    assert {r["url"] for r in links if r["kind"] == "other"} == {
+        "https://elsewhere.example.org/somewhere"
+    }
+
+    growth = {(r["list"], r["day"]): r for r in _csv(tmp_path / "csv" / "list_growth.csv")}
+    assert growth["main", "2024-03-05"] == {"list": "main", "day": "2024-03-05", "signups": "0",
+        "unsubscribes": "1", "bounces": "1", "complaints": "1", "net": "-3"}  # fmt: skip
+    today = dt.datetime.now(dt.UTC).date().isoformat()  # the link's unsubscribe, as it happened
+    assert growth["main", today]["unsubscribes"] == "1"
+    assert growth["weekly", "2024-03-05"]["signups"] == "1"
+
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in html
+    assert not re.search(
+        r"""(?:src|href)=["']?(?:https?:)?//|@import|url\((?!#)""", html
+    )  # nothing fetched
+    assert html.count("<svg") >= 4  # trend and growth for each list, clicks per story
+    assert "40.0%" in html and "+55.0 pts" in html
+    assert "Sent by outbox" in html
+    assert "rates hold at \\$5" not in html  # the escaped dollar is matplotlib's, not shown
+
+    with n.app.ledger.engine.connect() as conn:
+        activity = conn.execute(sa.select(reader_activity.c.email)).scalars().all()
+    per_recipient = n.app.config.analytics.per_recipient
+    reader_csv = tmp_path / "csv" / "clicks_by_reader.csv"
+    if per_recipient:
+        clicked = {
+            (r["date"], r["story"], r["email"]) for r in _csv(reader_csv) if r["list"] == "main"
+        }
+        assert ("2024-03-05", "1", r0) in clicked and ("2024-03-05", "2", r1) in clicked
+        assert "Clicked by: r0@example.com" in html
+    else:
+        assert activity == [] and not reader_csv.exists()
+        assert "r0@example.com" not in html
+
+
+def test_pruning_keeps_the_counts_and_later_events_do_not_count_readers_twice(
+    newsroom: Newsroom, tmp_path: Path
+) -> None:
+    n = newsroom
+    n.cli("send", "--date", "2024-03-05", "--yes")
+    issue = n.issue_id("main", "2024-03-05")
+    n.post([n.event("delivered", r, issue) for r in MAIN] + [n.event("open", MAIN[0], issue)])
+    out = n.cli("events", "prune", "--older-than", "0")
+    assert "Pruned 7 events" in out and "the counts are kept" in out
+    with n.app.ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(mail_events)).scalar() == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(event_readers)).scalar() == 0
+    n.post([n.event("open", MAIN[0], issue)])  # the same reader opens again, after the prune
+    n.cli("report", "--output", str(tmp_path / "r.html"), "--csv", str(tmp_path / "csv"))
+    [row] = _csv(tmp_path / "csv" / "issues.csv")
+    assert (row["delivered"], row["human_opens"], row["opens_total"]) == ("6", "1", "2")
+    bad = run(n.site.config_path, "events", "prune", "--older-than", "soon", **ENV)
+    assert bad.returncode != 0 and "--older-than" in bad.stderr and "Traceback" not in bad.stderr
