@@ -32,8 +32,8 @@ _STYLE = {
     "svg.fonttype": "none",
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial"],
-    "font.size": 11,
-    "axes.titlesize": 13,
+    "font.size": 12,
+    "axes.titlesize": 14,
     "axes.titleweight": "bold",
     "axes.titlelocation": "left",
     "axes.edgecolor": GRID,
@@ -47,7 +47,7 @@ _STYLE = {
 }
 
 
-def _figure(width: float = 7.2, height: float = 3.2) -> tuple[Any, Any]:
+def _figure(width: float = 6.0, height: float = 3.4) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), layout="constrained")
@@ -114,7 +114,7 @@ def rate_trend(name: str, lines: Sequence[IssueLine], median_open: float | None,
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", color=GRID)
-        ax.legend(loc="upper left", ncols=2, fontsize=10)
+        figure.legend(loc="outside lower center", ncols=2, fontsize=10)
         _date_axis(ax, dates)
         return _svg(figure, f"trend-{name}", f"Open and click rate per issue, list {name}")
 
@@ -143,7 +143,7 @@ def list_growth(name: str, days: Sequence[DayLine]) -> str | None:
         ax.set_ylabel("Readers per day")
         ax.set_xlabel("Day (UTC)")
         ax.grid(axis="y", color=GRID)
-        ax.legend(loc="upper left", ncols=3, fontsize=10)
+        figure.legend(loc="outside lower center", ncols=3, fontsize=10)
         _date_axis(ax, dates)
         return _svg(figure, f"growth-{name}", f"List growth per day, list {name}")
 
@@ -153,13 +153,17 @@ def story_clicks(line: IssueLine, stories: Sequence[StoryClicks]) -> str | None:
     if not stories or not any(s.readers for s in stories):
         return None
     with _drawing():
-        figure, ax = _figure(7.2, 0.9 + 0.42 * len(stories))
-        labels = [_plain(_short(f"{s.position}. {s.title}", 44)) for s in stories]
+        figure, ax = _figure(6.0, 0.9 + 0.42 * len(stories))
+        labels = [_plain(_short(f"{s.position}. {s.title}", 32)) for s in stories]
         values = [s.readers for s in stories]
         bars = ax.barh(labels, values, color=OPEN)
         ax.invert_yaxis()
         ax.bar_label(bars, labels=[f"{v:,}" for v in values], padding=4, color=INK, fontsize=10)
-        ax.set_title(f"Readers who clicked each story, {line.date:%d %b %Y}")
+        # over the whole figure: the headlines take the left of the axes
+        figure.suptitle(
+            f"Readers who clicked each story, {line.date:%d %b %Y}",
+            x=0.01, ha="left", fontsize=14, fontweight="bold", color=INK,
+        )  # fmt: skip
         ax.set_xlabel("Readers (unique clicks)")
         ax.spines["left"].set_visible(False)
         ax.tick_params(axis="y", length=0)

@@ -17,6 +17,7 @@ from newsletter.links import ARCHIVE, OTHER, SHARE, UNSUBSCRIBE
 from newsletter.report import charts
 from newsletter.report.model import ListReport, Report
 from newsletter.report.tables import TABLES
+from newsletter.words import plural
 
 RECENT_DAYS = 14
 GROUP_NAMES = {
@@ -108,7 +109,14 @@ def _environment() -> jinja2.Environment:
             undefined=jinja2.StrictUndefined,
         )
         env.filters.update(
-            n=_n, pct=_pct, pts=_pts, trend=_trend, signed=_signed, day=_day, moment=_moment
+            many=plural,
+            n=_n,
+            pct=_pct,
+            pts=_pts,
+            trend=_trend,
+            signed=_signed,
+            day=_day,
+            moment=_moment,
         )
         _ENV = env
     return _ENV
