@@ -14,6 +14,10 @@ from newsletter.cli.report import SHOWN_ADDRESSES
 from newsletter.state.issues import IssueRow
 from newsletter.words import moment, noun, plural
 
+REPORT_HINT = (
+    "Open and click rates, clicks per story, list growth: `newsletter report` (writes report.html)."
+)
+
 # SendGrid event name -> how `status` says one, and several
 EVENT_WORDS = {
     "delivered": ("delivered", "delivered"),
@@ -87,6 +91,8 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
                     f"{row.issue_date}  {row.list_name:<10} {_state(app, row):<9} "
                     f"{row.recipients:>9,} {noun(row.recipients, 'recipient'):<10}  {what}"
                 )
+            if rows:
+                out.print(REPORT_HINT)
             return
         name = list_name or app.config.schedule.list
         row = ledger.issue(name, day_of(date))  # type: ignore[arg-type]
@@ -124,6 +130,7 @@ def status(opts: Options, date: dt.datetime | None, list_name: str | None, in_do
             "events reported by SendGrid: "
             + (_event_summary(events) if events else "none yet (see `newsletter serve`)")
         )
+        out.print(REPORT_HINT)
         for batch in ledger.batches(row.id):
             note = f"  {batch.error}" if batch.error else ""
             out.print(
