@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import httpx
@@ -18,12 +20,15 @@ import sqlalchemy as sa
 
 from newsletter.app import App
 from newsletter.config import load_config
+from newsletter.report import ReportQuery, build_report, csv_tables, render_html
 from newsletter.signing import UNSUBSCRIBE, Signer
-from newsletter.state.analytics import event_readers, reader_activity
-from newsletter.state.events import mail_events
+from newsletter.state import Ledger
+from newsletter.state.analytics import ReaderKeys, event_readers, reader_activity
+from newsletter.state.events import MailEvent, mail_events
 
 from .conftest import BASE_CONFIG, NOW, SENDGRID_TEST_API_KEY, Site
 from .support.cli import run
+from .support.report_data import add_issue
 from .support.sendgrid_emulator import SendGridEmulator
 from .support.web import SECRET, Clock, EventSigner, confirm_link_in, free_socket, serve
 
@@ -296,3 +301,26 @@ def test_pruning_keeps_the_counts_and_later_events_do_not_count_readers_twice(
     assert (row["delivered"], row["human_opens"], row["opens_total"]) == ("6", "1", "2")
     bad = run(n.site.config_path, "events", "prune", "--older-than", "soon", **ENV)
     assert bad.returncode != 0 and "--older-than" in bad.stderr and "Traceback" not in bad.stderr
+
+
+HOSTILE = '=HYPERLINK("http://evil.example") <script>alert(1)</script> costs $5 & $6'
+
+
+def test_a_headline_never_becomes_markup_a_formula_or_mathtext(tmp_path: Path) -> None:
+    html = f'<table><tr><td id="story-1"><h2><a href="https://paper.example.com/a">{escape(HOSTILE)}</a></h2></td></tr></table>'
+    with Ledger(f"sqlite:///{tmp_path / 'state.db'}") as ledger:
+        issue = add_issue(ledger, "main", dt.date(2024, 3, 5), HOSTILE, html, 1)
+        keys = ReaderKeys(SECRET)
+        ledger.apply_mail_events(
+            [MailEvent(f"e{n}", kind, "r@example.com", issue, NOW, None, kind, keys(issue, "r@example.com"),
+                       "https://paper.example.com/a" if kind == "click" else None)
+             for n, kind in enumerate(["delivered", "click"])]
+        )  # fmt: skip
+        report = build_report(ledger, ReportQuery(today=NOW.date()))
+    [story] = report.lists[0].detail[0].stories
+    assert (story.title, story.readers) == (HOSTILE, 1)
+    page = render_html(report)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "\\$5" not in page and "costs $5 &amp; $6" in page  # drawn as typed, not as maths
+    [row] = list(csv.DictReader(io.StringIO(csv_tables(report)["stories.csv"])))
+    assert row["headline"] == "'" + HOSTILE  # a spreadsheet shows it, never runs it

@@ -5,6 +5,7 @@ the report reads was added the way the webhook adds it."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 
 import sqlalchemy as sa
@@ -40,6 +41,36 @@ def issue_html(date: dt.date, stories: int) -> str:
     )
 
 
+def add_issue(
+    ledger: Ledger, list_name: str, date: dt.date, subject: str, html: str, size: int
+) -> int:
+    """A sent SendGrid issue as the ledger keeps one: its email, one submitted batch."""
+    now = dt.datetime(2024, 3, 5, 9, tzinfo=dt.UTC)
+    with ledger.engine.begin() as conn:
+        issue_id = conn.execute(
+            sa.insert(issues).values(
+                list_name=list_name,
+                issue_date=date,
+                status="sent",
+                subject=subject,
+                html=html,
+                text="",
+                tokens="[]",
+                story_keys="[]",
+                transport="sendgrid",
+                recipients=size,
+                created_at=now,
+                finished_at=now,
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            sa.insert(batches),
+            [{"issue_id": issue_id, "seq": 1, "status": "submitted", "size": size,
+              "recipients": b"", "attempts": 1, "updated_at": now}],
+        )  # fmt: skip
+    return int(issue_id)
+
+
 def fill(
     ledger: Ledger, *, list_name: str = "main", days: int = 30, readers: int = 400, seed: int = 7
 ) -> None:
@@ -47,75 +78,53 @@ def fill(
     rng = random.Random(seed)
     keys = ReaderKeys("a-test-secret-that-is-long-enough")
     now = dt.datetime(2024, 3, 5, 9, tzinfo=dt.UTC)
-    sequence = 0
+    sequence = itertools.count(1)
     for offset in range(days, 0, -1):
         date = (now - dt.timedelta(days=offset - 1)).date()
         size = readers + (days - offset) * 3  # the list grows
         stories = rng.randint(3, 6)
-        with ledger.engine.begin() as conn:
-            issue_id = conn.execute(
-                sa.insert(issues).values(
-                    list_name=list_name,
-                    issue_date=date,
-                    status="sent",
-                    subject=HEADLINES[(1 + date.day) % len(HEADLINES)],
-                    html=issue_html(date, stories),
-                    text="",
-                    tokens="[]",
-                    story_keys="[]",
-                    transport="sendgrid",
-                    recipients=size,
-                    created_at=now,
-                    finished_at=now,
-                )  # fmt: skip
-            ).inserted_primary_key[0]
-            conn.execute(
-                sa.insert(batches),
-                [{"issue_id": issue_id, "seq": 1, "status": "submitted", "size": size,
-                  "recipients": b"", "attempts": 1, "updated_at": now}],
-            )  # fmt: skip
+        subject = HEADLINES[(1 + date.day) % len(HEADLINES)]
+        issue_id = add_issue(ledger, list_name, date, subject, issue_html(date, stories), size)
         moment = dt.datetime.combine(date, dt.time(7, 30), dt.UTC)
         open_share = rng.uniform(0.32, 0.5)
-        events = []
-        for n in range(size):
-            email = f"reader{n}@example.com"
-            roll = rng.random()
-
-            def add(kind: str, **extra: object) -> None:
-                nonlocal sequence
-                sequence += 1
-                events.append(
-                    MailEvent(
-                        event_id=f"e{sequence}", event=kind, email=email, issue_id=issue_id,
-                        occurred_at=moment, suppress=None,
-                        metric=metric_of(kind, extra.get("type"), bool(extra.get("machine"))),  # type: ignore[arg-type]
-                        reader=keys(issue_id, email), url=extra.get("url"),  # type: ignore[arg-type]
-                    )
-                )  # fmt: skip
-
-            if roll < 0.004:
-                add("bounce", type="bounce")
-                continue
-            if roll < 0.01:
-                add("bounce", type="blocked")
-                continue
-            add("delivered")
-            if rng.random() < 0.15:
-                add("open", machine=True)
-            if rng.random() < open_share:
-                add("open")
-                if rng.random() < 0.22:
-                    story = min(int(rng.expovariate(0.9)) + 1, stories)
-                    add("click", url=f"https://paper.example.com/{date}/s{story}?utm_medium=email")
-                if rng.random() < 0.01:
-                    add("click", url=f"https://x.com/intent/tweet?url=x&text={n}")
-            if rng.random() < 0.003:
-                add("unsubscribe")
-            if rng.random() < 0.0015:
-                add("spamreport")
+        events = [
+            MailEvent(f"e{next(sequence)}", kind, email, issue_id, moment, None,
+                      metric_of(kind, bounce, machine), keys(issue_id, email), url)
+            for n in range(size)
+            for email in [f"reader{n}@example.com"]
+            for kind, bounce, machine, url in _reader_events(rng, n, date, stories, open_share)
+        ]  # fmt: skip
         ledger.apply_mail_events(events)
         for _ in range(rng.randint(2, 12)):
             ledger.record_consent(
                 list_name=list_name, email=f"new{rng.random()}@example.com", signed_up_at=moment,
                 confirmed_at=moment, ip=None, user_agent=None, form_version="1", wording="",
             )  # fmt: skip
+
+
+Happening = tuple[str, "str | None", bool, "str | None"]  # event, bounce type, machine, url
+
+
+def _reader_events(
+    rng: random.Random, n: int, date: dt.date, stories: int, open_share: float
+) -> list[Happening]:
+    """What one reader's copy of an issue did, as SendGrid would report it."""
+    roll = rng.random()
+    if roll < 0.01:
+        return [("bounce", "bounce" if roll < 0.004 else "blocked", False, None)]
+    found: list[Happening] = [("delivered", None, False, None)]
+    if rng.random() < 0.15:
+        found.append(("open", None, True, None))
+    if rng.random() < open_share:
+        found.append(("open", None, False, None))
+        if rng.random() < 0.22:
+            story = min(int(rng.expovariate(0.9)) + 1, stories)
+            url = f"https://paper.example.com/{date}/s{story}?utm_medium=email"
+            found.append(("click", None, False, url))
+        if rng.random() < 0.01:
+            found.append(("click", None, False, f"https://x.com/intent/tweet?url=x&text={n}"))
+    if rng.random() < 0.003:
+        found.append(("unsubscribe", None, False, None))
+    if rng.random() < 0.0015:
+        found.append(("spamreport", None, False, None))
+    return found
