@@ -13,10 +13,9 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import zoneinfo
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -31,6 +30,8 @@ from newsletter.state.events import MailEvent
 from newsletter.state.feeds import feed_cache
 from newsletter.state.issues import Claim, PlanContent, issues
 from newsletter.stories.feed import CachedFeed
+
+from .support.race import race
 
 T = TypeVar("T")
 
@@ -113,30 +114,6 @@ def heartbeat(ledger: Ledger, date: dt.date = DAY) -> dt.datetime:
     row = ledger.issue("main", date)
     assert row is not None and row.heartbeat is not None
     return row.heartbeat
-
-
-def race(url: str, n: int, action: Callable[[Ledger, int], T]) -> list[T]:
-    """Run `action` in n threads, each with its own Ledger, released at the same moment."""
-    barrier = threading.Barrier(n, timeout=30)
-    results: dict[int, T] = {}
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            with Ledger(url) as ledger:
-                barrier.wait()
-                results[index] = action(ledger, index)
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
-    return [results[i] for i in range(n)]
 
 
 # -- claims ------------------------------------------------------------------------

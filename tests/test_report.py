@@ -28,6 +28,7 @@ from newsletter.state.events import MailEvent, mail_events
 
 from .conftest import BASE_CONFIG, NOW, SENDGRID_TEST_API_KEY, Site
 from .support.cli import run
+from .support.race import race
 from .support.report_data import add_issue
 from .support.sendgrid_emulator import SendGridEmulator
 from .support.web import SECRET, Clock, EventSigner, confirm_link_in, free_socket, serve
@@ -324,3 +325,40 @@ def test_a_headline_never_becomes_markup_a_formula_or_mathtext(tmp_path: Path) -
     assert "\\$5" not in page and "costs $5 &amp; $6" in page  # drawn as typed, not as maths
     [row] = list(csv.DictReader(io.StringIO(csv_tables(report)["stories.csv"])))
     assert row["headline"] == "'" + HOSTILE  # a spreadsheet shows it, never runs it
+
+
+def test_counts_stay_exact_when_event_batches_race(database_url: str) -> None:
+    """Four deliveries at once, on SQLite and PostgreSQL: each reader opens and clicks in
+    every one, and one batch is delivered twice; unique readers stay unique."""
+    readers = [f"r{n}@example.com" for n in range(150)]
+    html = "".join(
+        f'<div id="story-{n}"><h2><a href="https://paper.example.com/{n}">Story {n}</a></h2></div>'
+        for n in (1, 2)
+    )
+    with Ledger(database_url) as ledger:
+        issue = add_issue(ledger, "main", dt.date(2024, 3, 5), "Subject", html, len(readers))
+    keys = ReaderKeys(SECRET)
+
+    def batch(part: int) -> list[MailEvent]:
+        def event(n: int, kind: str, email: str, url: str | None = None) -> MailEvent:
+            key = keys(issue, email)
+            return MailEvent(f"p{part}-{n}-{kind}", kind, email, issue, NOW, None, kind, key, url)
+
+        mine = readers[part * 50 : part * 50 + 50] if part < 3 else []
+        return (
+            [event(n, "delivered", e) for n, e in enumerate(mine)]
+            + [event(n, "open", e) for n, e in enumerate(readers)]
+            + [event(n, "click", e, f"https://paper.example.com/1?utm_source=x{part}") for n, e in enumerate(readers)]
+        )  # fmt: skip
+
+    parts = [batch(0), batch(1), batch(2), batch(1)]  # the last: part 1 redelivered
+    new = race(database_url, 4, lambda ledger, i: ledger.apply_mail_events(parts[i]))
+    assert sum(new) == 150 + 3 * 300  # part 1's second delivery added nothing
+    with Ledger(database_url) as ledger:
+        report = build_report(ledger, ReportQuery(today=NOW.date()))
+    [line] = report.lists[0].issues
+    assert (line.delivered, line.opens, line.opens_total) == (150, 150, 450)
+    assert (line.clickers, line.clicks_total, line.open_rate) == (150, 450, 1.0)
+    first, second = report.lists[0].detail[0].stories  # every story is listed, clicked or not
+    assert (first.position, first.readers, first.clicks) == (1, 150, 450)
+    assert (second.position, second.readers, second.clicks) == (2, 0, 0)
