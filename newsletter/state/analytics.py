@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from newsletter.links import OTHER, STORY, IssueLink, LinkMatcher, issue_links, normalise
 from newsletter.state.database import Database, UTCDateTime, metadata, utcnow
@@ -293,7 +292,13 @@ def _add(
 
 
 def _dialect_insert(conn: sa.Connection):  # type: ignore[no-untyped-def]
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    """The database's own INSERT, for ON CONFLICT (imported when first used: the
+    PostgreSQL dialect's module is a twentieth of a second every command would pay)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 # -- links --------------------------------------------------------------------------
