@@ -186,10 +186,11 @@ def test_a_state_database_in_a_folder_that_cannot_be_written_is_named(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs of our own (tests run as root), unmounted afterwards."""
+    """A 2 MiB tmpfs of our own (tests run as root), unmounted afterwards: room for the
+    schema and one plan of 200 long rows with its WAL, once the filler is gone."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
 
