@@ -345,20 +345,29 @@ def test_counts_stay_exact_when_event_batches_race(database_url: str) -> None:
             return MailEvent(f"p{part}-{n}-{kind}", kind, email, issue, NOW, None, kind, key, url)
 
         mine = readers[part * 50 : part * 50 + 50] if part < 3 else []
-        return (
+        events = (
             [event(n, "delivered", e) for n, e in enumerate(mine)]
             + [event(n, "open", e) for n, e in enumerate(readers)]
             + [event(n, "click", e, f"https://paper.example.com/1?utm_source=x{part}") for n, e in enumerate(readers)]
+            # links the email did not carry, each delivery adding its own and a common one
+            + [event(1000, "click", readers[part], f"https://elsewhere.example/{part}"),
+               event(1001, "click", readers[part], "https://elsewhere.example/common")]
         )  # fmt: skip
+        return events[::-1] if part % 2 else events  # rows met in another order: no deadlock
 
     parts = [batch(0), batch(1), batch(2), batch(1)]  # the last: part 1 redelivered
     new = race(database_url, 4, lambda ledger, i: ledger.apply_mail_events(parts[i]))
-    assert sum(new) == 150 + 3 * 300  # part 1's second delivery added nothing
+    assert sum(new) == 150 + 3 * 302  # part 1's second delivery added nothing
     with Ledger(database_url) as ledger:
         report = build_report(ledger, ReportQuery(today=NOW.date()))
     [line] = report.lists[0].issues
     assert (line.delivered, line.opens, line.opens_total) == (150, 150, 450)
-    assert (line.clickers, line.clicks_total, line.open_rate) == (150, 450, 1.0)
+    assert (line.clickers, line.clicks_total, line.open_rate) == (150, 456, 1.0)
     first, second = report.lists[0].detail[0].stories  # every story is listed, clicked or not
     assert (first.position, first.readers, first.clicks) == (1, 150, 450)
     assert (second.position, second.readers, second.clicks) == (2, 0, 0)
+    [other] = report.lists[0].detail[0].groups
+    assert sorted((link.url, link.clicks) for link in other.links) == [
+        ("https://elsewhere.example/0", 1), ("https://elsewhere.example/1", 1),
+        ("https://elsewhere.example/2", 1), ("https://elsewhere.example/common", 3),
+    ]  # fmt: skip

@@ -191,11 +191,13 @@ def add_counts(conn: sa.Connection, counted: Sequence[Counted], per_recipient: b
                 if c.issue_id not in pruned:
                     firsts.setdefault((c.issue_id, story, c.reader), c)
 
-    new = _insert_firsts(conn, list(firsts))
+    # every write below goes in key order: two deliveries at once on PostgreSQL then take
+    # their row locks in the same order, and wait for each other instead of deadlocking
+    new = _insert_firsts(conn, sorted(firsts))
     readers: Counter[tuple[int, str]] = Counter((i, m) for i, m, _ in new)
     stat_rows = [
         {"issue_id": i, "metric": m, "total": n, "readers": readers.get((i, m), 0)}
-        for (i, m), n in totals.items()
+        for (i, m), n in sorted(totals.items())
     ]
     _add(conn, issue_stats, ("issue_id", "metric"), stat_rows, ("total", "readers"))
     link_rows = [
@@ -205,7 +207,7 @@ def add_counts(conn: sa.Connection, counted: Sequence[Counted], per_recipient: b
             "clicks": n,
             "readers": readers.get((i, f"link:{link}"), 0),
         }
-        for (i, link), n in link_totals.items()
+        for (i, link), n in sorted(link_totals.items())
     ]
     for row in link_rows:
         conn.execute(
@@ -247,7 +249,7 @@ def _number(link: IssueLink | None) -> int | None:
 def add_list_days(conn: sa.Connection, counts: Mapping[tuple[str, dt.date, str], int]) -> None:
     rows = [
         {"list_name": name, "day": day, "metric": metric, "count": n}
-        for (name, day, metric), n in counts.items()
+        for (name, day, metric), n in sorted(counts.items())
         if n
     ]
     _add(conn, list_days, ("list_name", "day", "metric"), rows, ("count",))
@@ -364,28 +366,33 @@ def _stored_links(conn: sa.Connection, issue_id: int) -> list[IssueLink]:
 
 def _add_other_link(conn: sa.Connection, issue_id: int, url: str) -> int:
     """A clicked URL the email did not carry (a redirect, a link SendGrid rewrote): kept
-    as an "other" link of the issue, up to MAX_LINKS of them."""
-    existing = conn.execute(
-        sa.select(issue_links_table.c.link_no).where(
-            issue_links_table.c.issue_id == issue_id, issue_links_table.c.url == url
-        )
-    ).scalar()
-    if existing is not None:
-        return int(existing)
-    last = conn.execute(
-        sa.select(sa.func.max(issue_links_table.c.link_no)).where(
-            issue_links_table.c.issue_id == issue_id
-        )
-    ).scalar_one()
-    number = int(last or 0) + 1
-    if number > MAX_LINKS:
-        return 0
-    conn.execute(
-        _dialect_insert(conn)(issue_links_table).on_conflict_do_nothing(),
-        [{"issue_id": issue_id, "link_no": number, "kind": OTHER, "position": None,
-          "title": None, "url": url, "clicks": 0, "readers": 0}],
-    )  # fmt: skip
-    return number
+    as an "other" link of the issue, up to MAX_LINKS of them (then link 0).
+
+    Two deliveries adding a link at once on PostgreSQL may pick the same number: the
+    loser's insert does nothing, and it looks again (seeing the winner's row) before
+    taking the next number.
+    """
+    t = issue_links_table
+    for _ in range(10):
+        existing = conn.execute(
+            sa.select(t.c.link_no).where(t.c.issue_id == issue_id, t.c.url == url)
+        ).scalar()
+        if existing is not None:
+            return int(existing)
+        last = conn.execute(
+            sa.select(sa.func.max(t.c.link_no)).where(t.c.issue_id == issue_id)
+        ).scalar_one()
+        number = int(last or 0) + 1
+        if number > MAX_LINKS:
+            break
+        inserted = conn.execute(
+            _dialect_insert(conn)(t).on_conflict_do_nothing().returning(t.c.link_no),
+            [{"issue_id": issue_id, "link_no": number, "kind": OTHER, "position": None,
+              "title": None, "url": url, "clicks": 0, "readers": 0}],
+        ).first()  # fmt: skip
+        if inserted is not None:
+            return number
+    return 0
 
 
 # -- what the report reads -----------------------------------------------------------
