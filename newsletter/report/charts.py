@@ -47,11 +47,26 @@ _STYLE = {
 }
 
 
-def _figure(width: float = 6.0, height: float = 3.4) -> tuple[Any, Any]:
+def _figure(
+    width: float = 6.0,
+    height: float = 3.6,
+    margins: tuple[float, float, float, float] = (0.75, 0.2, 0.4, 1.1),
+) -> tuple[Any, Any]:
+    """A figure with fixed margins in inches (left, right, top, bottom): room for the
+    ticks, the axis labels and the legend below. Measured layout (constrained) cost
+    half of the drawing time for the same picture."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), layout="constrained")
+    figure = Figure(figsize=(width, height))
+    left, right, top, bottom = margins
+    figure.subplots_adjust(
+        left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height
+    )
     return figure, figure.subplots()
+
+
+def _legend(figure: Any, columns: int) -> None:
+    figure.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=columns, fontsize=10)
 
 
 def _svg(figure: Any, name: str, label: str) -> str:
@@ -114,7 +129,7 @@ def rate_trend(name: str, lines: Sequence[IssueLine], median_open: float | None,
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", color=GRID)
-        figure.legend(loc="outside lower center", ncols=2, fontsize=10)
+        _legend(figure, 2)
         _date_axis(ax, dates)
         return _svg(figure, f"trend-{name}", f"Open and click rate per issue, list {name}")
 
@@ -158,7 +173,7 @@ def list_growth(name: str, days: Sequence[DayLine]) -> str | None:
         ax.set_ylabel(f"Readers per {unit}")
         ax.set_xlabel("Day (UTC)" if step == 1 else "Week (UTC, from Monday)")
         ax.grid(axis="y", color=GRID)
-        figure.legend(loc="outside lower center", ncols=3, fontsize=10)
+        _legend(figure, 3)
         _date_axis(ax, edges)
         return _svg(figure, f"growth-{name}", f"List growth per {unit}, list {name}")
 
@@ -168,7 +183,7 @@ def story_clicks(line: IssueLine, stories: Sequence[StoryClicks]) -> str | None:
     if not stories or not any(s.readers for s in stories):
         return None
     with _drawing():
-        figure, ax = _figure(6.0, 0.9 + 0.42 * len(stories))
+        figure, ax = _figure(6.0, 1.0 + 0.42 * len(stories), (2.95, 0.45, 0.45, 0.55))
         labels = [_plain(_short(f"{s.position}. {s.title}", 32)) for s in stories]
         values = [s.readers for s in stories]
         bars = ax.barh(labels, values, color=OPEN)
