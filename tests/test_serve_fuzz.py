@@ -1,8 +1,9 @@
 """`newsletter serve` fuzzed over real HTTP: no input gets a 5xx, no forgery changes state.
 
-Hypothesis drives the `web` fixture (uvicorn on 127.0.0.1). The fixture is
-function-scoped, so one server serves every example of a test and state
-accumulates: each property compares snapshots taken around its own requests.
+Hypothesis drives the `web` fixture (uvicorn on 127.0.0.1), or `admin` (the same
+with an admin token and a signed-in session). The fixture is function-scoped, so one
+server serves every example of a test and state accumulates: each property compares
+snapshots taken around its own requests.
 Every request says `Connection: close`, so a crash in one example cannot leave
 a dead keep-alive connection to fail the next one.
 """
@@ -14,11 +15,14 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import socket
 import string
 import time
 import traceback
 import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, urlencode
 
 import h11
@@ -29,14 +33,16 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from newsletter.errors import NewsletterError
+from newsletter.report import TABLES
 from newsletter.signing import CONFIRM, CSRF, UNSUBSCRIBE, Signer
 from newsletter.state.events import mail_events
 from newsletter.state.suppressions import consents, list_suppressions, suppressions
 from newsletter.subscribers import ListReport, check_address, read_list
 
-from .conftest import NOW
-from .support.cli import read
-from .support.web import SECRET, EventSigner, Web, confirm_link
+from .conftest import NOW, Site
+from .support.admin import TOKEN, TOKEN_ENV, session
+from .support.cli import read, run
+from .support.web import SECRET, EventSigner, Web, confirm_link, running_web
 
 FUZZ = settings(
     deadline=None,
@@ -771,3 +777,94 @@ def test_an_unsigned_or_forged_batch_is_refused_and_changes_nothing(
     event(f"forged batch: {answer.status_code} {answer.text.strip()}")
     assert answer.status_code in (400, 401, 403, 413), answer.text
     assert snapshot(web) == before
+
+
+# -- the editor's report (/admin/), signed in ------------------------------------------------------
+
+
+@dataclass
+class Admin:
+    server: Server
+    cookie: str  # a signed-in session
+
+    @property
+    def web(self) -> Web:
+        return self.server.web
+
+
+@pytest.fixture
+def admin(site: Site, caplog: pytest.LogCaptureFixture) -> Iterator[Admin]:
+    """`serve` with an admin token and one issue sent (to the outbox) to report on."""
+    with running_web(site, env={TOKEN_ENV: TOKEN}) as web:
+        sent = run(site.config_path, "send", "--date", "2024-03-05", "--yes", NEWSLETTER_SECRET=SECRET)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        yield Admin(Server(web, caplog), session(web, TOKEN))
+
+
+REPORT_PATHS = ["/admin/", *(f"/admin/csv/{table}.csv" for table in TABLES)]
+filter_names = st.one_of(
+    st.just("list"),
+    st.just("since"),
+    st.sampled_from(["List", "SINCE", "since[]", "list ", "", "utm_source"]),
+    st.text(max_size=20),
+)
+filter_values = st.one_of(
+    st.sampled_from(["main", "weekly", "no-such-list", "", " main", "main\n", "Main", "../main",
+                     "2024-03-05", "2024-02-30", "0001-01-01", "9999-12-31", "2024-3-5",
+                     "２０２４-03-05", "x" * 5000, "%ff", "\x00"]),
+    st.dates().map(str),
+    st.text(max_size=100),
+)  # fmt: skip
+report_queries = st.one_of(
+    st.lists(st.tuples(filter_names, filter_values), max_size=6).map(urlencode),
+    st.text(string.printable.strip() + " ", max_size=300).map(lambda s: quote(s, safe="=&;%+")),
+    st.just("list=main&list=weekly&since=2024-03-05&since=x"),  # repeated
+)
+
+
+@fuzz(120)
+@given(path=st.sampled_from(REPORT_PATHS), query=report_queries)
+def test_the_report_answers_any_query_without_a_server_error(
+    admin: Admin, path: str, query: str
+) -> None:
+    """Signed in, any query string on the report or a CSV table (list names of any shape,
+    dates that are not, junk keys, unicode, huge or repeated values): 200, 400 for a filter
+    that is not a list name or a date, or 404 for the table a config does not keep."""
+    admin.web.http.cookies.clear()
+    url = f"{admin.web.url}{path}" + (f"?{query}" if query else "")
+    answer = admin.server.request(
+        "GET", url, headers={"cookie": f"newsletter_admin={admin.cookie}"}
+    )
+    event(f"{path.split('/')[-1] or 'report'} {answer.status_code}")
+    if path.endswith("clicks_by_reader.csv"):  # [analytics] per_recipient is off
+        assert answer.status_code == 404
+    else:
+        assert answer.status_code in (200, 400), answer.text[:300]
+    assert answer.headers["cache-control"] == "no-store"
+
+
+@fuzz(80)
+@given(
+    path=st.sampled_from(["/admin/login", "/admin/logout"]),
+    body=st.one_of(form_fields.map(lambda f: urlencode(f).encode()), st.binary(max_size=500)),
+    cookie=st.one_of(st.none(), header_text, header_text.map(lambda s: f"newsletter_admin={s}"),
+                     header_text.map(lambda s: f"newsletter_admin_csrf={s}")),
+    content_type=content_type,
+)  # fmt: skip
+def test_no_sign_in_without_the_secret_and_no_server_error(
+    admin: Admin, path: str, body: bytes, cookie: str | None, content_type: str | None
+) -> None:
+    """Any body, cookie and content type posted to the sign-in or sign-out form, from a
+    fresh address each: never a 5xx, and never a session (nobody typed the token)."""
+    admin.web.http.cookies.clear()
+    headers = header_map(content_type=content_type, cookie=cookie, x_forwarded_for=fresh_ip())
+    answer = admin.server.request("POST", path, content=body, headers=headers)
+    event(f"{path} {answer.status_code}")
+    assert answer.status_code in (303, 400, 403, 413), answer.text[:300]
+    for header in answer.headers.get_list("set-cookie"):
+        assert not re.match(r"newsletter_admin=[^;\s\"]", header), header
+    # the session from the fixture was not ended by a forged sign-out
+    still = admin.server.request(
+        "GET", "/admin/csv/issues.csv", headers={"cookie": f"newsletter_admin={admin.cookie}"}
+    )
+    assert still.status_code == 200

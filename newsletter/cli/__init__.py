@@ -7,6 +7,9 @@ schedule), `report` (what a send says when it is done), `status`, `subscribers`.
 
 from __future__ import annotations
 
+from newsletter.cli.admin import admin
 from newsletter.cli.commands import cli, main
+
+cli.add_command(admin)
 
 __all__ = ["cli", "main"]

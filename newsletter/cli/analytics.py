@@ -51,7 +51,7 @@ def report(
             per_recipient=config.analytics.per_recipient,
             today=app.today(),
         )
-        built = build_report(app.ledger, query)
+        built = build_report(app.ledger, query, app.clock())
         html = render_html(
             built, title=f"{config.newsletter.name}: report", accent=config.theme.accent_color
         )

@@ -125,7 +125,7 @@ def rate_trend(name: str, lines: Sequence[IssueLine], median_open: float | None,
                 ax.axhline(median * 100, color=colour, lw=1, ls="--", alpha=0.6)
         ax.set_title(f"Open and click rate per issue, list {_plain(name)}")
         ax.set_ylabel("% of delivered")
-        ax.set_xlabel("Issue date (dashed: the list's median)")
+        ax.set_xlabel(f"Issue date, {_between(dates)} (dashed: the list's median)")
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", color=GRID)
@@ -156,7 +156,8 @@ def list_growth(name: str, days: Sequence[DayLine]) -> str | None:
     with _drawing():
         figure, ax = _figure()
         column = [[row[i] for row in totals] for i in range(5)]
-        ax.stairs(column[0], edges, fill=True, color=GAIN, label="Sign-ups")
+        if any(column[0]):
+            ax.stairs(column[0], edges, fill=True, color=GAIN, label="Sign-ups")
         bottom = [0] * buckets
         for values, colour, label in (
             (column[1], LOSS, "Unsubscribes"),
@@ -167,11 +168,12 @@ def list_growth(name: str, days: Sequence[DayLine]) -> str | None:
                 top = [b + v for b, v in zip(bottom, values, strict=True)]
                 ax.stairs(top, edges, baseline=bottom, fill=True, color=colour, label=label)
                 bottom = top
-        ax.stairs(column[4], edges, color=INK, lw=1.5, label="Net change")
+        if buckets > 1:  # one day's net change is a dot: the bars say it
+            ax.stairs(column[4], edges, color=INK, lw=1.5, label="Net change")
         ax.axhline(0, color=MUTED, lw=0.8)
         ax.set_title(f"List growth per {unit}, list {_plain(name)}")
         ax.set_ylabel(f"Readers per {unit}")
-        ax.set_xlabel("Day (UTC)" if step == 1 else "Week (UTC, from Monday)")
+        ax.set_xlabel(f"{'Day' if step == 1 else 'Week from Monday'} (UTC), {_between(edges[:-1])}")
         ax.grid(axis="y", color=GRID)
         _legend(figure, 3)
         _date_axis(ax, edges)
@@ -209,10 +211,24 @@ def _short(text: str, limit: int) -> str:
 
 
 def _date_axis(ax: Any, dates: Sequence[dt.date]) -> None:
+    """Ticks on whole days (never hours between daily issues), the year in the label
+    rather than an offset that would sit on the axis title."""
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+    first, last = min(dates), max(dates)
+    span = (last - first).days
+    if span < 8:
+        locator: Any = mdates.DayLocator(interval=max(1, span // 4 or 1))
+        ax.set_xlim(first - dt.timedelta(days=1), last + dt.timedelta(days=1))
+    else:
+        locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+        locator.intervald[mdates.HOURLY] = []  # a day is the smallest step
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    if len(dates) == 1:
-        ax.set_xlim(dates[0] - dt.timedelta(days=3), dates[0] + dt.timedelta(days=3))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, show_offset=False))
+
+
+def _between(dates: Sequence[dt.date]) -> str:
+    first, last = min(dates), max(dates)
+    if first == last:
+        return f"{first.day} {first:%b %Y}"
+    return f"{first.day} {first:%b %Y} to {last.day} {last:%b %Y}"

@@ -14,6 +14,7 @@ One module per concern, each owning its tables and their queries:
                    days, kept up to date as events arrive; pruning the raw events
     archive        the sent issues, as the public archive shows them
     feeds          the feed cache
+    admin          the editor's sessions for /admin/ and the sign-in forms already used
 
 A caller names the store it uses (`BatchStore`, `SuppressionStore`, ...); the
 composition root opens one `Ledger`, which is every store at once over one engine.
@@ -22,6 +23,7 @@ Importing this package imports every module, so any store creates the whole sche
 
 from __future__ import annotations
 
+from newsletter.state.admin import AdminSessionStore
 from newsletter.state.analytics import AnalyticsStore
 from newsletter.state.archive import ArchiveStore
 from newsletter.state.attempts import AttemptStore
@@ -44,6 +46,7 @@ class Ledger(
     ArchiveStore,
     FeedCacheStore,
     AnalyticsStore,
+    AdminSessionStore,
 ):
     """The whole state database in one handle, for the composition root (and tests).
 
@@ -53,6 +56,7 @@ class Ledger(
 
 
 __all__ = [
+    "AdminSessionStore",
     "AnalyticsStore",
     "ArchiveStore",
     "AttemptStore",

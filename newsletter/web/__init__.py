@@ -1,10 +1,12 @@
-"""`newsletter serve`: sign-up, unsubscribe, SendGrid events and the public archive."""
+"""`newsletter serve`: sign-up, unsubscribe, SendGrid events, the public archive and the
+editor's report under /admin/."""
 
 from __future__ import annotations
 
 from newsletter.app import App
 from newsletter.errors import ConfigError
 from newsletter.state.analytics import ReaderKeys
+from newsletter.web.admin_access import AdminAccess
 from newsletter.web.events import SignatureChecker
 from newsletter.web.guards import Csrf, RateLimiter
 from newsletter.web.server import WebParts, create_app
@@ -62,6 +64,9 @@ def web_parts(app: App, transport: str | None = None) -> WebParts:
         csrf=Csrf(signer),
         language=app.renderer.language,
         readers=ReaderKeys(config.secret(config.unsubscribe.secret_env) or ""),
+        analytics=app.ledger,
+        admin_sessions=app.ledger,
+        admin=AdminAccess.from_config(config, signer),
     )
 
 

@@ -1,8 +1,9 @@
 """`newsletter serve`: the ASGI app a publication puts behind its domain.
 
 Routes parse requests and render pages; the use cases live in
-`subscriptions`, `events` and `archive`. Blocking work (the database, the
-list files, the mail transport) runs in a worker thread.
+`subscriptions`, `events` and `archive` (the editor's /admin/ routes in `admin`).
+Blocking work (the database, the list files, the mail transport) runs in a worker
+thread.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from newsletter.config import Config
 from newsletter.controls import one_line
 from newsletter.errors import NewsletterError
 from newsletter.i18n import Language
-from newsletter.state.analytics import ReaderKeys
+from newsletter.state.admin import AdminSessionStore
+from newsletter.state.analytics import AnalyticsStore, ReaderKeys
 from newsletter.state.archive import ArchiveStore
 from newsletter.state.database import Database
 from newsletter.state.events import EventStore
 from newsletter.state.issues import IssueRow
 from newsletter.subscribers import check_address
+from newsletter.web.admin_access import AdminAccess
 from newsletter.web.archive import archived_html, atom_feed
 from newsletter.web.events import (
     SIGNATURE_HEADER,
@@ -64,8 +67,8 @@ SECURITY_HEADERS = {
 class WebParts:
     """What the app needs, built by the composition root (or a test).
 
-    `events`, `archive` and `database` are the parts of the state database each
-    page uses (the composition root passes its one Ledger as all three).
+    `events`, `archive`, `database`, `analytics` and `admin_sessions` are the parts of
+    the state database each page uses (the composition root passes its one Ledger as all).
     """
 
     config: Config
@@ -82,9 +85,14 @@ class WebParts:
     csrf: Csrf
     language: Language
     readers: ReaderKeys  # counts each reader once per issue without storing who
+    analytics: AnalyticsStore  # the report under /admin/
+    admin_sessions: AdminSessionStore
+    admin: AdminAccess | None  # None: no password hash or token set, no /admin/ at all
 
 
 def create_app(parts: WebParts) -> ASGIApp:
+    from newsletter.web.admin import admin_routes  # it uses this module's helpers
+
     pages = _Pages(parts)
     routes = [
         Route("/subscribe", pages.subscribe_form, methods=["GET"]),
@@ -98,6 +106,7 @@ def create_app(parts: WebParts) -> ASGIApp:
         Route("/archive/feed.xml", pages.archive_feed, methods=["GET"]),
         Route("/archive/{date}", pages.archive_issue, methods=["GET"]),
         Route("/healthz", pages.health, methods=["GET"]),
+        *admin_routes(parts, pages),
     ]
     app = Starlette(routes=routes, exception_handlers={404: pages.not_found, 405: pages.not_allowed, 500: pages.server_error})  # fmt: skip
     return Frame(app)

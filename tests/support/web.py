@@ -201,8 +201,11 @@ def web(site: Site) -> Iterator[Web]:
 
 
 @contextlib.contextmanager
-def running_web(site: Site, language: str = "en") -> Iterator[Web]:
-    """`newsletter serve` for the test site, in `language`, with two readers."""
+def running_web(
+    site: Site, language: str = "en", env: dict[str, str] | None = None
+) -> Iterator[Web]:
+    """`newsletter serve` for the test site, in `language`, with two readers; `env` adds
+    environment variables (the admin password hash or token)."""
     sock = free_socket()
     url = "http://{}:{}".format(*sock.getsockname())
     signer = EventSigner()
@@ -215,7 +218,7 @@ def running_web(site: Site, language: str = "en") -> Iterator[Web]:
     )
     clock = Clock(NOW)
     with (
-        App(load_config(site.config_path, ENV), clock=clock) as app,
+        App(load_config(site.config_path, {**ENV, **(env or {})}), clock=clock) as app,
         serve(app, sock) as base,
         httpx.Client(base_url=base, timeout=10, follow_redirects=False) as http,
     ):
