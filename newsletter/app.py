@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from newsletter.config import Config, FeedSourceSettings, MarkdownSourceSettings, load_config
 from newsletter.models import Issue, RenderedEmail, Window, local_time_on
-from newsletter.parts import Parts
 from newsletter.state import Ledger
 from newsletter.stories import StorySource, gather
 from newsletter.stories.cache import FeedCache
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     import httpx
 
     from newsletter.lint import Finding
+    from newsletter.parts import Parts
     from newsletter.preview import PreviewPage
     from newsletter.render import Renderer
 
@@ -86,7 +86,10 @@ class App:
 
     @cached_property
     def parts(self) -> Parts:
-        """Transports, signers, links and retries, built from the config (`parts.py`)."""
+        """Transports, signers, links and retries, built from the config (`parts.py`);
+        imported here: `status` and `report` need none of it."""
+        from newsletter.parts import Parts
+
         return Parts(self.config, self.clock)
 
     def _http(self) -> httpx.Client:

@@ -4,8 +4,10 @@ error-to-exit-code group, `--config` before or after the command, dates and path
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.text import Text
@@ -76,3 +78,22 @@ def cannot_write(option: str, path: Path, exc: OSError) -> NewsletterError:
 
 def day_of(value: dt.datetime | None) -> dt.date | None:
     return value.date() if value else None
+
+
+class LazyGroup(Group):
+    """The root group: each command's module imported when it is needed, not at start-up."""
+
+    def __init__(self, *args: Any, commands: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.lazy:
+            return super().get_command(ctx, name)
+        module, _, attribute = self.lazy[name].partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command), self.lazy[name]
+        return command
