@@ -64,8 +64,8 @@ def report(
             out.print(f"Report on {plural(issues, 'issue')} of {lists} written to {output}.")
         if not any(lst.has_events for lst in built.lists) and built.lists:
             out.print(
-                "These issues went by SMTP or to the outbox, which report no deliveries, "
-                "opens or clicks: the report shows what was submitted."
+                "Sent by SMTP or to the outbox: nothing reports deliveries, opens or clicks "
+                "for them, so the report shows what was submitted."
             )
         if csv_folder is not None:
             try:
