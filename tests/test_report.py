@@ -360,7 +360,9 @@ def test_counts_stay_exact_when_event_batches_race(database_url: str) -> None:
     assert sum(new) == 150 + 3 * 302  # part 1's second delivery added nothing
     with Ledger(database_url) as ledger:
         report = build_report(ledger, ReportQuery(today=NOW.date()))
+        again = build_report(ledger, ReportQuery(today=NOW.date()))  # submitted: kept, read
     [line] = report.lists[0].issues
+    assert line.facts.submitted == again.lists[0].issues[0].facts.submitted == 150
     assert (line.delivered, line.opens, line.opens_total) == (150, 150, 450)
     assert (line.clickers, line.clicks_total, line.open_rate) == (150, 456, 1.0)
     first, second = report.lists[0].detail[0].stories  # every story is listed, clicked or not
