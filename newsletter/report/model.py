@@ -9,6 +9,7 @@ the report says so.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import statistics
 from dataclasses import dataclass, field, replace
@@ -149,14 +150,17 @@ def _list_report(
     stats: dict[int, dict[str, tuple[int, int]]],
     days: dict[dt.date, dict[str, int]],
 ) -> ListReport:
+    # unsubscribes by the link, day by day: each counts for the issue it follows
+    left = sorted((day, counts.get(UNSUBSCRIBE_LINK, 0)) for day, counts in days.items())
+    starts = [f.issue_date for f in facts]
+    by_issue = [0] * len(facts)
+    for day, n in left:
+        i = bisect.bisect_right(starts, day) - 1
+        if i >= 0 and day <= query.today:
+            by_issue[i] += n
     lines = []
     for i, f in enumerate(facts):
-        until = facts[i + 1].issue_date if i + 1 < len(facts) else query.today + dt.timedelta(1)
-        by_link = sum(
-            counts.get(UNSUBSCRIBE_LINK, 0)
-            for day, counts in days.items()
-            if f.issue_date <= day < until
-        )
+        by_link = by_issue[i]
         lines.append(_issue_line(f, stats.get(f.id, {}), by_link))
     opens = [line.open_rate for line in lines if line.open_rate is not None]
     clicks = [line.click_rate for line in lines if line.click_rate is not None]
