@@ -95,8 +95,9 @@ def issue_links(html: str) -> list[IssueLink]:
     """Every distinct link of the email, numbered in reading order.
 
     A URL found in a story belongs to the first story it appears in, even if the
-    same URL also appears outside one; in-page anchors (the contents list) are
-    not links a reader leaves by.
+    same URL also appears outside one, unless it shares the story or unsubscribes
+    (a theme can put share links under each story); in-page anchors (the contents
+    list) are not links a reader leaves by.
     """
     if not html.strip():
         return []
@@ -110,14 +111,17 @@ def issue_links(html: str) -> list[IssueLink]:
             continue
         story = _story_of(anchor)
         key = _key(href)
-        if story is not None:
+        kind = _kind_outside_story(href)
+        if story is not None and kind not in (SHARE, UNSUBSCRIBE):
             position, title = story
             known = found.get(key)
             if known is None or known.kind != STORY:
                 number = known.number if known else len(found) + 1
                 found[key] = IssueLink(number, STORY, key, position, title)
         elif key not in found:
-            found[key] = IssueLink(len(found) + 1, _kind_outside_story(href), key)
+            # a story's own share links are shares (of that story), not reads of it
+            position, title = story if story is not None else (None, None)
+            found[key] = IssueLink(len(found) + 1, kind, key, position, title)
     return sorted(found.values(), key=lambda link: link.number)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from newsletter.app import lint_issue
 from newsletter.errors import RenderError
+from newsletter.links import SHARE, STORY, LinkMatcher, issue_links
 from newsletter.tokens import Personaliser
 
 from .conftest import Site
@@ -343,3 +344,15 @@ def test_the_old_layout_is_a_theme_setting_away(two_stories: Site) -> None:
         "//td[contains(@class,'share-row')]"
     )
     assert "Forward it to someone" in row[0].text_content() and not row[0].xpath(".//a")
+
+
+def test_share_links_under_a_story_count_as_shares_of_it_not_reads(two_stories: Site) -> None:
+    config = two_stories.config_path.read_text()
+    two_stories.write_config(config + '\n[theme]\nshare = "stories"\n')
+    links = issue_links(build(two_stories).email.html)
+    shares = [link for link in links if link.kind == SHARE]
+    assert len(shares) == 4 and {link.position for link in shares} == {1}
+    lead = [link for link in links if link.kind == STORY and link.position == 1]
+    assert [link.url for link in lead] == ["https://example.com/lead", "https://example.com/source"]
+    clicked = LinkMatcher(links).match(shares[0].url + "&utm_source=sendgrid")
+    assert clicked is not None and clicked.kind == SHARE
