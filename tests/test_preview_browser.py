@@ -44,8 +44,10 @@ def preview_url(site: Site) -> Iterator[str]:
     match = re.search(r"http://127\.0\.0\.1:\d+/", line)
     assert match, f"no URL in {line!r}; stderr: {process.stderr.read() if process.stderr else ''}"
     yield match.group(0)
-    process.send_signal(signal.SIGINT)
+    # SIGTERM, not SIGINT: a child of a shell's background job inherits SIGINT ignored
+    process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
+    assert process.stderr is not None and "stopped" in process.stderr.read()
 
 
 def visible_width(page: Page) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def preview(
         import webbrowser  # only `preview` opens a browser
 
         webbrowser.open(url)
+    # SIGTERM (a service manager, a terminal closed, `kill`) stops it as Ctrl-C does
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -88,3 +91,7 @@ def preview(
     finally:
         watcher.stop()
         server.server_close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
