@@ -128,16 +128,19 @@ class App:
         return Window(end - span if span is not None else None, end)
 
     def sources(self) -> list[StorySource]:
-        from newsletter.stories.feed import FeedSource
-        from newsletter.stories.markdown import MarkdownFolderSource
-
+        """The configured story sources; each kind's parser is imported only if used
+        (feedparser alone takes 20-35 ms to import)."""
         sources: list[StorySource] = []
         for settings in self.config.sources:
             if isinstance(settings, MarkdownSourceSettings):
+                from newsletter.stories.markdown import MarkdownFolderSource
+
                 sources.append(
                     MarkdownFolderSource(settings.label, settings.path, self.config.newsletter.tz)
                 )
             elif isinstance(settings, FeedSourceSettings):
+                from newsletter.stories.feed import FeedSource
+
                 sources.append(
                     FeedSource(
                         settings.label,
