@@ -27,6 +27,7 @@ from newsletter.delivery import Deliverer, NoProgress, Outcome, Progress
 from newsletter.errors import ConfigError, LedgerError, LintError
 from newsletter.failpoints import failpoint
 from newsletter.joining import Helper, claimed_elsewhere, transport_mismatch, wait_for_helpers
+from newsletter.meanwhile import Meanwhile
 from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
 from newsletter.parts import Parts, Route
 from newsletter.plan_parts import PlanJob, put_together
@@ -84,13 +85,19 @@ class Sending:
     def list_file(self, list_name: str) -> Path:
         return list_file(self.config.subscribers.path, list_name)
 
-    def sync_suppressions(self, transport: str) -> int:
-        """Before a SendGrid send, learn who SendGrid already refuses to deliver to."""
+    def fetch_suppressions(self, transport: str) -> Meanwhile[list[tuple[str, str]]] | None:
+        """Before a SendGrid send, start learning who SendGrid already refuses to deliver
+        to (several requests, paged): in a thread, while the issue renders."""
         fetch = self.parts.suppressions_at_service(transport)
         if fetch is None:
-            return 0
+            return None
+        policy = self.parts.retry_policy()
+        return Meanwhile(lambda: with_retries(fetch, policy, sleep=self.sleep), "suppressions")
+
+    def store_suppressions(self, fetching: Meanwhile[list[tuple[str, str]]]) -> int:
+        """The fetched suppressions, stored before anything is planned."""
         try:
-            found = with_retries(fetch, self.parts.retry_policy(), sleep=self.sleep)
+            found = fetching.result()
         except BatchFailure as exc:  # keeps its kind: a scheduler retries only temporary ones
             raise type(exc)(f"cannot sync suppressions from SendGrid: {exc}") from None
         added = self.app.ledger.suppress(found, source="sendgrid")
@@ -180,14 +187,17 @@ class Sending:
         list_name, date, transport = report.list_name, report.date, report.transport
         ledger = self.app.ledger
         with self.timings.phase("suppressions"):
-            if not request.dry_run:
-                self.sync_suppressions(transport)
-            suppressed = ledger.suppressed(list_name)
+            fetching = None if request.dry_run else self.fetch_suppressions(transport)
 
         built: BuiltIssue | None = None
         if existing is None or not existing.planned:
             with self.timings.phase("gather and render"):
                 built = self.app.build_issue(date, list_name)
+        with self.timings.phase("suppressions"):
+            if fetching is not None:
+                self.store_suppressions(fetching)
+            suppressed = ledger.suppressed(list_name)
+        if built is not None:
             for problem in built.issue.problems:
                 log.warning("story source problem: %s", problem)
             if built.issue.is_empty and not request.allow_empty:

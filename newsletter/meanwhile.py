@@ -1,0 +1,35 @@
+"""A call run in a daemon thread while the caller does other work: a send fetches
+SendGrid's suppressions (mostly waiting on the network) while it renders the issue."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Meanwhile(Generic[T]):
+    """`call()`, started at once in a daemon thread; `result()` waits for it and returns
+    its value or raises its exception. A daemon: a caller that fails first exits without
+    waiting for a call it no longer needs."""
+
+    def __init__(self, call: Callable[[], T], name: str) -> None:
+        self._call = call
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
