@@ -72,7 +72,7 @@ class App:
 
     @cached_property
     def ledger(self) -> Ledger:
-        ledger = Ledger(self.config.database_url)
+        ledger = Ledger(self.config.database_url, self.config.newsletter.tz)
         self._owned.append(ledger)
         return ledger
 

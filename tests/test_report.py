@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -255,7 +256,8 @@ def test_the_report_adds_up_the_events_sent_through_the_webhook(
     growth = {(r["list"], r["day"]): r for r in _csv(tmp_path / "csv" / "list_growth.csv")}
     assert growth["main", "2024-03-05"] == {"list": "main", "day": "2024-03-05", "signups": "0",
         "unsubscribes": "1", "bounces": "1", "complaints": "1", "net": "-3"}  # fmt: skip
-    today = dt.datetime.now(dt.UTC).date().isoformat()  # the link's unsubscribe, as it happened
+    # the link's unsubscribe, as it happened, on the newsletter's day (Europe/London)
+    today = dt.datetime.now(ZoneInfo("Europe/London")).date().isoformat()
     assert growth["main", today]["unsubscribes"] == "1"
     assert growth["weekly", "2024-03-05"]["signups"] == "1"
 
@@ -325,6 +327,25 @@ def test_a_headline_never_becomes_markup_a_formula_or_mathtext(tmp_path: Path) -
     assert "\\$5" not in page and "costs $5 &amp; $6" in page  # drawn as typed, not as maths
     [row] = list(csv.DictReader(io.StringIO(csv_tables(report)["stories.csv"])))
     assert row["headline"] == "'" + HOSTILE  # a spreadsheet shows it, never runs it
+
+
+def test_a_lists_days_are_the_newsletters_days_not_utcs(tmp_path: Path) -> None:
+    late = dt.datetime(2024, 3, 4, 23, 30, tzinfo=dt.UTC)  # 00:30 on 5 March in Berlin
+    html = '<a href="https://paper.example.com/a">A</a>'
+    with Ledger(f"sqlite:///{tmp_path / 'state.db'}", ZoneInfo("Europe/Berlin")) as ledger:
+        issue = add_issue(ledger, "main", dt.date(2024, 3, 4), "Monday", html, 2)
+        keys = ReaderKeys(SECRET)
+        ledger.apply_mail_events(
+            [MailEvent("e1", "bounce", "gone@example.com", issue, late, "bounced", "bounce_hard",
+                       keys(issue, "gone@example.com"))]
+        )  # fmt: skip
+        ledger.record_consent(list_name="main", email="new@example.com", signed_up_at=late,
+                              confirmed_at=late, ip=None, user_agent=None, form_version="1",
+                              wording="Yes")  # fmt: skip
+        report = build_report(ledger, ReportQuery(today=dt.date(2024, 3, 5)))
+    days = {day.day: day for day in report.lists[0].days}
+    assert (days[dt.date(2024, 3, 5)].signups, days[dt.date(2024, 3, 5)].bounces) == (1, 1)
+    assert dt.date(2024, 3, 4) not in days or days[dt.date(2024, 3, 4)].net == 0
 
 
 def test_counts_stay_exact_when_event_batches_race(database_url: str) -> None:

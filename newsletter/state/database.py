@@ -65,8 +65,9 @@ class Database:
     one store (or the `Ledger`, all of them at once) can be opened on its own.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timezone: dt.tzinfo = dt.UTC) -> None:
         self.url = url
+        self.timezone = timezone  # the newsletter's: a list's days are its editor's days
         try:
             # hide_parameters: an error message must not carry subscribers' addresses
             self.engine = sa.create_engine(url, future=True, hide_parameters=True)
@@ -79,6 +80,11 @@ class Database:
             raise LedgerError(
                 f"cannot open the state database {database_name(url)}: {_safe(exc, url)}"
             ) from None
+
+    def local_day(self, moment: dt.datetime) -> dt.date:
+        """The newsletter's date at `moment`: a sign-up at 23:30 UTC counts on the next
+        day in Berlin."""
+        return moment.astimezone(self.timezone).date()
 
     def _fixable_error(self, ctx: sa.engine.ExceptionContext) -> Exception | None:
         """A damaged, read-only or full database, or a lost server, as one LedgerError line.

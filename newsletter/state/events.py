@@ -81,7 +81,7 @@ class EventStore(Database):
                     reader=e.reader,
                     email=e.email,
                     url=e.url,
-                    day=(e.occurred_at or now).date(),
+                    day=self.local_day(e.occurred_at or now),
                     occurred_at=e.occurred_at or now,
                 )
                 for e in {e.event_id: e for e in events}.values()

@@ -72,7 +72,7 @@ class SuppressionStore(Database):
             new = _suppress(conn, entries, source, list_name, now)
             if source == "link" and list_name is not None and new:
                 # a reader who left by the link in an email: the list's loss that day
-                add_list_days(conn, {(list_name, now.date(), UNSUBSCRIBE_LINK): new})
+                add_list_days(conn, {(list_name, self.local_day(now), UNSUBSCRIBE_LINK): new})
             return new
 
     def unsuppress(self, email: str) -> bool:
@@ -177,7 +177,7 @@ class SuppressionStore(Database):
         wording: str,
     ) -> None:
         with self._atomic() as conn:
-            add_list_days(conn, {(list_name, confirmed_at.astimezone(dt.UTC).date(), SIGNUP): 1})
+            add_list_days(conn, {(list_name, self.local_day(confirmed_at), SIGNUP): 1})
             conn.execute(
                 sa.insert(consents).values(
                     list_name=list_name,
