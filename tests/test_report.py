@@ -181,6 +181,7 @@ def test_the_report_adds_up_the_events_sent_through_the_webhook(
         n.event("click", r1, d5, url=f"{base}/report.pdf"),  # a link in the second story's text
         n.event("click", r1, d5, url=f"{base}/second"),
         n.event("click", r2, d5, url="https://x.com/intent/tweet?text=Lead&url=https%3A%2F%2Fx"),
+        n.event("click", r2, d5, url="https://www.facebook.com/sharer/sharer.php?u=https%3A%2F%2Fx"),
         n.event("click", r3, d5, url=f"{n.url}/unsubscribe/{Signer(SECRET).sign(UNSUBSCRIBE, 'main', r3)}"),
         n.event("click", r3, d5, url="https://elsewhere.example.org/somewhere"),
         n.event("spamreport", r1, d5),
@@ -218,7 +219,7 @@ def test_the_report_adds_up_the_events_sent_through_the_webhook(
         "unsubscribes": "2",  # SendGrid's event for r2, and r4 by the link, after this issue
         "human_opens": "2", "open_rate": "0.400000", "open_rate_vs_median": "0.000000",
         "machine_opens": "2", "opens_total": "3", "readers_who_clicked": "4",
-        "click_rate": "0.800000", "click_rate_vs_median": "0.550000", "clicks_total": "7",
+        "click_rate": "0.800000", "click_rate_vs_median": "0.550000", "clicks_total": "8",
     }  # fmt: skip
     d4_row = issues["main", "2024-03-04"]
     assert (d4_row["delivered"], d4_row["bounced_hard"], d4_row["bounced_soft"]) == ("4", "1", "1")
@@ -249,6 +250,14 @@ def test_the_report_adds_up_the_events_sent_through_the_webhook(
         r["kind"]: (r["readers_who_clicked"], r["clicks"]) for r in links if r["kind"] != "story"
     }
     assert clicked_outside == {"share": ("1", "1"), "unsubscribe": ("1", "1"), "other": ("1", "1")}
+    shared = sorted(
+        r["url"].split("/")[2] for r in links if r["kind"] == "share" and r["clicks"] != "0"
+    )
+    assert shared == ["www.facebook.com", "x.com"]  # one reader, two networks
+    detail = build_report(n.app.ledger, ReportQuery(list_name="main", today=NOW.date())).lists[0]
+    [latest] = [line for line in detail.detail if line.facts.issue_date == dt.date(2024, 3, 5)]
+    share = next(group for group in latest.groups if group.kind == "share")
+    assert (share.readers, share.clicks) == (1, 2)  # the reader counted once
     assert {r["url"] for r in links if r["kind"] == "other"} == {
         "https://elsewhere.example.org/somewhere"
     }

@@ -271,7 +271,7 @@ def _with_links(
             groups.append(
                 LinkGroup(
                     kind=kind,
-                    readers=sum(link.readers for link in kind_links),
+                    readers=stats.get(f"group:{kind}", (0, 0))[1],  # a reader once
                     clicks=sum(link.clicks for link in kind_links),
                     links=kind_links,
                 )

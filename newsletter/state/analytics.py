@@ -185,12 +185,14 @@ def add_counts(conn: sa.Connection, counted: Sequence[Counted], per_recipient: b
             link_totals[c.issue_id, link.number] += 1
             if c.issue_id not in pruned:
                 firsts.setdefault((c.issue_id, f"link:{link.number}", c.reader), c)
+            # a story read, or a share, once per reader whichever of its links they took
             if link.kind == STORY and link.position is not None:
-                # a story read: counted once per reader, whichever of its links they took
-                story = f"story:{link.position}"
-                totals[c.issue_id, story] += 1
-                if c.issue_id not in pruned:
-                    firsts.setdefault((c.issue_id, story, c.reader), c)
+                whole = f"story:{link.position}"
+            else:
+                whole = f"group:{link.kind}"
+            totals[c.issue_id, whole] += 1
+            if c.issue_id not in pruned:
+                firsts.setdefault((c.issue_id, whole, c.reader), c)
 
     # every write below goes in key order: two deliveries at once on PostgreSQL then take
     # their row locks in the same order, and wait for each other instead of deadlocking
