@@ -222,6 +222,7 @@ def test_the_report_adds_up_the_events_sent_through_the_webhook(
         "click_rate": "0.800000", "click_rate_vs_median": "0.550000", "clicks_total": "8",
     }  # fmt: skip
     d4_row = issues["main", "2024-03-04"]
+    assert d4_row["open_rate_vs_median"] == "-0.150000"  # below the median: a number, not text
     assert (d4_row["delivered"], d4_row["bounced_hard"], d4_row["bounced_soft"]) == ("4", "1", "1")
     assert (d4_row["open_rate"], d4_row["click_rate"], d4_row["unsubscribes"]) == ("0.250000", "0.250000", "0")  # fmt: skip
     d3_row = issues["main", "2024-03-03"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -99,12 +100,21 @@ TABLES: dict[str, Callable[[Report], Iterable[Row]]] = {
 }
 
 
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
 def _rate(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
 def _cell(value: object) -> object:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """A cell a spreadsheet would run as a formula, made text; a number (-0.25, a rate
+    below the median) stays a number."""
+    if (
+        isinstance(value, str)
+        and value[:1] in ("=", "+", "-", "@", "\t", "\r")
+        and not _NUMBER.fullmatch(value)
+    ):
         return "'" + value
     return value
 
