@@ -594,6 +594,29 @@ def remove_addresses(path: Path, addresses: Sequence[str]) -> list[str]:
     return removed
 
 
+def on_list(path: Path, email: str) -> bool:
+    """Whether the list file holds the address (in any ASCII case): its bytes searched a
+    block at a time, fast enough for a web request on a list of a million."""
+    needle = email.strip().lower().encode()
+    if not needle:
+        return False
+    found = re.compile(rb'[,"\s]' + re.escape(needle) + rb'[,"\s]').search
+    try:
+        handle = path.open("rb")
+    except OSError:
+        return False
+    with handle:
+        tail = b"\n"  # the file's start, as if after a line
+        while True:
+            block = handle.read(1 << 20)
+            text = tail + (block.lower() if block else b"\n")  # the end, as if a line ended
+            if found(text):
+                return True
+            if not block:
+                return False
+            tail = text[-(len(needle) + 1) :]  # a match cut by the block's end is found next
+
+
 def export_csv(path: Path, out: TextIO) -> int:
     """Write a list as CSV that spreadsheets cannot mistake for formulas."""
     header, rows = read_table(path)

@@ -210,12 +210,19 @@ def test_get_shows_a_button_and_unsubscribes_nobody(web: Web) -> None:
 
 
 def test_the_pages_button_can_stop_every_list(web: Web) -> None:
+    web.list_file("weekly").write_text("email\nthe.reader@example.com\nreader@example.co\n")
+    filler = "".join(f"r{n}@example.com,R\n" for n in range(60_000))  # past one read block
+    web.list_file("monthly").write_text(f"email,name\n{filler}Reader@Example.com,R\n")
     answer = web.http.post(web.unsubscribe_url("reader@example.com"), data={"scope": "all"})
     assert answer.status_code == 200
     assert "You&#39;re unsubscribed" in answer.text
-    for name in ("main", "weekly"):
+    for name in ("main", "weekly", "monthly"):
         assert "reader@example.com" in web.app.ledger.suppressed(name)
     assert "other@example.com" not in web.app.ledger.suppressed("main")
+    # a loss in the growth of the lists the address was on, not of the one it never was
+    losses = {name: sum(c.get("unsubscribe_link", 0) for c in days.values())
+              for name, days in web.app.ledger.list_days(None, None).items()}  # fmt: skip
+    assert losses == {"main": 1, "monthly": 1}
 
 
 def test_a_tampered_unsubscribe_link_changes_nothing(web: Web) -> None:

@@ -61,16 +61,22 @@ class SuppressionStore(Database):
     """Suppressions and consents: what list editing, sign-up and unsubscribing need."""
 
     def suppress(
-        self, entries: Iterable[tuple[str, str]], source: str, list_name: str | None = None
+        self,
+        entries: Iterable[tuple[str, str]],
+        source: str,
+        list_name: str | None = None,
+        *,
+        loss: bool = False,
     ) -> int:
         """Record (address, reason) pairs, for every list or only `list_name`.
 
         An address already suppressed keeps its first reason; returns how many are new.
+        `loss`: readers of `list_name` who left it, counted in its growth for the day.
         """
         now = utcnow()
         with self._atomic() as conn:
             new = _suppress(conn, entries, source, list_name, now)
-            if source == "link" and list_name is not None and new:
+            if loss and list_name is not None and new:
                 # a reader who left by the link in an email: the list's loss that day
                 add_list_days(conn, {(list_name, self.local_day(now), UNSUBSCRIBE_LINK): new})
             return new

@@ -21,7 +21,7 @@ from newsletter.config import Config
 from newsletter.errors import SubscriberError, TransportError
 from newsletter.signing import CONFIRM, UNSUBSCRIBE, Signer
 from newsletter.state.suppressions import SuppressionStore
-from newsletter.subscribers import add_subscriber, list_names, list_path
+from newsletter.subscribers import add_subscriber, list_names, list_path, on_list
 from newsletter.transports.base import Message, PermanentFailure, Recipient, Transport
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,11 @@ class Subscriptions:
         list_name, email = self.reader_of(token)
         lists = self.all_lists() if every_list else [list_name]
         for name in lists:
-            self.ledger.suppress([(email, "unsubscribed")], source="link", list_name=name)
+            # every list is closed to the address; a loss only where it was a reader
+            reader = name == list_name or on_list(self.list_file(name), email)
+            self.ledger.suppress(
+                [(email, "unsubscribed")], source="link", list_name=name, loss=reader
+            )
         log.info("unsubscribed from %s", ", ".join(lists))
         return email, lists
 
