@@ -361,6 +361,15 @@ class ServeSettings(Settings):
     admin_attempt_period: Duration = timedelta(minutes=15)
 
 
+# SendGrid redelivers an event batch for up to 24 hours (duplicates have been seen 29 hours
+# on); a redelivered event is known by the one kept, so none may go sooner than this
+MIN_KEEP_EVENTS = timedelta(days=3)
+KEEP_EVENTS_WHY = (
+    "must be at least 3d: SendGrid redelivers events for a day and more, and a redelivered "
+    "event is recognised only by the one kept (else it counts twice)"
+)
+
+
 class AnalyticsSettings(Settings):
     """What `newsletter report` counts and how long the raw events are kept."""
 
@@ -370,6 +379,13 @@ class AnalyticsSettings(Settings):
     keep_events: Duration = timedelta(days=90)
     # issues shown with their clicks per story (the most recent ones)
     detail_issues: int = Field(default=10, ge=0, le=1000)
+
+    @field_validator("keep_events")
+    @classmethod
+    def _past_redeliveries(cls, value: timedelta) -> timedelta:
+        if value < MIN_KEEP_EVENTS:
+            raise ValueError(KEEP_EVENTS_WHY)
+        return value
 
 
 class SmtpSettings(Settings):

@@ -231,3 +231,11 @@ def test_submit_ahead_past_sendgrids_72_hours_names_the_key(site: Site) -> None:
     site.write_config(BASE_CONFIG.replace("[schedule]\n", '[schedule]\nsubmit_ahead = "73h"\n'))
     with pytest.raises(ConfigError, match=r"schedule\.submit_ahead: .*72 hours at most"):
         site.config()
+
+
+def test_raw_events_are_kept_past_sendgrids_redeliveries(site: Site) -> None:
+    site.write_config(BASE_CONFIG + '\n[analytics]\nkeep_events = "12h"\n')
+    with pytest.raises(ConfigError, match=r"analytics\.keep_events: .*at least 3d"):
+        site.config()
+    site.write_config(BASE_CONFIG + '\n[analytics]\nkeep_events = "3d"\n')
+    assert site.config().analytics.keep_events == dt.timedelta(days=3)

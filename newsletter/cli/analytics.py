@@ -10,7 +10,7 @@ import click
 
 from newsletter.app import App
 from newsletter.cli.base import DATE, Command, Group, Options, cannot_write, day_of, out
-from newsletter.config import _parse_duration
+from newsletter.config import KEEP_EVENTS_WHY, MIN_KEEP_EVENTS, _parse_duration
 from newsletter.errors import NewsletterError
 from newsletter.words import plural
 
@@ -108,6 +108,8 @@ def events_prune(opts: Options, older_than: str | None) -> None:
                 keep = _parse_duration(older_than)
             except ValueError as exc:
                 raise NewsletterError(f"--older-than: {exc}") from None
+            if keep < MIN_KEEP_EVENTS:
+                raise NewsletterError(f"--older-than {older_than}: {KEEP_EVENTS_WHY}")
         cut = app.clock() - keep
         pruned = app.ledger.prune_events(cut)
         out.print(
