@@ -315,9 +315,14 @@ def test_pruning_keeps_the_counts_and_later_events_do_not_count_readers_twice(
         assert conn.execute(sa.select(sa.func.count()).select_from(mail_events)).scalar() == 0
         assert conn.execute(sa.select(sa.func.count()).select_from(event_readers)).scalar() == 0
     n.post([n.event("open", MAIN[0], issue)])  # the same reader opens again, after the prune
+    # months on, two readers leave from the old email: still the list's losses, and the issue's
+    n.post([n.event("unsubscribe", MAIN[1], issue), n.event("spamreport", MAIN[2], issue)])
     n.cli("report", "--output", str(tmp_path / "r.html"), "--csv", str(tmp_path / "csv"))
     [row] = _csv(tmp_path / "csv" / "issues.csv")
     assert (row["delivered"], row["human_opens"], row["opens_total"]) == ("6", "1", "2")
+    assert (row["unsubscribes"], row["spam_reports"]) == ("1", "1")
+    growth = _csv(tmp_path / "csv" / "list_growth.csv")
+    assert [(r["unsubscribes"], r["complaints"]) for r in growth] == [("1", "1")]
     bad = run(n.site.config_path, "events", "prune", "--older-than", "soon", **ENV)
     assert bad.returncode != 0 and "--older-than" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -197,6 +197,15 @@ def add_counts(conn: sa.Connection, counted: Sequence[Counted], per_recipient: b
     # every write below goes in key order: two deliveries at once on PostgreSQL then take
     # their row locks in the same order, and wait for each other instead of deadlocking
     new = _insert_firsts(conn, sorted(firsts))
+    # a pruned issue has no reader hashes left to check, but it loses a reader at most once
+    # per address (the mail service suppresses it at the first): its losses still count
+    late = {
+        (c.issue_id, c.metric, c.reader): c
+        for c in counted
+        if c.issue_id in pruned and c.metric in _LIST_LOSSES
+    }
+    firsts.update(late)
+    new = [*new, *sorted(late)]
     readers: Counter[tuple[int, str]] = Counter((i, m) for i, m, _ in new)
     stat_rows = [
         {"issue_id": i, "metric": m, "total": n, "readers": readers.get((i, m), 0)}
