@@ -184,12 +184,14 @@ def test_the_report_adds_up_the_events_sent_through_the_webhook(
         n.event("click", r2, d5, url="https://www.facebook.com/sharer/sharer.php?u=https%3A%2F%2Fx"),
         n.event("click", r3, d5, url=f"{n.url}/unsubscribe/{Signer(SECRET).sign(UNSUBSCRIBE, 'main', r3)}"),
         n.event("click", r3, d5, url="https://elsewhere.example.org/somewhere"),
-        n.event("spamreport", r1, d5),
+        n.event("spamreport", r1, d5, list="main"),  # custom_args as SendGrid passes them on
         n.event("unsubscribe", r2, d5),
         n.event("delivered", "editor@example.com", "test"),  # a test send: no issue of a list
     ]  # fmt: skip
     assert n.post(batch) == {"received": len(batch), "new": len(batch), "skipped": 0}
     assert n.post(batch[:8])["new"] == 0  # SendGrid redelivers part of it: nothing counts twice
+    # the same issue number from another state database on this SendGrid account: not ours
+    assert n.post([n.event("open", r5, d5, list="elsewhere")])["new"] == 1
     n.post([n.event("delivered", w, weekly) for w in WEEKLY]
            + [n.event("open", WEEKLY[0], weekly),
               n.event("click", WEEKLY[0], weekly, url=f"{base}/lead")])  # fmt: skip

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
 
 from newsletter.state.analytics import Counted, add_counts
 from newsletter.state.database import Database, UTCDateTime, _insert_missing, metadata, utcnow
+from newsletter.state.issues import issues
 from newsletter.state.suppressions import _suppress
 
 # One row per SendGrid event applied: the id makes a redelivered event a no-op,
@@ -43,6 +44,7 @@ class MailEvent:
     metric: str | None = None  # what it adds to in the issue's counts (analytics.metric_of)
     reader: int | None = None  # the reader's keyed hash for this issue (analytics.ReaderKeys)
     url: str | None = None  # the link clicked
+    list_name: str | None = None  # the list the message was sent to (custom_args)
 
 
 class EventStore(Database):
@@ -60,6 +62,7 @@ class EventStore(Database):
         """
         now = utcnow()
         with self._atomic() as conn:
+            events = _of_these_issues(conn, events)
             rows = {
                 e.event_id: {
                     "event_id": e.event_id,
@@ -101,3 +104,21 @@ class EventStore(Database):
         )
         with self.engine.connect() as conn:
             return {event: int(n) for event, n in conn.execute(query)}
+
+
+def _of_these_issues(conn: sa.Connection, events: Sequence[MailEvent]) -> list[MailEvent]:
+    """The events, those of another list's message left without an issue: an issue id is
+    only this database's (a state database made anew, or a second newsletter on the same
+    SendGrid account, numbers its issues from 1 again), so the list must agree too."""
+    ids = sorted({e.issue_id for e in events if e.issue_id is not None and e.list_name})
+    lists: dict[int, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        query = sa.select(issues.c.id, issues.c.list_name).where(issues.c.id.in_(chunk))
+        lists.update((row.id, row.list_name) for row in conn.execute(query))
+    return [
+        replace(e, issue_id=None, metric=None, reader=None, url=None)
+        if e.list_name and e.issue_id in lists and lists[e.issue_id] != e.list_name
+        else e
+        for e in events
+    ]

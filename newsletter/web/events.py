@@ -107,6 +107,7 @@ def _event(item: Any, readers: ReaderKeys | None = None) -> MailEvent | None:
     issue_id = _issue_id(item.get("issue_id"))
     url = item.get("url") if kind == "click" else None
     bounce_type = item.get("type")
+    list_name = item.get("list")
     return MailEvent(
         event_id=event_id,
         event=kind,
@@ -121,6 +122,7 @@ def _event(item: Any, readers: ReaderKeys | None = None) -> MailEvent | None:
         ),
         reader=readers(issue_id, email) if readers is not None and issue_id is not None else None,
         url=url if _storable(url, 8192) else None,
+        list_name=list_name if _storable(list_name, 200) else None,
     )
 
 
