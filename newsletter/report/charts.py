@@ -173,7 +173,7 @@ def list_growth(name: str, days: Sequence[DayLine]) -> str | None:
         ax.axhline(0, color=MUTED, lw=0.8)
         ax.set_title(f"List growth per {unit}, list {_plain(name)}")
         ax.set_ylabel(f"Readers per {unit}")
-        ax.set_xlabel(f"{'Day' if step == 1 else 'Week from Monday'} (UTC), {_between(edges[:-1])}")
+        ax.set_xlabel(f"{'Day' if step == 1 else 'Week from Monday'}, {_between(edges[:-1])}")
         ax.grid(axis="y", color=GRID)
         _legend(figure, 3)
         _date_axis(ax, edges)
