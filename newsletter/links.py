@@ -23,7 +23,8 @@ OTHER = "other"
 KINDS = (STORY, SHARE, ARCHIVE, UNSUBSCRIBE, OTHER)
 
 _STORY_ID = re.compile(r"^story-(\d{1,4})$")
-_TOKEN = re.compile(r"%%([a-z_]+)%%")
+# a personalisation token (ours, or a SendGrid substitution tag such as its unsubscribe link)
+_TOKEN = re.compile(r"%%([a-z_]+)%%|<%\s*([a-z_]+)\s*%>")
 # query parameters that say where a click came from, not where it goes
 _TRACKING = re.compile(
     r"^(utm_[a-z_]+|fbclid|gclid|dclid|msclkid|mc_cid|mc_eid|_hsenc|_hsmi|mkt_tok|ref_src)$", re.I
@@ -76,10 +77,15 @@ def normalise(url: str) -> str:
     return clean[:MAX_URL]
 
 
+def _token(href: str) -> str | None:
+    found = _TOKEN.search(href)
+    return None if found is None else found.group(1) or found.group(2)
+
+
 def _kind_outside_story(href: str) -> str:
-    token = _TOKEN.search(href)
+    token = _token(href)
     if token:
-        return UNSUBSCRIBE if "unsubscribe" in token.group(1) else OTHER
+        return UNSUBSCRIBE if "unsubscribe" in token else OTHER
     lowered = href.lower()
     if lowered.startswith("mailto:"):
         return SHARE  # the "forward it by email" link
@@ -126,10 +132,20 @@ def issue_links(html: str) -> list[IssueLink]:
 
 
 def _key(href: str) -> str:
-    token = _TOKEN.search(href)
+    token = _token(href)
     if token:
-        return f"%%{token.group(1)}%%"
+        return f"%%{token}%%"
     return normalise(href)
+
+
+def without_query(url: str) -> str:
+    """A URL the issue did not carry, as it is kept: its page only, since its query may
+    name the reader who clicked it (a token of someone else's link, a forwarded email)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url[:MAX_URL]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:MAX_URL]
 
 
 def _story_of(anchor: Any) -> tuple[int, str | None] | None:

@@ -24,7 +24,7 @@ from newsletter.config import load_config
 from newsletter.report import ReportQuery, build_report, csv_tables, render_html
 from newsletter.signing import UNSUBSCRIBE, Signer
 from newsletter.state import Ledger
-from newsletter.state.analytics import ReaderKeys, event_readers, reader_activity
+from newsletter.state.analytics import ReaderKeys, event_readers, issue_links_table, reader_activity
 from newsletter.state.events import MailEvent, mail_events
 
 from .conftest import BASE_CONFIG, NOW, SENDGRID_TEST_API_KEY, Site
@@ -350,6 +350,36 @@ def test_a_headline_never_becomes_markup_a_formula_or_mathtext(tmp_path: Path) -
     assert "\\$5" not in page and "costs $5 &amp; $6" in page  # drawn as typed, not as maths
     [row] = list(csv.DictReader(io.StringIO(csv_tables(report)["stories.csv"])))
     assert row["headline"] == "'" + HOSTILE  # a spreadsheet shows it, never runs it
+
+
+def test_sendgrids_unsubscribe_tag_is_the_unsubscribe_link_and_no_reader_is_kept(
+    tmp_path: Path,
+) -> None:
+    html = (
+        '<td id="story-1"><h2><a href="https://paper.example.com/a?utm_source=rss">A</a></h2></td>'
+        '<a href="<%asm_group_unsubscribe_raw_url%>">Unsubscribe</a>'
+    )
+    clicks = [
+        "https://u1.ct.sendgrid.net/asm/unsubscribe/?user_id=1&data=reader-secret-1",
+        "https://forwarded.example.org/confirm?token=reader-secret-2",
+        "https://forwarded.example.org/confirm?token=reader-secret-3",
+    ]
+    with Ledger(f"sqlite:///{tmp_path / 'state.db'}") as ledger:
+        issue = add_issue(ledger, "main", dt.date(2024, 3, 5), "A", html, 3)
+        keys = ReaderKeys(SECRET)
+        ledger.apply_mail_events(
+            [MailEvent(f"e{n}", "click", f"r{n}@example.com", issue, NOW, None, "click",
+                       keys(issue, f"r{n}@example.com"), url) for n, url in enumerate(clicks)]
+        )  # fmt: skip
+        links = {(link.kind, link.url): (link.readers, link.clicks)
+                 for link in ledger.link_counts([issue]) if link.clicks}  # fmt: skip
+        with ledger.engine.connect() as conn:
+            kept = " ".join(map(str, conn.execute(sa.select(issue_links_table)).all()))
+    assert links == {
+        ("unsubscribe", "%%asm_group_unsubscribe_raw_url%%"): (1, 1),
+        ("other", "https://forwarded.example.org/confirm"): (2, 2),
+    }
+    assert "reader-secret" not in kept  # a clicked URL's query is not kept
 
 
 def test_a_lists_days_are_the_newsletters_days_not_utcs(tmp_path: Path) -> None:

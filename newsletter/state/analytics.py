@@ -20,7 +20,15 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from newsletter.links import OTHER, STORY, IssueLink, LinkMatcher, issue_links, normalise
+from newsletter.links import (
+    OTHER,
+    STORY,
+    IssueLink,
+    LinkMatcher,
+    issue_links,
+    normalise,
+    without_query,
+)
 from newsletter.state.database import Database, UTCDateTime, metadata, utcnow
 from newsletter.state.issues import issues
 
@@ -334,7 +342,7 @@ def _links_clicked(
         for url in sorted(urls):
             link = matcher.match(url)
             if link is None:
-                key = normalise(url)
+                key = without_query(normalise(url))
                 if key not in extra:
                     extra[key] = IssueLink(_add_other_link(conn, issue_id, key), OTHER, key)
                 link = extra[key]
