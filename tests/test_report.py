@@ -447,3 +447,19 @@ def test_counts_stay_exact_when_event_batches_race(database_url: str) -> None:
         ("https://elsewhere.example/0", 1), ("https://elsewhere.example/1", 1),
         ("https://elsewhere.example/2", 1), ("https://elsewhere.example/common", 3),
     ]  # fmt: skip
+
+
+def test_a_sign_up_confirmed_twice_at_once_is_one_sign_up(database_url: str) -> None:
+    """A mail scanner and the reader follow the confirmation link at the same moment."""
+    asked = NOW - dt.timedelta(minutes=10)
+
+    def confirm(ledger: Ledger, _: int) -> bool:
+        return ledger.record_consent(
+            list_name="main", email="New@example.com", signed_up_at=asked, confirmed_at=NOW,
+            ip=None, user_agent=None, form_version="1", wording="Yes, send it",
+        )  # fmt: skip
+
+    assert sorted(race(database_url, 4, confirm)) == [False, False, False, True]
+    with Ledger(database_url) as ledger:
+        assert len(ledger.consents("new@example.com")) == 1
+        assert ledger.list_days("main", None) == {"main": {NOW.date(): {"signup": 1}}}

@@ -8,6 +8,7 @@ confirmed sign-up (double opt-in).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable
 
 import sqlalchemy as sa
@@ -181,13 +182,35 @@ class SuppressionStore(Database):
         user_agent: str | None,
         form_version: str,
         wording: str,
-    ) -> None:
-        with self._atomic() as conn:
+    ) -> bool:
+        """Record a confirmed sign-up, and count it in the list's growth, once: a link
+        followed twice at once (a mail scanner and the reader) records it once. Returns
+        whether this call recorded it."""
+        key = email.strip().lower()
+        with self._atomic() as conn:  # SQLite: the write lock; PostgreSQL: a lock on the key
+            if conn.dialect.name == "postgresql":
+                lock = int.from_bytes(
+                    hashlib.blake2b(
+                        f"consent\n{list_name}\n{key}".encode(), digest_size=8
+                    ).digest(),
+                    "big",
+                    signed=True,
+                )
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+            recorded = conn.execute(
+                sa.select(sa.func.count()).where(
+                    consents.c.email == key,
+                    consents.c.list_name == list_name,
+                    consents.c.signed_up_at == signed_up_at,
+                )
+            ).scalar_one()
+            if recorded:
+                return False
             add_list_days(conn, {(list_name, self.local_day(confirmed_at), SIGNUP): 1})
             conn.execute(
                 sa.insert(consents).values(
                     list_name=list_name,
-                    email=email.strip().lower(),
+                    email=key,
                     signed_up_at=signed_up_at,
                     confirmed_at=confirmed_at,
                     ip=(ip or "")[:64] or None,
@@ -196,6 +219,7 @@ class SuppressionStore(Database):
                     wording=wording,
                 )
             )
+        return True
 
     def consents(self, email: str) -> list[dict[str, object]]:
         query = (
