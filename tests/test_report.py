@@ -283,6 +283,13 @@ def test_the_report_adds_up_the_events_sent_through_the_webhook(
     assert "Sent by outbox" in html
     assert "rates hold at \\$5" not in html  # the escaped dollar is matplotlib's, not shown
 
+    # the trend over a list's last issues, and its growth since the first of them
+    last = tmp_path / "last"
+    n.cli("report", "--list", "main", "--issues", "2", "--output", str(tmp_path / "last.html"), "--csv", str(last))  # fmt: skip
+    assert [r["date"] for r in _csv(last / "issues.csv")] == ["2024-03-04", "2024-03-05"]
+    assert min(r["day"] for r in _csv(last / "list_growth.csv")) >= "2024-03-04"
+    assert "list main, the last 2 issues" in (tmp_path / "last.html").read_text(encoding="utf-8")
+
     with n.app.ledger.engine.connect() as conn:
         activity = conn.execute(sa.select(reader_activity.c.email)).scalars().all()
     per_recipient = n.app.config.analytics.per_recipient

@@ -349,7 +349,16 @@ def test_the_report_shows_the_numbers_the_events_add_up_to(reporting: tuple[Web,
     assert repeated.status_code == 200  # the last `list` wins; other parameters are ignored
     assert '<option value="main" selected>' in repeated.text
 
-    for bad in ["list=Main!", "list=../x", "since=2024-02-30", "since=yesterday", "since=20240305"]:
+    latest = admin_get(web, "/admin/?list=main&issues=1", cookie)  # the last issue only
+    assert (
+        latest.status_code == 200 and 'name="issues" min="1" max="100000" value="1"' in latest.text
+    )
+    assert "list main, the last issue" in latest.text and "Tue 4 Mar 2024" not in latest.text
+    assert 'href="/admin/csv/issues.csv?list=main&amp;issues=1"' in latest.text
+
+    bad_filters = ["list=Main!", "list=../x", "since=2024-02-30", "since=yesterday",
+                   "since=20240305", "issues=0", "issues=-1", "issues=two", "issues=1e3"]  # fmt: skip
+    for bad in bad_filters:
         refused = admin_get(web, f"/admin/?{bad}", cookie)
         assert refused.status_code == 400, bad
         assert "Not a report filter" in refused.text

@@ -101,8 +101,12 @@ def test_sign_in_read_the_report_and_sign_out(
         # the filter form
         page.get_by_label("Since").fill("2024-03-05")
         page.get_by_role("button", name="Show").click()
-        assert page.url == f"{web.url}/admin/?list=&since=2024-03-05"
+        assert page.url == f"{web.url}/admin/?list=&since=2024-03-05&issues="
         expect(page.locator("header.top p")).to_contain_text("issues since Tue 5 Mar 2024")
+        page.get_by_role("spinbutton", name="Last issues").fill("2")
+        page.get_by_role("button", name="Show").click()
+        expect(page.locator("header.top p")).to_contain_text("the last 2 issues since Tue 5 Mar")
+        check_layout(page, f"report-filtered-{width}", phone)
 
         # signing out ends the session: the report asks to sign in again
         page.get_by_role("button", name="Sign out").click()

@@ -805,13 +805,15 @@ REPORT_PATHS = ["/admin/", *(f"/admin/csv/{table}.csv" for table in TABLES)]
 filter_names = st.one_of(
     st.just("list"),
     st.just("since"),
-    st.sampled_from(["List", "SINCE", "since[]", "list ", "", "utm_source"]),
+    st.just("issues"),
+    st.sampled_from(["List", "SINCE", "since[]", "list ", "", "utm_source", "ISSUES"]),
     st.text(max_size=20),
 )
 filter_values = st.one_of(
     st.sampled_from(["main", "weekly", "no-such-list", "", " main", "main\n", "Main", "../main",
                      "2024-03-05", "2024-02-30", "0001-01-01", "9999-12-31", "2024-3-5",
-                     "２０２４-03-05", "x" * 5000, "%ff", "\x00"]),
+                     "２０２４-03-05", "x" * 5000, "%ff", "\x00", "1", "0", "-3", "100001",
+                     "99999999999999999999", "１２", " 2 "]),
     st.dates().map(str),
     st.text(max_size=100),
 )  # fmt: skip

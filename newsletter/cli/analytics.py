@@ -19,6 +19,13 @@ from newsletter.words import plural
 @click.option("--list", "list_name", help="Only this list (default: every list).")
 @click.option("--since", type=DATE, help="Only issues from this date on (YYYY-MM-DD).")
 @click.option(
+    "--issues",
+    "last_issues",
+    type=click.IntRange(1, 100_000),
+    metavar="N",
+    help="Only each list's last N issues (and its growth since the first of them).",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("report.html"),
@@ -36,6 +43,7 @@ def report(
     opts: Options,
     list_name: str | None,
     since: dt.datetime | None,
+    last_issues: int | None,
     output: Path,
     csv_folder: Path | None,
 ) -> None:
@@ -47,6 +55,7 @@ def report(
         query = ReportQuery(
             list_name=list_name,
             since=day_of(since),
+            last_issues=last_issues,
             detail_issues=config.analytics.detail_issues,
             per_recipient=config.analytics.per_recipient,
             today=app.today(),

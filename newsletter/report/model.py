@@ -33,6 +33,7 @@ EVENT_TRANSPORTS = ("sendgrid",)  # transports whose mail service reports events
 class ReportQuery:
     list_name: str | None = None
     since: dt.date | None = None
+    last_issues: int | None = None  # only each list's latest issues: a trend over the last N
     detail_issues: int = 10  # the most recent issues shown with their clicks per story
     per_recipient: bool = False
     today: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
@@ -138,7 +139,11 @@ def build_report(
     lists = []
     for name in names:
         mine = [f for f in facts if f.list_name == name]
-        lists.append(_list_report(store, query, name, mine, stats, days.get(name, {})))
+        growth = days.get(name, {})
+        if query.last_issues is not None and len(mine) > query.last_issues:
+            mine = mine[-query.last_issues :]
+            growth = {day: n for day, n in growth.items() if day >= mine[0].issue_date}
+        lists.append(_list_report(store, query, name, mine, stats, growth))
     return Report(query=query, generated_at=now or dt.datetime.now(dt.UTC), lists=lists)
 
 

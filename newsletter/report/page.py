@@ -94,6 +94,9 @@ def _scope(report: Report) -> str:
     q = report.query
     which = f"list {q.list_name}" if q.list_name else "every list"
     since = f", issues since {_day(q.since)}" if q.since else ", every issue"
+    if q.last_issues is not None:
+        last = "issue" if q.last_issues == 1 else f"{q.last_issues} issues"
+        since = f", the last {last}" + (f" since {_day(q.since)}" if q.since else "")
     return which + since
 
 

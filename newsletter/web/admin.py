@@ -80,10 +80,12 @@ class BadFilter(ValueError):
 class Filters:
     list_name: str | None = None
     since: dt.date | None = None
+    last_issues: int | None = None
 
     @classmethod
     def parse(cls, params: QueryParams) -> Filters:
-        """`list` and `since` (other parameters are ignored); empty means every list, ever."""
+        """`list`, `since` and `issues` (the last N; other parameters are ignored); empty
+        means every list, ever."""
         list_name = params.get("list", "").strip() or None
         if list_name is not None and not re.fullmatch(LIST_NAME_PATTERN, list_name):
             raise BadFilter(
@@ -98,11 +100,21 @@ class Filters:
                 since = dt.date.fromisoformat(since_text)
             except ValueError:
                 raise BadFilter("The since filter is not a date (YYYY-MM-DD).") from None
-        return cls(list_name, since)
+        issues_text = params.get("issues", "").strip()
+        last = None
+        if issues_text:
+            if not re.fullmatch(r"[0-9]{1,6}", issues_text) or not 1 <= int(issues_text) <= 100_000:
+                raise BadFilter("The issues filter is not a number of issues (1 to 100000).")
+            last = int(issues_text)
+        return cls(list_name, since, last)
 
     @property
     def query_string(self) -> str:
-        pairs = [("list", self.list_name), ("since", self.since and self.since.isoformat())]
+        pairs = [
+            ("list", self.list_name),
+            ("since", self.since and self.since.isoformat()),
+            ("issues", self.last_issues and str(self.last_issues)),
+        ]
         kept = [(name, value) for name, value in pairs if value]
         return f"?{urlencode(kept)}" if kept else ""
 
@@ -211,6 +223,7 @@ class AdminPages:
         query = ReportQuery(
             list_name=filters.list_name,
             since=filters.since,
+            last_issues=filters.last_issues,
             detail_issues=analytics.detail_issues,
             per_recipient=analytics.per_recipient,
             today=self.parts.clock().astimezone(self.config.newsletter.tz).date(),
