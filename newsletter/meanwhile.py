@@ -1,13 +1,29 @@
-"""A call run in a daemon thread while the caller does other work: a send fetches
-SendGrid's suppressions (mostly waiting on the network) while it renders the issue."""
+"""A result the caller asks for later: a call run in a daemon thread while the caller
+does other work (a send fetches SendGrid's suppressions, mostly waiting on the network,
+while it renders the issue), or one made elsewhere and collected when asked for."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Pending(Protocol[T_co]):
+    def result(self) -> T_co: ...
+
+
+class Later(Generic[T]):
+    """`call()` made when the result is asked for: work already started elsewhere."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call = call
+
+    def result(self) -> T:
+        return self._call()
 
 
 class Meanwhile(Generic[T]):

@@ -27,7 +27,7 @@ from newsletter.delivery import Deliverer, NoProgress, Outcome, Progress
 from newsletter.errors import ConfigError, LedgerError, LintError
 from newsletter.failpoints import failpoint
 from newsletter.joining import Helper, claimed_elsewhere, transport_mismatch, wait_for_helpers
-from newsletter.meanwhile import Meanwhile
+from newsletter.meanwhile import Later, Meanwhile, Pending
 from newsletter.models import TEST_LIST, SendPreview, SendReport, SendRequest
 from newsletter.parts import Parts, Route
 from newsletter.plan_parts import PlanJob, put_together
@@ -41,7 +41,7 @@ from newsletter.recipients import (
 )
 from newsletter.retry import with_retries
 from newsletter.seen import HashedSeen, RepeatedAddresses, Seen, WatchedSeen
-from newsletter.senders import SenderPool
+from newsletter.senders import SenderPool, SuppressionJob
 from newsletter.state.attempts import Attempt
 from newsletter.state.batches import BATCH_DONE
 from newsletter.state.issues import IssueRow, PlanContent, process_owner
@@ -85,16 +85,32 @@ class Sending:
     def list_file(self, list_name: str) -> Path:
         return list_file(self.config.subscribers.path, list_name)
 
-    def fetch_suppressions(self, transport: str) -> Meanwhile[list[tuple[str, str]]] | None:
+    def fetch_suppressions(
+        self, transport: str, deliverer: Deliverer | SenderPool
+    ) -> Pending[list[tuple[str, str]]] | None:
         """Before a SendGrid send, start learning who SendGrid already refuses to deliver
-        to (several requests, paged): in a thread, while the issue renders."""
-        fetch = self.parts.suppressions_at_service(transport)
+        to (several requests, paged) while the issue renders: in a sender process when
+        there are some (the service's client and its imports stay out of this one), else
+        in a thread. Retried here, with this process's waits."""
+        fetch = self.parts.suppressions_at_service(transport)  # a missing API key: now
         if fetch is None:
             return None
         policy = self.parts.retry_policy()
-        return Meanwhile(lambda: with_retries(fetch, policy, sleep=self.sleep), "suppressions")
+        if not isinstance(deliverer, SenderPool) or not deliverer.planners:
+            return Meanwhile(lambda: with_retries(fetch, policy, sleep=self.sleep), "suppressions")
+        job = SuppressionJob(self.config, transport)
+        deliverer.ask_suppressions(job)  # the first attempt, beside the render
+        first = [True]
 
-    def store_suppressions(self, fetching: Meanwhile[list[tuple[str, str]]]) -> int:
+        def attempt() -> list[tuple[str, str]]:
+            if not first:
+                deliverer.ask_suppressions(job)
+            first.clear()
+            return deliverer.suppressions()
+
+        return Later(lambda: with_retries(attempt, policy, sleep=self.sleep))
+
+    def store_suppressions(self, fetching: Pending[list[tuple[str, str]]]) -> int:
         """The fetched suppressions, stored before anything is planned."""
         try:
             found = fetching.result()
@@ -187,7 +203,7 @@ class Sending:
         list_name, date, transport = report.list_name, report.date, report.transport
         ledger = self.app.ledger
         with self.timings.phase("suppressions"):
-            fetching = None if request.dry_run else self.fetch_suppressions(transport)
+            fetching = None if request.dry_run else self.fetch_suppressions(transport, deliverer)
 
         built: BuiltIssue | None = None
         if existing is None or not existing.planned:

@@ -41,7 +41,7 @@ from newsletter.delivery import Deliverer, Heartbeat, Outcome, Progress
 from newsletter.errors import NewsletterError
 from newsletter.plan_parts import PartPlan, PlanJob, plan_part
 from newsletter.planning import UnsubscribeLinks
-from newsletter.transports.base import Message
+from newsletter.transports.base import Message, PermanentFailure, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,16 @@ class SenderJob:
     issue_id: int
     message: Message
     suppressed: frozenset[str]
+
+
+@dataclass(frozen=True)
+class SuppressionJob:
+    """Ask the mail service who it refuses to deliver to, once (the send retries): a
+    sender does it while the send renders, so the service's client, its imports and
+    their memory stay out of the send's own process."""
+
+    config: Config
+    transport: str
 
 
 class _QueueProgress:
@@ -108,8 +118,11 @@ def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -
     # garbage collection left as Python sets it: each request leaves a cycle holding
     # its 600 KB body (httpx), which raised thresholds would keep by the hundred
     name = multiprocessing.current_process().name
-    while isinstance(job := jobs.get(), PlanJob):
-        events.put(("planned", name, _plan(job)))
+    while isinstance(job := jobs.get(), (PlanJob, SuppressionJob)):
+        if isinstance(job, SuppressionJob):
+            events.put(("suppressions", name, _suppressions(job)))
+        else:
+            events.put(("planned", name, _plan(job)))
     if job is None:
         return
     try:
@@ -131,6 +144,22 @@ def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -
     if outcome.permanent or outcome.failed_batches:
         halt.set()
     events.put(("done", name, outcome))
+
+
+def _suppressions(job: SuppressionJob) -> list[tuple[str, str]] | tuple[str, str]:
+    """The service's suppressions, or (kind, message) of why not: a failure crosses to the
+    send as plain data, which rebuilds it (`SenderPool.suppressions`)."""
+    from newsletter.parts import Parts
+
+    try:
+        fetch = Parts(job.config, dt.datetime.now).suppressions_at_service(job.transport)
+        return fetch() if fetch is not None else []
+    except TemporaryFailure as exc:
+        return ("temporary", str(exc))
+    except PermanentFailure as exc:
+        return ("permanent", str(exc))
+    except Exception as exc:
+        return ("error", str(exc) or type(exc).__name__)
 
 
 def _plan(job: PlanJob) -> PartPlan:
@@ -229,26 +258,47 @@ class SenderPool:
         """How many senders can plan parts of the list: the ones started."""
         return len(self._senders)
 
-    def plan_parts(self, jobs: Sequence[PlanJob]) -> list[PartPlan]:
-        """Each job planned by a sender; a sender that dies meanwhile is an error."""
+    def ask_suppressions(self, job: SuppressionJob) -> None:
+        """One sender starts fetching the suppressions; `suppressions()` waits for them."""
         assert self._channels is not None
-        events, queue_of_jobs = self._channels[:2]
-        for job in jobs:
-            queue_of_jobs.put(job)
-        plans: list[PartPlan] = []
-        while len(plans) < len(jobs):
+        self._channels[1].put(job)
+
+    def suppressions(self) -> list[tuple[str, str]]:
+        """What `ask_suppressions` fetched; its failure raised here, of the same kind."""
+        value = self._wait_for("suppressions", "fetching the suppressions")
+        if isinstance(value, list):
+            return value
+        why, message = value
+        if why == "temporary":
+            raise TemporaryFailure(message)
+        if why == "permanent":
+            raise PermanentFailure(message)
+        raise NewsletterError(message)
+
+    def _wait_for(self, wanted: str, doing: str) -> Any:
+        """The next event of this kind from any sender; a sender that dies meanwhile is
+        an error."""
+        assert self._channels is not None
+        events = self._channels[0]
+        while True:
             try:
                 kind, _, value = events.get(timeout=POLL)
             except queue.Empty:
                 dead = [s.name for s in self._senders if not s.is_alive()]
                 if dead:
                     raise NewsletterError(
-                        f"{', '.join(dead)} stopped while planning the list: nothing was sent"
+                        f"{', '.join(dead)} stopped while {doing}: nothing was sent"
                     ) from None
                 continue
-            if kind == "planned":
-                plans.append(value)
-        return plans
+            if kind == wanted:
+                return value
+
+    def plan_parts(self, jobs: Sequence[PlanJob]) -> list[PartPlan]:
+        """Each job planned by a sender; a sender that dies meanwhile is an error."""
+        assert self._channels is not None
+        for job in jobs:
+            self._channels[1].put(job)
+        return [self._wait_for("planned", "planning the list") for _ in jobs]
 
     def deliver(
         self,

@@ -61,6 +61,34 @@ def test_senders_plan_the_list_in_parts_and_send_each_reader_once(
     assert {b.status for b in rows} == {"submitted"} and len(rows) == len(requests)
 
 
+def test_a_sender_fetches_sendgrids_suppressions_and_the_send_retries_a_failure(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """With sender processes, one of them asks SendGrid who it will not deliver to while
+    the send renders; a temporary failure is retried by the send, as without them."""
+    emails = setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: processes
+    with_senders(site, 2)
+    bounced = emails[10:12]
+    sendgrid_emulator.suppressions["bounces"] = bounced
+    sendgrid_emulator.script(Fault(status=503, path="/v3/suppression/bounces"))
+
+    result = send(site)
+
+    assert result.returncode == 0, result.stderr
+    assert "retry 1 of" in result.stderr and "Traceback" not in result.stderr
+    assert delivered(sendgrid_emulator) == collections.Counter(set(emails) - set(bounced))
+    with Ledger(site.config().database_url) as ledger:
+        assert {ledger.suppression_reasons()[e] for e in bounced} == {"bounced"}
+
+    sendgrid_emulator.fail_all(Fault(status=401, path="/v3/suppression/"))
+    refused = send(site, "--date", "2024-03-06")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert (
+        "cannot sync suppressions from SendGrid: SendGrid refused the request: 401"
+        in refused.stderr
+    )
+
+
 def test_a_bad_row_in_the_last_part_stops_the_send_before_anything_goes_out(
     site: Site, sendgrid_emulator: SendGridEmulator
 ) -> None:
