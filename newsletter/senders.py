@@ -146,7 +146,9 @@ def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -
     events.put(("done", name, outcome))
 
 
-def _suppressions(job: SuppressionJob) -> list[tuple[str, str]] | tuple[str, str]:
+def _suppressions(
+    job: SuppressionJob,
+) -> list[tuple[str, str]] | tuple[str, str, float | None]:
     """The service's suppressions, or (kind, message) of why not: a failure crosses to the
     send as plain data, which rebuilds it (`SenderPool.suppressions`)."""
     from newsletter.parts import Parts
@@ -154,12 +156,12 @@ def _suppressions(job: SuppressionJob) -> list[tuple[str, str]] | tuple[str, str
     try:
         fetch = Parts(job.config, dt.datetime.now).suppressions_at_service(job.transport)
         return fetch() if fetch is not None else []
-    except TemporaryFailure as exc:
-        return ("temporary", str(exc))
+    except TemporaryFailure as exc:  # with the wait the service asked for
+        return ("temporary", str(exc), exc.retry_after)
     except PermanentFailure as exc:
-        return ("permanent", str(exc))
+        return ("permanent", str(exc), None)
     except Exception as exc:
-        return ("error", str(exc) or type(exc).__name__)
+        return ("error", str(exc) or type(exc).__name__, None)
 
 
 def _plan(job: PlanJob) -> PartPlan:
@@ -247,6 +249,11 @@ class SenderPool:
             if sender.is_alive():
                 jobs.put(None)
         for sender in self._senders:
+            # what a sender still says (suppressions nobody asked for after a failed render)
+            # is read and dropped: a sender cannot exit before its queue is flushed
+            while sender.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    events.get(timeout=POLL)
             sender.join()
         for channel in (events, jobs):
             channel.close()
@@ -268,9 +275,9 @@ class SenderPool:
         value = self._wait_for("suppressions", "fetching the suppressions")
         if isinstance(value, list):
             return value
-        why, message = value
+        why, message, retry_after = value
         if why == "temporary":
-            raise TemporaryFailure(message)
+            raise TemporaryFailure(message, retry_after)
         if why == "permanent":
             raise PermanentFailure(message)
         raise NewsletterError(message)

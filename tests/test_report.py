@@ -326,6 +326,7 @@ def test_pruning_keeps_the_counts_and_later_events_do_not_count_readers_twice(
     n.post([n.event("open", MAIN[0], issue)])  # the same reader opens again, after the prune
     # months on, two readers leave from the old email: still the list's losses, and the issue's
     n.post([n.event("unsubscribe", MAIN[1], issue), n.event("spamreport", MAIN[2], issue)])
+    n.post([n.event("group_unsubscribe", MAIN[1], issue)])  # the same reader, again: once
     n.cli("report", "--output", str(tmp_path / "r.html"), "--csv", str(tmp_path / "csv"))
     [row] = _csv(tmp_path / "csv" / "issues.csv")
     assert (row["delivered"], row["human_opens"], row["opens_total"]) == ("6", "1", "2")

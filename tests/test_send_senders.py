@@ -80,13 +80,38 @@ def test_a_sender_fetches_sendgrids_suppressions_and_the_send_retries_a_failure(
     with Ledger(site.config().database_url) as ledger:
         assert {ledger.suppression_reasons()[e] for e in bounced} == {"bounced"}
 
+    # SendGrid asks for a wait: the send waits that long, not its own shorter delay
+    sendgrid_emulator.script(
+        Fault(status=429, headers={"Retry-After": "1"}, path="/v3/suppression/bounces")
+    )
+    waited = send(site, "--date", "2024-03-06", "--allow-empty")
+    assert waited.returncode == 0, waited.stderr
+    assert "retry 1 of" in waited.stderr and "in 1.0s" in waited.stderr  # else 0s here
+
     sendgrid_emulator.fail_all(Fault(status=401, path="/v3/suppression/"))
-    refused = send(site, "--date", "2024-03-06")
+    refused = send(site, "--date", "2024-03-07")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert (
         "cannot sync suppressions from SendGrid: SendGrid refused the request: 401"
         in refused.stderr
     )
+
+
+def test_a_render_that_fails_after_a_sender_fetched_many_suppressions_ends(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """The fetched list, bigger than a pipe holds, is left unread when the render fails:
+    the send still ends (its senders' last words are read and dropped), with the error."""
+    emails = setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: processes
+    with_senders(site, 2)
+    sendgrid_emulator.suppressions["bounces"] = [f"gone{n}@example.org" for n in range(6000)]
+    site.template("partials/header.html", "<tr><td>{% if %}</td></tr>\n")
+
+    result = send(site)  # within the helper's timeout, or it hung
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "partials/header.html" in result.stderr
+    assert sendgrid_emulator.mail_requests() == [] and emails
 
 
 def test_a_bad_row_in_the_last_part_stops_the_send_before_anything_goes_out(

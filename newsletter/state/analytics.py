@@ -186,7 +186,8 @@ def add_counts(conn: sa.Connection, counted: Sequence[Counted], per_recipient: b
     firsts: dict[tuple[int, str, int], Counted] = {}
     for c in counted:
         totals[c.issue_id, c.metric] += 1
-        if c.issue_id not in pruned:
+        # a pruned issue keeps the hashes of the readers it lost: those count on, once each
+        if c.issue_id not in pruned or c.metric in _LIST_LOSSES:
             firsts.setdefault((c.issue_id, c.metric, c.reader), c)
         link = link_of.get((c.issue_id, c.url)) if c.metric == "click" else None
         if link is not None:
@@ -205,15 +206,6 @@ def add_counts(conn: sa.Connection, counted: Sequence[Counted], per_recipient: b
     # every write below goes in key order: two deliveries at once on PostgreSQL then take
     # their row locks in the same order, and wait for each other instead of deadlocking
     new = _insert_firsts(conn, sorted(firsts))
-    # a pruned issue has no reader hashes left to check, but it loses a reader at most once
-    # per address (the mail service suppresses it at the first): its losses still count
-    late = {
-        (c.issue_id, c.metric, c.reader): c
-        for c in counted
-        if c.issue_id in pruned and c.metric in _LIST_LOSSES
-    }
-    firsts.update(late)
-    new = [*new, *sorted(late)]
     readers: Counter[tuple[int, str]] = Counter((i, m) for i, m, _ in new)
     stat_rows = [
         {"issue_id": i, "metric": m, "total": n, "readers": readers.get((i, m), 0)}
@@ -587,7 +579,9 @@ class AnalyticsStore(Database):
         """Delete raw events and per-reader rows older than `before`; counts are kept.
 
         An issue from before the cut-off has its reader hashes deleted and is marked,
-        so an event that still comes in for it adds to its totals only.
+        so an event that still comes in for it adds to its totals only; the hashes of
+        the readers it lost (unsubscribes, complaints, hard bounces: a few, and each
+        once) are kept, so a late loss still counts once per reader.
         """
         from newsletter.state.events import mail_events
 
@@ -605,7 +599,10 @@ class AnalyticsStore(Database):
             readers = 0
             for chunk in _chunks(old):
                 readers += conn.execute(
-                    sa.delete(event_readers).where(event_readers.c.issue_id.in_(chunk))
+                    sa.delete(event_readers).where(
+                        event_readers.c.issue_id.in_(chunk),
+                        event_readers.c.metric.not_in(sorted(_LIST_LOSSES)),
+                    )
                 ).rowcount
                 conn.execute(
                     sa.insert(pruned_issues), [{"issue_id": i, "pruned_at": now} for i in chunk]
