@@ -210,7 +210,8 @@ def test_get_shows_a_button_and_unsubscribes_nobody(web: Web) -> None:
 
 
 def test_the_pages_button_can_stop_every_list(web: Web) -> None:
-    web.list_file("weekly").write_text("email\nthe.reader@example.com\nreader@example.co\n")
+    weekly = "email,referred_by\nthe.reader@example.com,\nfriend@example.com,reader@example.com\n"
+    web.list_file("weekly").write_text(weekly)  # the address, but not as a reader's
     filler = "".join(f"r{n}@example.com,R\n" for n in range(60_000))  # past one read block
     web.list_file("monthly").write_text(f"email,name\n{filler}Reader@Example.com,R\n")
     answer = web.http.post(web.unsubscribe_url("reader@example.com"), data={"scope": "all"})

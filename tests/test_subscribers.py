@@ -29,6 +29,7 @@ from newsletter.subscribers import (
     import_subscribers,
     locked,
     merge_rows,
+    on_list,
     read_list,
     read_table,
     write_table,
@@ -712,3 +713,23 @@ def test_locked_makes_read_modify_write_exclusive_between_threads(site: Site) ->
     assert sorted(emails(main)) == sorted(
         f"{side}{i}@example.com" for side in ("left", "right") for i in range(10)
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "email", "expected"),
+    [
+        ("email,name\r\nA@B.COM,A\r\n", "a@b.com", True),
+        ("\ufeffemail\na@b.com", "A@b.com", True),  # a BOM, no last line break
+        ("email,name\nxa@b.com,A\na@b.com.au,B\n", "a@b.com", False),
+        ("name,email,referrer\nZ,z@z.com,a@b.com\n", "a@b.com", False),  # not its email
+        ('name,email\n"Smith, J"," a@b.com "\n', "a@b.com", True),
+        ("email\nélodie@b.com\n", "ÉLODIE@B.com", True),  # beyond ASCII: the rows are read
+        ("name\na@b.com\n", "a@b.com", False),  # no email column
+    ],
+)
+def test_on_list_finds_a_reader_by_the_email_column_only(
+    tmp_path: Path, text: str, email: str, expected: bool
+) -> None:
+    path = tmp_path / "list.csv"
+    path.write_bytes(text.encode("utf-8"))
+    assert on_list(path, email) is expected
