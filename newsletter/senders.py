@@ -144,6 +144,17 @@ def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -
     if outcome.permanent or outcome.failed_batches:
         halt.set()
     events.put(("done", name, outcome))
+    _exit_now(events)
+
+
+def _exit_now(events: Any) -> None:
+    """Its report sent, a sender has nothing left to do: the queue is flushed, then the
+    process ends without tearing down the interpreter (freeing its objects one by one
+    took a tenth of a second that the send waited for). Its database connection is
+    closed already; the kernel closes its sockets."""
+    events.close()
+    events.join_thread()
+    os._exit(0)
 
 
 def _suppressions(

@@ -70,23 +70,28 @@ class SendGridTransport:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        # one client per transport, and one transport per worker thread: the client
-        # shares mutable request headers between its sub-clients
-        # mail/send over one kept-alive connection: the official client (urllib) opens a
-        # new one per request, a millisecond each, a thousand times per million readers
-        self.http = httpx.Client(
-            base_url=settings.api_url.rstrip("/"),
-            headers={
-                "Authorization": f"Bearer {api_key}",
-                "Content-Type": "application/json",
-                "User-Agent": "newsletter",
-            },
-            timeout=settings.timeout,
-        )
         self.clock = clock
         self._key = api_key
         self._common: tuple[Message, str, str, list[str]] | None = None
         self._times: tuple[Message, ReaderTimes] | None = None
+
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """mail/send over one kept-alive connection (the official client, over urllib,
+        opens a new one per request: a millisecond each, a thousand times per million
+        readers). Made when first used: its TLS context takes a tenth of a second, which a
+        transport made only to check the settings, or to fetch suppressions, does without.
+        One client per transport, one transport per worker thread: the client shares
+        mutable request headers between its sub-clients."""
+        return httpx.Client(
+            base_url=self.settings.api_url.rstrip("/"),
+            headers={
+                "Authorization": f"Bearer {self._key}",
+                "Content-Type": "application/json",
+                "User-Agent": "newsletter",
+            },
+            timeout=self.settings.timeout,
+        )
 
     @functools.cached_property
     def api(self) -> Any:
@@ -416,7 +421,8 @@ class SendGridTransport:
         self._call(lambda: _absent_is_fine(scheduled._(batch_id).delete))
 
     def close(self) -> None:
-        self.http.close()
+        if "http" in self.__dict__:  # made, so open
+            self.http.close()
 
 
 def _clean_column(column: list[str], clean: Callable[[str], str]) -> list[str]:
