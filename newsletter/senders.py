@@ -154,6 +154,9 @@ def _exit_now(events: Any) -> None:
     closed already; the kernel closes its sockets."""
     events.close()
     events.join_thread()
+    for stream in (sys.stdout, sys.stderr):  # a warning it logged, if still buffered
+        with contextlib.suppress(Exception):
+            stream.flush()
     os._exit(0)
 
 
