@@ -82,7 +82,9 @@ def _token(href: str) -> str | None:
     return None if found is None else found.group(1) or found.group(2)
 
 
-def _kind_outside_story(href: str) -> str:
+def _kind_of(href: str) -> str:
+    """What a link does by its address; inside a story, only a share or an unsubscribe
+    link is told apart from a read of the story."""
     token = _token(href)
     if token:
         return UNSUBSCRIBE if "unsubscribe" in token else OTHER
@@ -117,7 +119,7 @@ def issue_links(html: str) -> list[IssueLink]:
             continue
         story = _story_of(anchor)
         key = _key(href)
-        kind = _kind_outside_story(href)
+        kind = _kind_of(href)
         if story is not None and kind not in (SHARE, UNSUBSCRIBE):
             position, title = story
             known = found.get(key)

@@ -100,12 +100,13 @@ class Sending:
             return Meanwhile(lambda: with_retries(fetch, policy, sleep=self.sleep), "suppressions")
         job = SuppressionJob(self.config, transport)
         deliverer.ask_suppressions(job)  # the first attempt, beside the render
-        first = [True]
+        asked = True
 
         def attempt() -> list[tuple[str, str]]:
-            if not first:
+            nonlocal asked
+            if not asked:  # a retry
                 deliverer.ask_suppressions(job)
-            first.clear()
+            asked = False
             return deliverer.suppressions()
 
         return Later(lambda: with_retries(attempt, policy, sleep=self.sleep))

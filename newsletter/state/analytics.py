@@ -30,7 +30,7 @@ from newsletter.links import (
     without_query,
 )
 from newsletter.state.database import Database, UTCDateTime, metadata, utcnow
-from newsletter.state.issues import issues
+from newsletter.state.issues import issues, lists_of
 
 # metric -> (total events, unique readers) of one issue
 issue_stats = sa.Table(
@@ -168,9 +168,7 @@ def add_counts(conn: sa.Connection, counted: Sequence[Counted], per_recipient: b
     if not counted:
         return
     ids = sorted({c.issue_id for c in counted})
-    known = dict(
-        conn.execute(sa.select(issues.c.id, issues.c.list_name).where(issues.c.id.in_(ids))).all()
-    )
+    known = lists_of(conn, ids)
     counted = [c for c in counted if c.issue_id in known]  # a test send or a deleted issue
     if not counted:
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import re
 import sqlite3
 import time
@@ -193,6 +194,17 @@ def _insert_missing(
 
 # Any 64-bit key; every process creating the schema of a PostgreSQL database takes it.
 SCHEMA_LOCK_KEY = 0x6E6577736C6574  # "newslet"
+
+
+def lock_for_transaction(conn: sa.Connection, *key: str) -> None:
+    """Hold a lock named by `key` until the transaction ends, on PostgreSQL (an advisory
+    lock on a 64-bit hash of it); SQLite's BEGIN IMMEDIATE holds the whole database."""
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b("\n".join(key).encode(), digest_size=8).digest()
+    conn.execute(
+        sa.select(sa.func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True)))
+    )
 
 
 def _create_schema(engine: sa.Engine, tables: Sequence[sa.Table] | None = None) -> None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from newsletter.state.analytics import Counted, add_counts
 from newsletter.state.database import Database, UTCDateTime, _insert_missing, metadata, utcnow
-from newsletter.state.issues import issues
+from newsletter.state.issues import lists_of
 from newsletter.state.suppressions import _suppress
 
 # One row per SendGrid event applied: the id makes a redelivered event a no-op,
@@ -110,12 +110,7 @@ def _of_these_issues(conn: sa.Connection, events: Sequence[MailEvent]) -> list[M
     """The events, those of another list's message left without an issue: an issue id is
     only this database's (a state database made anew, or a second newsletter on the same
     SendGrid account, numbers its issues from 1 again), so the list must agree too."""
-    ids = sorted({e.issue_id for e in events if e.issue_id is not None and e.list_name})
-    lists: dict[int, str] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        query = sa.select(issues.c.id, issues.c.list_name).where(issues.c.id.in_(chunk))
-        lists.update((row.id, row.list_name) for row in conn.execute(query))
+    lists = lists_of(conn, (e.issue_id for e in events if e.issue_id is not None and e.list_name))
     return [
         replace(e, issue_id=None, metric=None, reader=None, url=None)
         if e.list_name and e.issue_id in lists and lists[e.issue_id] != e.list_name

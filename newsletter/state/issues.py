@@ -433,3 +433,15 @@ def owner_is_gone(
             pass
         return False
     return heartbeat is None or now - heartbeat > stale_after
+
+
+def lists_of(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
+    """issue id -> its list, for the ids that are issues of this database."""
+    wanted = sorted(set(ids))
+    found: dict[int, str] = {}
+    for start in range(0, len(wanted), 500):
+        query = sa.select(issues.c.id, issues.c.list_name).where(
+            issues.c.id.in_(wanted[start : start + 500])
+        )
+        found.update((row.id, row.list_name) for row in conn.execute(query))
+    return found

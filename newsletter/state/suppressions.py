@@ -8,14 +8,20 @@ confirmed sign-up (double opt-in).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Iterable
 
 import sqlalchemy as sa
 
 from newsletter.errors import LedgerError
 from newsletter.state.analytics import SIGNUP, UNSUBSCRIBE_LINK, add_list_days
-from newsletter.state.database import Database, UTCDateTime, _insert_missing, metadata, utcnow
+from newsletter.state.database import (
+    Database,
+    UTCDateTime,
+    _insert_missing,
+    lock_for_transaction,
+    metadata,
+    utcnow,
+)
 
 suppressions = sa.Table(
     "suppressions",
@@ -145,13 +151,8 @@ class SuppressionStore(Database):
 
     def has_consent(self, email: str, list_name: str, signed_up_at: dt.datetime) -> bool:
         """Whether this very sign-up was confirmed already (its link followed before)."""
-        query = sa.select(sa.func.count()).where(
-            consents.c.email == email.strip().lower(),
-            consents.c.list_name == list_name,
-            consents.c.signed_up_at == signed_up_at,
-        )
         with self.engine.connect() as conn:
-            return bool(conn.execute(query).scalar_one())
+            return _consented(conn, email.strip().lower(), list_name, signed_up_at)
 
     def suppressed(self, list_name: str | None = None) -> frozenset[str]:
         """Every address suppressed for all lists (and for `list_name`), lower-cased."""
@@ -188,23 +189,8 @@ class SuppressionStore(Database):
         whether this call recorded it."""
         key = email.strip().lower()
         with self._atomic() as conn:  # SQLite: the write lock; PostgreSQL: a lock on the key
-            if conn.dialect.name == "postgresql":
-                lock = int.from_bytes(
-                    hashlib.blake2b(
-                        f"consent\n{list_name}\n{key}".encode(), digest_size=8
-                    ).digest(),
-                    "big",
-                    signed=True,
-                )
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
-            recorded = conn.execute(
-                sa.select(sa.func.count()).where(
-                    consents.c.email == key,
-                    consents.c.list_name == list_name,
-                    consents.c.signed_up_at == signed_up_at,
-                )
-            ).scalar_one()
-            if recorded:
+            lock_for_transaction(conn, "consent", list_name, key)
+            if _consented(conn, key, list_name, signed_up_at):
                 return False
             add_list_days(conn, {(list_name, self.local_day(confirmed_at), SIGNUP): 1})
             conn.execute(
@@ -254,3 +240,13 @@ def _suppress(
         return len(_insert_missing(conn, suppressions, suppressions.c.email, wanted))
     scope = list_suppressions.c.list_name == list_name
     return len(_insert_missing(conn, list_suppressions, list_suppressions.c.email, wanted, scope))
+
+
+def _consented(conn: sa.Connection, key: str, list_name: str, signed_up_at: dt.datetime) -> bool:
+    """Whether this sign-up (address, list, moment asked) has its consent recorded."""
+    query = sa.select(sa.func.count()).where(
+        consents.c.email == key,
+        consents.c.list_name == list_name,
+        consents.c.signed_up_at == signed_up_at,
+    )
+    return bool(conn.execute(query).scalar_one())
