@@ -88,7 +88,7 @@ EVENT_OF = {
     "machine_open": "open",
     "click": "click",
 }
-# list_days metric of the first reader of these issue metrics (analytics._LIST_LOSSES)
+# list_days metric of the first reader of these issue metrics (analytics.LIST_LOSSES)
 LOSSES = {"bounce_hard": "bounce", "spamreport": "complaint", "unsubscribe": "unsubscribe_event"}
 TABLES = (
     "issues",

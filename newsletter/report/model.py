@@ -21,10 +21,8 @@ from newsletter.state.analytics import (
     SIGNUP,
     UNSUBSCRIBE_EVENT,
     UNSUBSCRIBE_LINK,
-    AnalyticsStore,
-    IssueFacts,
-    LinkCount,
 )
+from newsletter.state.analytics_store import AnalyticsStore, IssueFacts, LinkCount
 
 EVENT_TRANSPORTS = ("sendgrid",)  # transports whose mail service reports events
 

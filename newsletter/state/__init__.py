@@ -24,7 +24,7 @@ Importing this package imports every module, so any store creates the whole sche
 from __future__ import annotations
 
 from newsletter.state.admin import AdminSessionStore
-from newsletter.state.analytics import AnalyticsStore
+from newsletter.state.analytics_store import AnalyticsStore
 from newsletter.state.archive import ArchiveStore
 from newsletter.state.attempts import AttemptStore
 from newsletter.state.batches import BatchStore

@@ -15,7 +15,7 @@ import hashlib
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Self
 from urllib.parse import unquote
 
@@ -194,6 +194,12 @@ def _insert_missing(
 
 # Any 64-bit key; every process creating the schema of a PostgreSQL database takes it.
 SCHEMA_LOCK_KEY = 0x6E6577736C6574  # "newslet"
+
+
+def chunks(values: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
+    """`values` a few hundred at a time: an IN list every database takes."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def lock_for_transaction(conn: sa.Connection, *key: str) -> None:

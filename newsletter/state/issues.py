@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from newsletter.state.batches import batch_times, batches, pack_recipients
-from newsletter.state.database import Database, UTCDateTime, _aware, metadata, utcnow
+from newsletter.state.database import Database, UTCDateTime, _aware, chunks, metadata, utcnow
 
 # One row per (list, date): claimed atomically by the unique constraint. The
 # rendered email is stored with the plan, so a resumed send sends the same thing.
@@ -437,11 +437,8 @@ def owner_is_gone(
 
 def lists_of(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
     """issue id -> its list, for the ids that are issues of this database."""
-    wanted = sorted(set(ids))
     found: dict[int, str] = {}
-    for start in range(0, len(wanted), 500):
-        query = sa.select(issues.c.id, issues.c.list_name).where(
-            issues.c.id.in_(wanted[start : start + 500])
-        )
+    for chunk in chunks(sorted(set(ids))):
+        query = sa.select(issues.c.id, issues.c.list_name).where(issues.c.id.in_(chunk))
         found.update((row.id, row.list_name) for row in conn.execute(query))
     return found

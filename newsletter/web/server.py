@@ -30,7 +30,8 @@ from newsletter.controls import one_line
 from newsletter.errors import NewsletterError
 from newsletter.i18n import Language
 from newsletter.state.admin import AdminSessionStore
-from newsletter.state.analytics import AnalyticsStore, ReaderKeys
+from newsletter.state.analytics import ReaderKeys
+from newsletter.state.analytics_store import AnalyticsStore
 from newsletter.state.archive import ArchiveStore
 from newsletter.state.database import Database
 from newsletter.state.events import EventStore
