@@ -289,6 +289,8 @@ def test_the_report_adds_up_the_events_sent_through_the_webhook(
     assert [r["date"] for r in _csv(last / "issues.csv")] == ["2024-03-04", "2024-03-05"]
     assert min(r["day"] for r in _csv(last / "list_growth.csv")) >= "2024-03-04"
     assert "list main, the last 2 issues" in (tmp_path / "last.html").read_text(encoding="utf-8")
+    none = run(n.site.config_path, "report", "--issues", "0", **ENV)
+    assert none.returncode == 2 and "'--issues'" in none.stderr and "Traceback" not in none.stderr
 
     with n.app.ledger.engine.connect() as conn:
         activity = conn.execute(sa.select(reader_activity.c.email)).scalars().all()
