@@ -41,6 +41,7 @@ from newsletter.recipients import (
 )
 from newsletter.retry import with_retries
 from newsletter.seen import HashedSeen, RepeatedAddresses, Seen, WatchedSeen
+from newsletter.sender_processes import SenderProcesses, batches_in_file
 from newsletter.senders import SenderPool, SuppressionJob
 from newsletter.state.attempts import Attempt
 from newsletter.state.batches import BATCH_DONE
@@ -60,8 +61,10 @@ class Sending:
 
     `app` gives the state database, the issue (gathered and rendered once) and the
     parts of sending (`app.parts`, or `parts` to swap them); `progress`, `should_stop`,
-    `sleep` and `timings` are the caller's: a progress bar, a stop request (SIGTERM),
-    the wait between retries, and the time each phase took.
+    `sleep`, `timings` and `senders` are the caller's: a progress bar, a stop request
+    (SIGTERM), the wait between retries, the time each phase took, and sender processes
+    started before the send was asked for (taken over if they are wanted, else left
+    to the caller to let go).
     """
 
     def __init__(
@@ -73,8 +76,10 @@ class Sending:
         sleep: Callable[[float], None] = time.sleep,
         timings: Timings | None = None,
         parts: Parts | None = None,
+        senders: SenderProcesses | None = None,
     ) -> None:
         self.timings = timings or Timings()
+        self.senders = senders
         self.app = app
         self.config = app.config
         self.parts = parts or app.parts
@@ -174,7 +179,7 @@ class Sending:
                     return report
                 existing, report.outcome = ledger.issue(list_name, date), "failed"
             if isinstance(deliverer, SenderPool) and confirm is None and not request.dry_run:
-                deliverer.warm_up(self._batches_expected(list_name, existing))
+                deliverer.warm_up(self._batches_expected(list_name, existing), self.senders)
             return self._send_route(request, confirm, report, route, deliverer, existing)
         finally:
             if isinstance(deliverer, SenderPool):
@@ -186,9 +191,7 @@ class Sending:
         count when resuming."""
         if existing is not None and existing.planned:
             return existing.recipients // self.config.delivery.batch_size + 1
-        path = self.list_file(list_name)
-        size = path.stat().st_size if path.exists() else 0
-        return size // (40 * self.config.delivery.batch_size) + 1
+        return batches_in_file(self.list_file(list_name), self.config.delivery.batch_size)
 
     def _send_route(
         self,

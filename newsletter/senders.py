@@ -7,7 +7,8 @@ is CPU (signing links, writing JSON) and one thread cannot use a second core:
 a process holding threads and database connections), and each also plans a part
 of the list (`plan_parts.py`). A process costs its imports, so a send of fewer
 than `BATCHES_PER_PROCESS` batches a process runs the same loop in threads of
-its own process instead. The batches are claimed in the database
+its own process instead (`sender_processes.py` starts and stops the processes).
+The batches are claimed in the database
 (`BatchStore.take_next_batch`: row locks skipped on PostgreSQL), so senders here
 and a sender on another machine against one PostgreSQL take turns the same way.
 This process shows progress, keeps the claim alive and adds up what the senders
@@ -27,13 +28,11 @@ import logging
 import multiprocessing
 import os
 import queue
-import secrets
 import signal
 import sys
 import threading
-import types
-from collections.abc import Callable, Iterator, Sequence, Set
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence, Set
+from dataclasses import dataclass
 from typing import Any
 
 from newsletter.config import Config
@@ -41,14 +40,11 @@ from newsletter.delivery import Deliverer, Heartbeat, Outcome, Progress
 from newsletter.errors import NewsletterError
 from newsletter.plan_parts import PartPlan, PlanJob, plan_part
 from newsletter.planning import UnsubscribeLinks
+from newsletter.sender_processes import POLL, SenderProcesses, processes_for
 from newsletter.transports.base import Message, PermanentFailure, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
-# a sender process costs ~0.7 s of imports, the work of ~60 batches: below this many
-# batches each, threads in the send's own process do better
-BATCHES_PER_PROCESS = 100
-POLL = 0.05  # seconds between looks at a stop request and at the senders
 DRAIN = 1.0  # seconds to wait for the last word of a sender that has exited
 
 
@@ -103,7 +99,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _sender_process(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> None:
+def sender_main(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> None:
     """A spawned sender: imports what it needs while the send plans, then waits for its
     job (None: nothing to send) and runs the shared loop with its own database connection
     and transport."""
@@ -189,33 +185,6 @@ def _plan(job: PlanJob) -> PartPlan:
         return PartPlan(job.index, job.first_seq, error=f"planning a part of the list: {exc}")
 
 
-@contextlib.contextmanager
-def _plain_main() -> Iterator[None]:
-    """Spawn without the main module: a child would otherwise import the CLI's (`python -m
-    newsletter`, the console script), everything a send uses, for nothing it needs."""
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
-
-
-@contextlib.contextmanager
-def _one_hash_seed() -> Iterator[None]:
-    """The senders share a string-hash seed, new for each send: their hashes of an address
-    agree, so parts of the list read by different senders can be put together."""
-    before = os.environ.get("PYTHONHASHSEED")
-    os.environ["PYTHONHASHSEED"] = str(secrets.randbelow(2**32 - 1) + 1)
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PYTHONHASHSEED"]
-        else:
-            os.environ["PYTHONHASHSEED"] = before
-
-
 @dataclass
 class SenderPool:
     """Delivers an issue's batches with `workers` senders claiming from the database.
@@ -232,47 +201,29 @@ class SenderPool:
     should_stop: Callable[[], bool]
     heartbeat_every: float = 5.0
 
-    _senders: list[Any] = field(default_factory=list)
-    _channels: tuple[Any, Any, Any, Any] | None = None  # events, jobs, stop, halt
+    _started: SenderProcesses | None = None
 
-    def warm_up(self, batches: int) -> None:
+    def warm_up(self, batches: int, started: SenderProcesses | None = None) -> None:
         """Start the sender processes now, for a send of about `batches` batches: they
-        import what they need while this process gathers, renders and plans."""
-        count = min(self.workers, batches // BATCHES_PER_PROCESS)
-        if count <= 1 or self._senders:
-            return  # threads in this process will do
-        context = multiprocessing.get_context("spawn")
-        self._channels = (context.Queue(), context.Queue(), context.Event(), context.Event())
-        with _plain_main(), _one_hash_seed():
-            for n in range(count):
-                sender = context.Process(
-                    target=_sender_process,
-                    args=(*self._channels, os.getpid()),
-                    name=f"sender-{n + 1}",
-                    daemon=True,
-                )
-                sender.start()
-                self._senders.append(sender)
+        import what they need while this process gathers, renders and plans. `started`:
+        ones the command started before it knew more, taken over (and let go by `close`)."""
+        count = processes_for(batches, self.workers)
+        if self._started is not None or not count:
+            return
+        if started is not None and started.processes:
+            self._started = started
+        else:
+            self._started = SenderProcesses.spawn(count)
 
     def close(self) -> None:
-        """Senders never given a job (the send ended before delivering) are let go."""
-        if self._channels is None:
-            return
-        events, jobs = self._channels[:2]
-        for sender in self._senders:
-            if sender.is_alive():
-                jobs.put(None)
-        for sender in self._senders:
-            # what a sender still says (suppressions nobody asked for after a failed render)
-            # is read and dropped: a sender cannot exit before its queue is flushed
-            while sender.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    events.get(timeout=POLL)
-            sender.join()
-        for channel in (events, jobs):
-            channel.close()
-            channel.join_thread()
-        self._senders, self._channels = [], None
+        """The senders are let go (ones never given a job as well)."""
+        if self._started is not None:
+            self._started.close()
+            self._started = None
+
+    @property
+    def _senders(self) -> list[Any]:
+        return self._started.processes if self._started is not None else []
 
     @property
     def planners(self) -> int:
@@ -281,8 +232,8 @@ class SenderPool:
 
     def ask_suppressions(self, job: SuppressionJob) -> None:
         """One sender starts fetching the suppressions; `suppressions()` waits for them."""
-        assert self._channels is not None
-        self._channels[1].put(job)
+        assert self._started is not None
+        self._started.give(job)
 
     def suppressions(self) -> list[tuple[str, str]]:
         """What `ask_suppressions` fetched; its failure raised here, of the same kind."""
@@ -299,8 +250,8 @@ class SenderPool:
     def _wait_for(self, wanted: str, doing: str) -> Any:
         """The next event of this kind from any sender; a sender that dies meanwhile is
         an error."""
-        assert self._channels is not None
-        events = self._channels[0]
+        assert self._started is not None
+        events = self._started.channels[0]
         while True:
             try:
                 kind, _, value = events.get(timeout=POLL)
@@ -316,9 +267,9 @@ class SenderPool:
 
     def plan_parts(self, jobs: Sequence[PlanJob]) -> list[PartPlan]:
         """Each job planned by a sender; a sender that dies meanwhile is an error."""
-        assert self._channels is not None
+        assert self._started is not None
         for job in jobs:
-            self._channels[1].put(job)
+            self._started.give(job)
         return [self._wait_for("planned", "planning the list") for _ in jobs]
 
     def deliver(
@@ -391,10 +342,10 @@ class SenderPool:
         return self._gather(threads, events, stop, heartbeat)
 
     def _in_processes(self, job: SenderJob, heartbeat: Heartbeat) -> Outcome:
-        assert self._channels is not None
-        events, jobs, stop, _ = self._channels
+        assert self._started is not None
+        events, _, stop, _ = self._started.channels
         for _ in self._senders:
-            jobs.put(job)
+            self._started.give(job)
         return self._gather(self._senders, events, stop, heartbeat)
 
     def _gather(self, senders: list[Any], events: Any, stop: Any, heartbeat: Heartbeat) -> Outcome:

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 
 from newsletter.config import SendGridSettings
+from newsletter.parts import IN_DOUBT
+from newsletter.sender_processes import ONE_REQUEST_A_BATCH, SenderProcesses
 from newsletter.state import Ledger
 from newsletter.state.issues import PlanContent
 from newsletter.transports.base import Message, Recipient
@@ -291,3 +293,35 @@ def test_a_request_leaves_no_reference_cycle_holding_its_body(
         transport.close()
     assert len(sendgrid_emulator.mail_requests()) == 3
     assert left == []
+
+
+def test_senders_started_before_the_send_knew_are_let_go_if_it_does_not_want_them(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """`newsletter send --yes` starts its senders before it reads the state database;
+    a rerun of a sent issue does not want them and stops them. Ones never given work are
+    killed where they are; ones given work are told there is nothing more and exit."""
+    setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: processes
+    with_senders(site, 2)
+    assert send(site).returncode == 0
+    requests = len(sendgrid_emulator.mail_requests())
+    again = send(site)
+    assert again.returncode == 0 and "already sent" in again.stdout, again.stderr
+    assert len(sendgrid_emulator.mail_requests()) == requests
+
+    idle = SenderProcesses.spawn(2)
+    processes = list(idle.processes)
+    idle.close()
+    idle.close()  # again: nothing left to let go
+    assert [p.exitcode for p in processes] == [-signal.SIGKILL] * 2
+    busy = SenderProcesses.spawn(1)
+    busy.give(None)  # nothing to send: the sender returns
+    [sender] = busy.processes
+    busy.close()
+    assert sender.exitcode == 0
+
+
+def test_the_transports_worth_a_process_are_the_ones_that_send_a_batch_at_once() -> None:
+    assert {
+        name for name, in_doubt in IN_DOUBT.items() if in_doubt == "batch"
+    } == ONE_REQUEST_A_BATCH

@@ -15,14 +15,13 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from newsletter.app import App
 from newsletter.cli.base import DATE, Command, Options, cannot_write, day_of, err
 from newsletter.cli.report import _print_report
-from newsletter.errors import NewsletterError
-from newsletter.models import SendPreview, SendRequest
-from newsletter.progress import RichProgress
-from newsletter.scheduling import parse_send_time
-from newsletter.send import Sending
+from newsletter.config import Config
+from newsletter.errors import NewsletterError, SubscriberError
+from newsletter.models import TEST_LIST, SendPreview, SendRequest
+from newsletter.sender_processes import SenderProcesses, for_a_send
+from newsletter.subscribers import list_path
 from newsletter.timings import Timings
 from newsletter.words import plural
 
@@ -149,16 +148,27 @@ def send(
         raise NewsletterError(f"--timings {timings}: the folder {timings.parent} does not exist")
     phases = Timings()
     config = opts.config()
-    if at is not None:
-        day = request.date or dt.datetime.now(config.newsletter.tz).date()
-        request = dataclasses.replace(
-            request, send_at=parse_send_time(at, day, config.newsletter.tz)
-        )
-    with App(config) as app, stop_on_signal() as stopping:
-        sending = Sending(
-            app, progress=RichProgress(err), should_stop=stopping.is_set, timings=phases
-        )
-        report = sending.send(request, _confirm(yes))
+    with started_early(config, request, confirmed=yes) as senders:
+        # imported once the senders are started: they import theirs beside these
+        from newsletter.app import App
+        from newsletter.progress import RichProgress
+        from newsletter.scheduling import parse_send_time
+        from newsletter.send import Sending
+
+        if at is not None:
+            day = request.date or dt.datetime.now(config.newsletter.tz).date()
+            request = dataclasses.replace(
+                request, send_at=parse_send_time(at, day, config.newsletter.tz)
+            )
+        with App(config) as app, stop_on_signal() as stopping:
+            sending = Sending(
+                app,
+                progress=RichProgress(err),
+                should_stop=stopping.is_set,
+                timings=phases,
+                senders=senders,
+            )
+            report = sending.send(request, _confirm(yes))
     if timings is not None:
         try:
             timings.write_text(json.dumps(phases.rounded(), indent=2) + "\n", encoding="utf-8")
@@ -169,6 +179,28 @@ def send(
     _print_report(report)
     if not report.ok:
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def started_early(
+    config: Config, request: SendRequest, *, confirmed: bool
+) -> Iterator[SenderProcesses | None]:
+    """The day's send of a large list, confirmed already: its sender processes start now,
+    before this process imports what it needs to render and plan (a second core does
+    their imports meanwhile). Let go at the end, whether the send took them or not."""
+    senders = None
+    list_name = request.list_name or config.schedule.list
+    trial = request.to or request.sandbox or list_name == TEST_LIST
+    if confirmed and not (trial or request.dry_run or request.join):
+        d = config.delivery
+        with contextlib.suppress(SubscriberError):  # a bad list name: the send says so
+            path = list_path(config.subscribers.path, list_name)
+            senders = for_a_send(request.transport or d.transport, d.workers, path, d.batch_size)
+    try:
+        yield senders
+    finally:
+        if senders is not None:
+            senders.close()
 
 
 @contextlib.contextmanager

@@ -22,9 +22,8 @@ from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.client import HTTPException
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
 from python_http_client.exceptions import HTTPError, NotFoundError
 
 from newsletter.config import SendGridSettings
@@ -43,6 +42,9 @@ from newsletter.transports.base import (
     TemporaryFailure,
 )
 from newsletter.zones import ZONE_COLUMN, ReaderTimes
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,10 @@ class SendGridTransport:
         readers). Made when first used: its TLS context takes a tenth of a second, which a
         transport made only to check the settings, or to fetch suppressions, does without.
         One client per transport, one transport per worker thread: the client shares
-        mutable request headers between its sub-clients."""
+        mutable request headers between its sub-clients. httpx is imported here: a send's
+        own process, whose senders post, does without it."""
+        import httpx
+
         return httpx.Client(
             base_url=self.settings.api_url.rstrip("/"),
             headers={
@@ -260,11 +265,22 @@ class SendGridTransport:
 
     def _post_mail(self, body: bytes) -> httpx.Response:
         """POST /v3/mail/send; an answer other than 2xx raised as the official client does,
-        so both paths are classified by one function."""
+        so both paths are classified by one function, and what went wrong on the way as
+        the failure it is."""
+        import httpx
+
         headers = None
         if self.settings.compress:
             body, headers = gzip.compress(body, compresslevel=1, mtime=0), GZIP
-        response = self.http.post("/v3/mail/send", content=body, headers=headers)
+        try:
+            response = self.http.post("/v3/mail/send", content=body, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise TemporaryFailure(self._unreachable(exc)) from None
+        except (httpx.WriteError, httpx.WriteTimeout) as exc:
+            # the request was not all written: SendGrid cannot have acted on it
+            raise TemporaryFailure(self._broken_before_sent(exc)) from None
+        except httpx.TransportError as exc:
+            raise self._no_answer(exc, isinstance(exc, httpx.TimeoutException), True) from None
         # httpx 0.28 leaves each response in a reference cycle with its stream, holding the
         # request's 600 KB body until a cyclic collection (encode/httpx#3733): the stream is
         # done with (read and closed), so the response lets go of it and the cycle is gone
@@ -298,31 +314,29 @@ class SendGridTransport:
         except urllib.error.URLError as exc:
             # urllib raises this while connecting or writing the request: SendGrid has not
             # got all of it, so asking again cannot send anything twice
-            raise TemporaryFailure(
-                f"cannot reach SendGrid at {self.settings.api_url}: {exc.reason}"
-            ) from None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise TemporaryFailure(
-                f"cannot reach SendGrid at {self.settings.api_url}: {exc}"
-            ) from None
-        except (httpx.WriteError, httpx.WriteTimeout) as exc:
-            # the request was not all written: SendGrid cannot have acted on it
-            raise TemporaryFailure(
-                f"the connection to SendGrid failed while sending the request: {exc!r}"
-            ) from None
-        except (TimeoutError, HTTPException, OSError, httpx.TransportError) as exc:
-            # the whole request went out and no answer came back: SendGrid may have taken
-            # it, so a mail send is in doubt, never retried (a read is simply asked again)
-            what = (
-                f"no answer from SendGrid within {self.settings.timeout:g}s"
-                if isinstance(exc, TimeoutError | httpx.TimeoutException)
-                else f"the connection to SendGrid failed before its answer: {exc!r}"
+            raise TemporaryFailure(self._unreachable(exc.reason)) from None
+        except (TimeoutError, HTTPException, OSError) as exc:
+            raise self._no_answer(exc, isinstance(exc, TimeoutError), sends_mail) from None
+
+    def _unreachable(self, why: object) -> str:
+        return f"cannot reach SendGrid at {self.settings.api_url}: {why}"
+
+    def _broken_before_sent(self, exc: Exception) -> str:
+        return f"the connection to SendGrid failed while sending the request: {exc!r}"
+
+    def _no_answer(self, exc: Exception, timed_out: bool, sends_mail: bool) -> BatchFailure:
+        """The whole request went out and no answer came back: SendGrid may have taken it,
+        so a mail send is in doubt, never retried (a read is simply asked again)."""
+        what = (
+            f"no answer from SendGrid within {self.settings.timeout:g}s"
+            if timed_out
+            else f"the connection to SendGrid failed before its answer: {exc!r}"
+        )
+        if sends_mail:
+            return InDoubtFailure(
+                f"{what}; SendGrid had the whole request and may have accepted it"
             )
-            if sends_mail:
-                raise InDoubtFailure(
-                    f"{what}; SendGrid had the whole request and may have accepted it"
-                ) from None
-            raise TemporaryFailure(what) from None
+        return TemporaryFailure(what)
 
     def _retry_after(self, headers: Any) -> float | None:
         if headers is None:

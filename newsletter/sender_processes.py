@@ -1,0 +1,147 @@
+"""The sender processes of a send (`senders.py`), spawned and let go.
+
+Apart from `senders.py` because it imports nothing heavy: `newsletter send` starts
+them as soon as it has read its settings, before it imports what it needs to
+gather, render and plan. A sender's own imports (half a second) then use the
+second core while this process is still starting, instead of beside the render.
+A sender imports the send's modules itself (`_run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import secrets
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# a sender process costs ~0.5 s of imports, the work of ~60 batches: below this many
+# batches each, threads in the send's own process do better
+BATCHES_PER_PROCESS = 100
+POLL = 0.05  # seconds between looks at a stop request and at the senders
+# the transports that send a batch in one request: their work per batch is CPU, worth a
+# process (`Transport.in_doubt == "batch"`)
+ONE_REQUEST_A_BATCH = frozenset({"sendgrid"})
+ROW_BYTES = 40  # about the size of a list row of an address and a name
+
+
+def processes_for(batches: int, workers: int) -> int:
+    """How many sender processes a send of about `batches` batches is worth: none when
+    threads in the send's own process do better."""
+    count = min(workers, batches // BATCHES_PER_PROCESS)
+    return count if count > 1 else 0
+
+
+def batches_in_file(path: Path, batch_size: int) -> int:
+    """About how many batches a list file makes, from its size alone (it is not read)."""
+    size = path.stat().st_size if path.exists() else 0
+    return size // (ROW_BYTES * batch_size) + 1
+
+
+def for_a_send(
+    transport: str, workers: int, list_path: Path, batch_size: int
+) -> SenderProcesses | None:
+    """Senders for a send of this list, started before anything else is known (a send
+    that turns out not to want them lets them go): none where they will not be wanted."""
+    if transport not in ONE_REQUEST_A_BATCH:
+        return None
+    count = processes_for(batches_in_file(list_path, batch_size), workers)
+    return SenderProcesses.spawn(count) if count else None
+
+
+@dataclass
+class SenderProcesses:
+    """Spawned senders and the channels to them: events (from them), jobs (to them), a
+    stop request and a halt (one of them failed)."""
+
+    processes: list[Any]
+    channels: tuple[Any, Any, Any, Any]
+    given_work: bool = False
+
+    @classmethod
+    def spawn(cls, count: int) -> SenderProcesses:
+        """`count` senders, started with `spawn` (never a fork of a process holding
+        threads and database connections), sharing one string-hash seed."""
+        context = multiprocessing.get_context("spawn")
+        channels = (context.Queue(), context.Queue(), context.Event(), context.Event())
+        processes = []
+        with _plain_main(), _one_hash_seed():
+            for n in range(count):
+                sender = context.Process(
+                    target=_run,
+                    args=(*channels, os.getpid()),
+                    name=f"sender-{n + 1}",
+                    daemon=True,
+                )
+                sender.start()
+                processes.append(sender)
+        return cls(processes, channels)
+
+    def give(self, job: object) -> None:
+        """A job for whichever sender takes it first."""
+        self.given_work = True
+        self.channels[1].put(job)
+
+    def close(self) -> None:
+        """Let the senders go; again is harmless. Ones never given work are stopped where
+        they are (still importing, or waiting); the others are told there is nothing more
+        and waited for, reading and dropping what they still say (a sender cannot exit
+        before its queue is flushed)."""
+        if not self.processes:
+            return
+        events, jobs = self.channels[:2]
+        if not self.given_work:
+            for sender in self.processes:
+                sender.kill()
+        for sender in self.processes:
+            if sender.is_alive() and self.given_work:
+                jobs.put(None)
+        for sender in self.processes:
+            while sender.is_alive() and self.given_work:
+                with contextlib.suppress(queue.Empty):
+                    events.get(timeout=POLL)
+            sender.join()
+        for channel in (events, jobs):
+            channel.close()
+            channel.join_thread()
+        self.processes = []
+
+
+def _run(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> None:
+    """A sender's life, imported in the sender (the send's modules are its own imports)."""
+    from newsletter.senders import sender_main
+
+    sender_main(events, jobs, stop, halt, parent)
+
+
+@contextlib.contextmanager
+def _plain_main() -> Iterator[None]:
+    """Spawn without the main module: a child would otherwise import the CLI's (`python -m
+    newsletter`, the console script), everything a send uses, for nothing it needs."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+@contextlib.contextmanager
+def _one_hash_seed() -> Iterator[None]:
+    """The senders share a string-hash seed, new for each send: their hashes of an address
+    agree, so parts of the list read by different senders can be put together."""
+    before = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = str(secrets.randbelow(2**32 - 1) + 1)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = before
