@@ -21,19 +21,16 @@ from typing import cast
 import pytest
 
 from newsletter.errors import SubscriberError
-from newsletter.state import Ledger
-from newsletter.subscribers import (
-    ListReport,
+from newsletter.list_editing import (
     add_subscriber,
     export_csv,
     import_subscribers,
     locked,
     merge_rows,
-    on_list,
-    read_list,
-    read_table,
     write_table,
 )
+from newsletter.state import Ledger
+from newsletter.subscribers import ListReport, on_list, read_list, read_table
 
 from .conftest import Site
 
@@ -640,7 +637,7 @@ def test_a_failed_rename_keeps_the_old_list_and_no_temp_file(
 ADDER = """
 import sys, time
 from pathlib import Path
-from newsletter.subscribers import add_subscriber
+from newsletter.list_editing import add_subscriber
 
 class NoSuppressions:
     def suppressed(self, list_name=None): return frozenset()

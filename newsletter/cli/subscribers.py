@@ -13,16 +13,15 @@ from newsletter.app import App
 from newsletter.cli.base import Group, Options, cannot_write, err, out
 from newsletter.controls import printable
 from newsletter.errors import SubscriberError
-from newsletter.state.suppressions import SUPPRESSION_REASONS
-from newsletter.subscribers import (
+from newsletter.list_editing import (
     ImportReport,
     add_subscriber,
     export_csv,
     import_subscribers,
-    list_path,
-    read_list,
     remove_addresses,
 )
+from newsletter.state.suppressions import SUPPRESSION_REASONS
+from newsletter.subscribers import list_path, read_list
 from newsletter.words import plural
 
 

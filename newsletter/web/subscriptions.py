@@ -19,9 +19,10 @@ import jinja2
 
 from newsletter.config import Config
 from newsletter.errors import SubscriberError, TransportError
+from newsletter.list_editing import add_subscriber
 from newsletter.signing import CONFIRM, UNSUBSCRIBE, Signer
 from newsletter.state.suppressions import SuppressionStore
-from newsletter.subscribers import add_subscriber, list_names, list_path, on_list
+from newsletter.subscribers import list_names, list_path, on_list
 from newsletter.transports.base import Message, PermanentFailure, Recipient, Transport
 
 log = logging.getLogger(__name__)
