@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# a sender process costs ~0.5 s of imports, the work of ~60 batches: below this many
-# batches each, threads in the send's own process do better
-BATCHES_PER_PROCESS = 100
+# a sender process costs ~0.35 s of imports, made while the send starts and renders;
+# measured side by side (bench/send.py), one pays from about this many batches
+# (at 30,000 readers it is even): below it, threads in the send's own process
+BATCHES_PER_PROCESS = 50
 POLL = 0.05  # seconds between looks at a stop request and at the senders
 # the transports that send a batch in one request: their work per batch is CPU, worth a
 # process (`Transport.in_doubt == "batch"`)
@@ -33,9 +34,9 @@ ROW_BYTES = 40  # about the size of a list row of an address and a name
 
 def processes_for(batches: int, workers: int) -> int:
     """How many sender processes a send of about `batches` batches is worth: none when
-    threads in the send's own process do better."""
-    count = min(workers, batches // BATCHES_PER_PROCESS)
-    return count if count > 1 else 0
+    threads in the send's own process do better. Fewer than `workers`: the send's own
+    process is a sender too."""
+    return min(workers, batches // BATCHES_PER_PROCESS) if workers > 1 else 0
 
 
 def batches_in_file(path: Path, batch_size: int) -> int:

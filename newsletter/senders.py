@@ -7,7 +7,9 @@ is CPU (signing links, writing JSON) and one thread cannot use a second core:
 a process holding threads and database connections), and each also plans a part
 of the list (`plan_parts.py`). A process costs its imports, so a send of fewer
 than `BATCHES_PER_PROCESS` batches a process runs the same loop in threads of
-its own process instead (`sender_processes.py` starts and stops the processes).
+its own process instead, and one with fewer processes than workers runs one
+more sender in a thread beside them (`sender_processes.py` starts and stops
+the processes).
 The batches are claimed in the database
 (`BatchStore.take_next_batch`: row locks skipped on PostgreSQL), so senders here
 and a sender on another machine against one PostgreSQL take turns the same way.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import multiprocessing
 import os
@@ -189,8 +192,9 @@ def _plan(job: PlanJob) -> PartPlan:
 class SenderPool:
     """Delivers an issue's batches with `workers` senders claiming from the database.
 
-    One sender runs here, in a thread (nothing to gain from a process); more are
-    spawned processes, each rebuilding its transport and links from `job`.
+    Senders are spawned processes, each rebuilding its transport and links from a
+    `SenderJob`, and a thread here when there are fewer processes than workers; a send
+    too small for a process has threads here only.
     """
 
     deliverer: Deliverer  # this process's: its ledger, transport factory and hooks
@@ -300,7 +304,10 @@ class SenderPool:
                     issue_id, message, links, suppressed, heartbeat, len(todo)
                 )
             job = SenderJob(self.config, self.transport, issue_id, message, frozenset(suppressed))
-            return self._in_processes(job, heartbeat)
+            here = None
+            if self.workers > len(self._senders):  # one more sender: a thread of this process
+                here = functools.partial(self._one, issue_id, message, links, suppressed)
+            return self._in_processes(job, heartbeat, here)
         finally:
             self.progress.stop()
 
@@ -317,36 +324,61 @@ class SenderPool:
         send too small to pay for starting processes."""
         events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
         stop, halt = threading.Event(), threading.Event()
-        one = self.deliverer  # its transports are per thread
-        one.progress = _QueueProgress(events, "sender")
-        asked = self.should_stop
-        one.should_stop = lambda: stop.is_set() or halt.is_set() or asked()  # at once
-
-        def run() -> None:
-            name = threading.current_thread().name
-            try:
-                outcome = one.send_claimed(issue_id, message, links, suppressed)
-            except Exception as exc:
-                outcome = Outcome(errors=[f"sending failed: {exc}"], permanent=True)
-                log.exception("the sender failed")
-            if outcome.permanent or outcome.failed_batches:
-                halt.set()
-            events.put(("done", name, outcome))
-
+        run = functools.partial(self._one, issue_id, message, links, suppressed)
         threads = [
-            threading.Thread(target=run, name=f"sender-{n + 1}", daemon=True)
+            threading.Thread(
+                target=run, args=(events, stop, halt), name=f"sender-{n + 1}", daemon=True
+            )
             for n in range(max(1, min(self.workers, batches)))
         ]
         for thread in threads:
             thread.start()
         return self._gather(threads, events, stop, heartbeat)
 
-    def _in_processes(self, job: SenderJob, heartbeat: Heartbeat) -> Outcome:
+    def _in_processes(
+        self, job: SenderJob, heartbeat: Heartbeat, here: Callable[..., None] | None
+    ) -> Outcome:
+        """The sender processes, each given the job; and `here`, one more sender in a
+        thread of this process (a send worth one process, not two, uses both cores)."""
         assert self._started is not None
-        events, _, stop, _ = self._started.channels
+        events, _, stop, halt = self._started.channels
         for _ in self._senders:
             self._started.give(job)
-        return self._gather(self._senders, events, stop, heartbeat)
+        senders = list(self._senders)
+        if here is not None:
+            thread = threading.Thread(
+                target=here, args=(events, stop, halt), name="sender-here", daemon=True
+            )
+            thread.start()
+            senders.append(thread)
+        return self._gather(senders, events, stop, heartbeat)
+
+    def _one(
+        self,
+        issue_id: int,
+        message: Message,
+        links: UnsubscribeLinks | None,
+        suppressed: Set[str],
+        events: Any,
+        stop: Any,
+        halt: Any,
+    ) -> None:
+        """A sender in a thread of this process: the shared loop, its progress and outcome
+        told as a sender process tells them; it stops at once when asked, or when one of
+        the others failed (and makes them stop when it fails)."""
+        name = threading.current_thread().name
+        one = self.deliverer  # its transports are per thread
+        asked = self.should_stop
+        one.progress = _QueueProgress(events, name)
+        one.should_stop = lambda: stop.is_set() or halt.is_set() or asked()
+        try:
+            outcome = one.send_claimed(issue_id, message, links, suppressed)
+        except Exception as exc:
+            outcome = Outcome(errors=[f"sending failed: {exc}"], permanent=True)
+            log.exception("the sender failed")
+        if outcome.permanent or outcome.failed_batches:
+            halt.set()
+        events.put(("done", name, outcome))
 
     def _gather(self, senders: list[Any], events: Any, stop: Any, heartbeat: Heartbeat) -> Outcome:
         """Progress and the senders' outcomes as they come; the claim kept alive; a stop

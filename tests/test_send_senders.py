@@ -36,7 +36,7 @@ def with_senders(site: Site, workers: int) -> None:
 def test_senders_plan_the_list_in_parts_and_send_each_reader_once(
     site: Site, sendgrid_emulator: SendGridEmulator, database_url: str
 ) -> None:
-    # 240 batches: enough for two sender processes (a process for 100 batches or more)
+    # 240 batches: enough for three sender processes (a process for 50 batches or more)
     emails = setup_site(site, sendgrid_emulator, 2400, batch_size=10)
     with_senders(site, 3)
     main = site.root / "subscribers" / "main.csv"
@@ -263,6 +263,40 @@ def test_a_killed_sender_leaves_only_its_request_in_doubt_and_the_others_finish(
     rerun = send(site, "--skip-ambiguous")  # its Email Activity shows them delivered
     assert rerun.returncode == 0, rerun.stderr
     assert delivered(sendgrid_emulator) == collections.Counter(emails)
+
+
+def test_a_send_worth_one_process_sends_from_it_and_from_its_own_thread(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """Two workers, a list worth one process (under twice `BATCHES_PER_PROCESS` batches):
+    one sender process and a thread of the send take batches side by side. A kill -9 of
+    the process leaves its request in doubt; the thread sends the rest, nobody twice."""
+    emails = setup_site(site, sendgrid_emulator, 600, batch_size=10)  # 60 batches
+    with_senders(site, 2)
+    sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))  # one request each, held
+    command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
+    send_process = subprocess.Popen(
+        [*command, "send", "--date", DATE, "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        assert sendgrid_emulator.wait_for_held(2, timeout=60)
+        [victim] = sender_processes(send_process.pid)  # the other request is the send's own
+        os.kill(victim, signal.SIGKILL)
+        sendgrid_emulator.release()
+        _, err = send_process.communicate(timeout=60)
+    finally:
+        send_process.kill()
+    assert send_process.returncode == 1
+    assert "stopped without a report" in err and "Traceback" not in err
+    assert "10 recipients may or may not have the issue" in err
+    with Ledger(site.config().database_url) as ledger:
+        [issue] = ledger.recent_issues("main")
+        counts = ledger.batch_counts(issue.id)
+    assert counts["submitted"][1] == 590 and counts["submitting"] == (1, 10)
+    got = delivered(sendgrid_emulator)
+    assert max(got.values()) == 1 and set(got) == set(emails)
+    assert len({r.client for r in sendgrid_emulator.mail_requests()}) == 2  # a connection each
 
 
 def test_a_request_leaves_no_reference_cycle_holding_its_body(

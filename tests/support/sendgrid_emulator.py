@@ -424,6 +424,7 @@ class RecordedRequest:
     recipients: int
     validated: bool
     received_at: float
+    client: tuple[str, int]  # the address and port the request came from: its connection
 
 
 @dataclass
@@ -862,7 +863,7 @@ class SendGridEmulator:
             handler.close_connection = True
             self._send(handler, _Reply(400, _error_body(400)))
             return
-        record = _Pending(method, path, query, headers, body)
+        record = _Pending(method, path, query, headers, body, client=handler.client_address)
 
         fault = self._take_fault(path)
         if fault is not None and fault.hold and not self._hold():
@@ -1120,6 +1121,7 @@ class SendGridEmulator:
             recipients=n_rcpt,
             validated=req.validated,
             received_at=req.received_at,
+            client=(str(req.client[0]), int(req.client[1])),
         )
         with self._changed:
             self._records.append(entry)
@@ -1171,6 +1173,7 @@ class _Pending:
     validated: bool = False
     errors: list[dict[str, Any]] | None = None
     received_at: float = field(default_factory=time.time)
+    client: tuple[str, int] = ("", 0)
 
 
 class _ParamError(Exception):
