@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# a sender process costs ~0.35 s of imports, made while the send starts and renders;
-# measured side by side (bench/send.py), one pays from about this many batches
-# (at 30,000 readers it is even): below it, threads in the send's own process
-BATCHES_PER_PROCESS = 50
+# a sender process costs ~0.35 s of imports, made while the send starts and renders.
+# Measured side by side (bench/send.py, two cores): one process beside a thread of the
+# send pays from about FIRST_PROCESS batches (30,000 readers: even); a second process
+# (the list then planned in two parts) from about twice PROCESS_EVERY (300,000: even)
+FIRST_PROCESS = 50
+PROCESS_EVERY = 150
 POLL = 0.05  # seconds between looks at a stop request and at the senders
 # the transports that send a batch in one request: their work per batch is CPU, worth a
 # process (`Transport.in_doubt == "batch"`)
@@ -36,7 +38,9 @@ def processes_for(batches: int, workers: int) -> int:
     """How many sender processes a send of about `batches` batches is worth: none when
     threads in the send's own process do better. Fewer than `workers`: the send's own
     process is a sender too."""
-    return min(workers, batches // BATCHES_PER_PROCESS) if workers > 1 else 0
+    if workers < 2 or batches < FIRST_PROCESS:
+        return 0
+    return min(workers, max(1, batches // PROCESS_EVERY))
 
 
 def batches_in_file(path: Path, batch_size: int) -> int:

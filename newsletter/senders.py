@@ -3,14 +3,12 @@ database, sends it and records it, until none is left.
 
 For a transport that sends a batch in one request (SendGrid), the work per batch
 is CPU (signing links, writing JSON) and one thread cannot use a second core:
-`[delivery] workers` sender processes do it, started with `spawn` (never a fork of
-a process holding threads and database connections), and each also plans a part
-of the list (`plan_parts.py`). A process costs its imports, so a send of fewer
-than `BATCHES_PER_PROCESS` batches a process runs the same loop in threads of
-its own process instead, and one with fewer processes than workers runs one
-more sender in a thread beside them (`sender_processes.py` starts and stops
-the processes).
-The batches are claimed in the database
+sender processes do it, started with `spawn` (never a fork of a process holding
+threads and database connections), and with two or more each also plans a part
+of the list (`plan_parts.py`). A process costs its imports: a short list is sent
+by threads of the send's own process, a longer one by a process beside a thread
+here, the longest by up to `[delivery] workers` processes (`processes_for`, in
+`sender_processes.py`, which starts and stops them). The batches are claimed in the database
 (`BatchStore.take_next_batch`: row locks skipped on PostgreSQL), so senders here
 and a sender on another machine against one PostgreSQL take turns the same way.
 This process shows progress, keeps the claim alive and adds up what the senders

@@ -36,8 +36,8 @@ def with_senders(site: Site, workers: int) -> None:
 def test_senders_plan_the_list_in_parts_and_send_each_reader_once(
     site: Site, sendgrid_emulator: SendGridEmulator, database_url: str
 ) -> None:
-    # 240 batches: enough for three sender processes (a process for 50 batches or more)
-    emails = setup_site(site, sendgrid_emulator, 2400, batch_size=10)
+    # 480 batches: three sender processes and three parts (`processes_for`)
+    emails = setup_site(site, sendgrid_emulator, 2400, batch_size=5)
     with_senders(site, 3)
     main = site.root / "subscribers" / "main.csv"
     with main.open("a", encoding="utf-8") as handle:  # one person twice, parts apart
@@ -68,7 +68,7 @@ def test_a_sender_fetches_sendgrids_suppressions_and_the_send_retries_a_failure(
 ) -> None:
     """With sender processes, one of them asks SendGrid who it will not deliver to while
     the send renders; a temporary failure is retried by the send, as without them."""
-    emails = setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: processes
+    emails = setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: two processes
     with_senders(site, 2)
     bounced = emails[10:12]
     sendgrid_emulator.suppressions["bounces"] = bounced
@@ -104,7 +104,7 @@ def test_a_render_that_fails_after_a_sender_fetched_many_suppressions_ends(
 ) -> None:
     """The fetched list, bigger than a pipe holds, is left unread when the render fails:
     the send still ends (its senders' last words are read and dropped), with the error."""
-    emails = setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: processes
+    emails = setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: two processes
     with_senders(site, 2)
     sendgrid_emulator.suppressions["bounces"] = [f"gone{n}@example.org" for n in range(6000)]
     site.template("partials/header.html", "<tr><td>{% if %}</td></tr>\n")
@@ -119,7 +119,7 @@ def test_a_render_that_fails_after_a_sender_fetched_many_suppressions_ends(
 def test_a_bad_row_in_the_last_part_stops_the_send_before_anything_goes_out(
     site: Site, sendgrid_emulator: SendGridEmulator
 ) -> None:
-    setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: processes
+    setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: two processes
     with_senders(site, 2)
     main = site.root / "subscribers" / "main.csv"
     with main.open("a", encoding="utf-8") as handle:
@@ -232,7 +232,7 @@ def test_a_killed_sender_leaves_only_its_request_in_doubt_and_the_others_finish(
 ) -> None:
     """kill -9 of one sender process while its request is in flight: the send goes on
     with the other, names that request's readers in doubt, and sends nobody twice."""
-    emails = setup_site(site, sendgrid_emulator, 800, batch_size=4)  # 200 batches: processes
+    emails = setup_site(site, sendgrid_emulator, 1200, batch_size=4)  # 300 batches: two processes
     with_senders(site, 2)
     sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))  # one request each, held
     command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
@@ -242,7 +242,7 @@ def test_a_killed_sender_leaves_only_its_request_in_doubt_and_the_others_finish(
     )  # fmt: skip
     try:
         assert sendgrid_emulator.wait_for_held(2, timeout=60)
-        victim, *_ = sender_processes(send_process.pid)
+        victim, _ = sender_processes(send_process.pid)  # two processes, no thread here
         os.kill(victim, signal.SIGKILL)
         sendgrid_emulator.release()
         _, err = send_process.communicate(timeout=60)
@@ -256,7 +256,7 @@ def test_a_killed_sender_leaves_only_its_request_in_doubt_and_the_others_finish(
         doubt = ledger.in_doubt_addresses(issue.id)
         counts = ledger.batch_counts(issue.id)
     assert len(doubt) == 4 and set(counts) == {"submitted", "submitting"}
-    assert counts["submitted"][1] == 796 and counts["submitting"] == (1, 4)  # the rest went
+    assert counts["submitted"][1] == 1196 and counts["submitting"] == (1, 4)  # the rest went
     got = delivered(sendgrid_emulator)  # the held request of the killed sender went on
     assert max(got.values()) == 1 and set(got) == set(emails)
 
@@ -268,7 +268,7 @@ def test_a_killed_sender_leaves_only_its_request_in_doubt_and_the_others_finish(
 def test_a_send_worth_one_process_sends_from_it_and_from_its_own_thread(
     site: Site, sendgrid_emulator: SendGridEmulator
 ) -> None:
-    """Two workers, a list worth one process (under twice `BATCHES_PER_PROCESS` batches):
+    """Two workers, a list worth one process (`processes_for`: 60 batches):
     one sender process and a thread of the send take batches side by side. A kill -9 of
     the process leaves its request in doubt; the thread sends the rest, nobody twice."""
     emails = setup_site(site, sendgrid_emulator, 600, batch_size=10)  # 60 batches
@@ -335,7 +335,7 @@ def test_senders_started_before_the_send_knew_are_let_go_if_it_does_not_want_the
     """`newsletter send --yes` starts its senders before it reads the state database;
     a rerun of a sent issue does not want them and stops them. Ones never given work are
     killed where they are; ones given work are told there is nothing more and exit."""
-    setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: processes
+    setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: two processes
     with_senders(site, 2)
     assert send(site).returncode == 0
     requests = len(sendgrid_emulator.mail_requests())
