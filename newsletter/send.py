@@ -253,10 +253,12 @@ class Sending:
             return report
         failpoint("send.claimed")
         try:
+            left_out = suppressed  # a plan of an earlier run: whoever was suppressed since
             if not issue_row.planned:
                 issue_row = self._plan(report, issue_row, built, suppressed, request, deliverer)
                 failpoint("send.planned")
-            outcome = self._deliver(report, issue_row, route, deliverer, suppressed, request, owner)
+                left_out = frozenset()  # this plan left them out: no row to look at again
+            outcome = self._deliver(report, issue_row, route, deliverer, left_out, request, owner)
             return self._report(report, issue_row, outcome)
         except BaseException as exc:
             status = "stopped" if isinstance(exc, KeyboardInterrupt) else "failed"
