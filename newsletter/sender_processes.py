@@ -2,8 +2,8 @@
 
 Apart from `senders.py` because it imports nothing heavy: `newsletter send` starts
 them as soon as it has read its settings, before it imports what it needs to
-gather, render and plan. A sender's own imports (half a second) then use the
-second core while this process is still starting, instead of beside the render.
+gather, render and plan. A sender's own imports (a third of a second) then use
+another core while this process is still starting, instead of beside the render.
 A sender imports the send's modules itself (`_run`).
 """
 
@@ -75,18 +75,22 @@ class SenderProcesses:
         threads and database connections), sharing one string-hash seed."""
         context = multiprocessing.get_context("spawn")
         channels = (context.Queue(), context.Queue(), context.Event(), context.Event())
-        processes = []
-        with _plain_main(), _one_hash_seed():
-            for n in range(count):
-                sender = context.Process(
-                    target=_run,
-                    args=(*channels, os.getpid()),
-                    name=f"sender-{n + 1}",
-                    daemon=True,
-                )
-                sender.start()
-                processes.append(sender)
-        return cls(processes, channels)
+        started = cls([], channels)
+        try:
+            with _plain_main(), _one_hash_seed():
+                for n in range(count):
+                    sender = context.Process(
+                        target=_run,
+                        args=(*channels, os.getpid()),
+                        name=f"sender-{n + 1}",
+                        daemon=True,
+                    )
+                    sender.start()
+                    started.processes.append(sender)
+        except BaseException:  # Ctrl-C, or no more processes: none is left waiting
+            started.close()
+            raise
+        return started
 
     def give(self, job: object) -> None:
         """A job for whichever sender takes it first."""
@@ -100,7 +104,8 @@ class SenderProcesses:
         before its queue is flushed)."""
         if not self.processes:
             return
-        events, jobs = self.channels[:2]
+        events, jobs, stop = self.channels[:3]
+        stop.set()  # one still at work (the send failed) ends after its batch in flight
         if not self.given_work:
             for sender in self.processes:
                 sender.kill()

@@ -23,6 +23,7 @@ of them fails, as do the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -32,6 +33,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
@@ -302,9 +304,7 @@ class SenderPool:
                     issue_id, message, links, suppressed, heartbeat, len(todo)
                 )
             job = SenderJob(self.config, self.transport, issue_id, message, frozenset(suppressed))
-            here = None
-            if self.workers > len(self._senders):  # one more sender: a thread of this process
-                here = functools.partial(self._one, issue_id, message, links, suppressed)
+            here = functools.partial(self._one, issue_id, message, links, suppressed)
             return self._in_processes(job, heartbeat, here)
         finally:
             self.progress.stop()
@@ -334,22 +334,33 @@ class SenderPool:
         return self._gather(threads, events, stop, heartbeat)
 
     def _in_processes(
-        self, job: SenderJob, heartbeat: Heartbeat, here: Callable[..., None] | None
+        self, job: SenderJob, heartbeat: Heartbeat, here: Callable[..., None]
     ) -> Outcome:
-        """The sender processes, each given the job; and `here`, one more sender in a
-        thread of this process (a send worth one process, not two, uses both cores)."""
+        """The sender processes, each given the job; and as many senders as `workers` has
+        beyond them in threads of this process, running `here` (a send worth one process,
+        not two, still uses both cores). Should this process fail meanwhile, all of them
+        are asked to stop, and its threads are waited for: a batch they had in flight is
+        recorded before the queue they tell it on is closed."""
         assert self._started is not None
         events, _, stop, halt = self._started.channels
         for _ in self._senders:
             self._started.give(job)
-        senders = list(self._senders)
-        if here is not None:
-            thread = threading.Thread(
-                target=here, args=(events, stop, halt), name="sender-here", daemon=True
+        threads = [
+            threading.Thread(
+                target=here, args=(events, stop, halt), name=f"here-{n + 1}", daemon=True
             )
+            for n in range(self.workers - len(self._senders))
+        ]
+        for thread in threads:
             thread.start()
-            senders.append(thread)
-        return self._gather(senders, events, stop, heartbeat)
+        try:
+            return self._gather([*self._senders, *threads], events, stop, heartbeat)
+        except BaseException as exc:
+            stop.set()
+            if not isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: now, not after
+                for thread in threads:
+                    thread.join()
+            raise
 
     def _one(
         self,
@@ -365,10 +376,12 @@ class SenderPool:
         told as a sender process tells them; it stops at once when asked, or when one of
         the others failed (and makes them stop when it fails)."""
         name = threading.current_thread().name
-        one = self.deliverer  # its transports are per thread
         asked = self.should_stop
-        one.progress = _QueueProgress(events, name)
-        one.should_stop = lambda: stop.is_set() or halt.is_set() or asked()
+        one = dataclasses.replace(  # its own hooks; its transport is made per thread
+            self.deliverer,
+            progress=_QueueProgress(events, name),
+            should_stop=lambda: stop.is_set() or halt.is_set() or asked(),
+        )
         try:
             outcome = one.send_claimed(issue_id, message, links, suppressed)
         except Exception as exc:
@@ -379,23 +392,31 @@ class SenderPool:
         events.put(("done", name, outcome))
 
     def _gather(self, senders: list[Any], events: Any, stop: Any, heartbeat: Heartbeat) -> Outcome:
-        """Progress and the senders' outcomes as they come; the claim kept alive; a stop
-        request passed on; a sender that died without a word is an error (its batch in
-        flight stays `submitting`: in doubt, as after a crash)."""
+        """Progress and the senders' outcomes as they come; the claim kept alive and a stop
+        request passed on all along; a sender that exited and gave no report within
+        `DRAIN` seconds died: an error (its batch in flight stays `submitting`: in doubt,
+        as after a crash), while the others go on."""
         outcome = Outcome()
         finished: set[str] = set()
+        exited: dict[str, float] = {}  # a sender found gone, and when: its report may follow
+        look_at = time.monotonic()
         while len(finished) < len(senders):
             heartbeat.beat_if_due()
             if self.should_stop():
                 stop.set()
-            try:
-                kind, name, value = events.get(timeout=POLL)
-            except queue.Empty:
-                for sender in senders:
-                    if sender.name not in finished and not sender.is_alive():
-                        self._last_words(sender, events, outcome, finished)
+            with contextlib.suppress(queue.Empty):
+                self._take(*events.get(timeout=POLL), outcome, finished)
+            if (now := time.monotonic()) < look_at:
                 continue
-            self._take(kind, name, value, outcome, finished)
+            look_at = now + POLL
+            for sender in senders:
+                if sender.name in finished or sender.is_alive():
+                    continue
+                if now - exited.setdefault(sender.name, now) >= DRAIN:
+                    code = getattr(sender, "exitcode", None)
+                    outcome.errors.append(f"{sender.name} stopped without a report (exit {code})")
+                    outcome.permanent = True
+                    finished.add(sender.name)
         return outcome
 
     def _take(self, kind: str, name: str, value: Any, outcome: Outcome, finished: set[str]) -> None:
@@ -404,14 +425,3 @@ class SenderPool:
         elif kind == "done":
             outcome.add(value)
             finished.add(name)
-
-    def _last_words(self, sender: Any, events: Any, outcome: Outcome, finished: set[str]) -> None:
-        """A sender exited: read what it said before it went; nothing means it died."""
-        while sender.name not in finished:
-            try:
-                self._take(*events.get(timeout=DRAIN), outcome, finished)
-            except queue.Empty:
-                code = getattr(sender, "exitcode", None)
-                outcome.errors.append(f"{sender.name} stopped without a report (exit {code})")
-                outcome.permanent = True
-                finished.add(sender.name)

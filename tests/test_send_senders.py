@@ -7,13 +7,17 @@ import collections
 import datetime as dt
 import gc
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from newsletter.config import SendGridSettings
 from newsletter.parts import IN_DOUBT
@@ -141,15 +145,22 @@ def test_a_bad_row_in_the_last_part_stops_the_send_before_anything_goes_out(
     assert len(sendgrid_emulator.recipients()) == 1500
 
 
-def claim_and_count(url: str, issue_id: int) -> list[int]:
+def claim_and_count(url: str, issue_id: int, meet: Path, senders: int) -> list[int]:
     """One sender's loop over the state database, as another machine runs it: take the
-    next pending batch, record it sent, until none is left."""
+    next pending batch, record it sent, until none is left. Having taken its first
+    batch, it waits until each of the `senders` has one (files in `meet`): else the first
+    to start could take them all before the other has imported what it needs."""
     taken = []
     with Ledger(url) as ledger:
         while (next_batch := ledger.take_next_batch(issue_id)) is not None:
             batch, _ = next_batch
             ledger.mark_submitted(batch.id, f"from {Path.cwd().name}")
             taken.append(batch.seq)
+            if len(taken) == 1:
+                (meet / Path.cwd().name).touch()
+                deadline = time.monotonic() + 60
+                while len(list(meet.iterdir())) < senders and time.monotonic() < deadline:
+                    time.sleep(0.01)
     return taken
 
 
@@ -171,9 +182,12 @@ def test_two_processes_in_their_own_folders_share_one_issue_each_batch_once(
         )
         ledger.save_plan(issue_id, content, [(["email", "name"], rows)] * 400)
     script = (
-        "import sys; from tests.test_send_senders import claim_and_count; "
-        "print(' '.join(map(str, claim_and_count(sys.argv[1], int(sys.argv[2])))))"
+        "import sys; from pathlib import Path; from tests.test_send_senders import "
+        "claim_and_count; print(' '.join(map(str, claim_and_count("
+        "sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), 2))))"
     )
+    meet = tmp_path / "first-batch-taken"
+    meet.mkdir()
     repo = Path(__file__).resolve().parents[1]
     folders = [tmp_path / "machine-a", tmp_path / "machine-b"]
     processes = []
@@ -181,7 +195,7 @@ def test_two_processes_in_their_own_folders_share_one_issue_each_batch_once(
         folder.mkdir()
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-c", script, database_url, str(issue_id)],
+                [sys.executable, "-c", script, database_url, str(issue_id), str(meet)],
                 cwd=folder,
                 env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
                 stdout=subprocess.PIPE,
@@ -359,3 +373,88 @@ def test_the_transports_worth_a_process_are_the_ones_that_send_a_batch_at_once()
     assert {
         name for name, in_doubt in IN_DOUBT.items() if in_doubt == "batch"
     } == ONE_REQUEST_A_BATCH
+
+
+def test_a_sigterm_after_a_sender_died_still_stops_the_others_after_their_batch(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """One of two sender processes is killed; while the send goes on hearing the other's
+    progress, a SIGTERM still reaches that one: it ends its batch in flight and stops,
+    instead of sending the rest of the list first. The rerun sends the rest, once."""
+    emails = setup_site(site, sendgrid_emulator, 1200, batch_size=2)  # 600 batches
+    with_senders(site, 2)
+    sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))  # one request each, held
+    sendgrid_emulator.fail_all(Fault(delay=0.05))  # then 50 ms each: a steady stream
+    command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
+    send_process = subprocess.Popen(
+        [*command, "send", "--date", DATE, "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        assert sendgrid_emulator.wait_for_held(2, timeout=60)
+        victim, _ = sender_processes(send_process.pid)
+        os.kill(victim, signal.SIGKILL)
+        sendgrid_emulator.release()
+        deadline = time.monotonic() + 60  # the other sends on; its death is noticed
+        while len(sendgrid_emulator.mail_requests()) < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        send_process.send_signal(signal.SIGTERM)
+        out, err = send_process.communicate(timeout=60)
+    finally:
+        send_process.kill()
+    assert send_process.returncode == 1 and "Traceback" not in err
+    assert "stopped without a report" in err
+    assert len(sendgrid_emulator.mail_requests()) < 100, out + err  # not the 600
+    sendgrid_emulator.clear_faults()
+    rerun = send(site, "--skip-ambiguous")
+    assert rerun.returncode == 0, rerun.stderr
+    got = delivered(sendgrid_emulator)
+    assert max(got.values()) == 1 and set(got) == set(emails)
+
+
+def test_workers_beyond_the_processes_a_list_is_worth_are_threads_of_the_send(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """Four workers, a list worth one process: one process and three threads of the send,
+    four requests in flight at once (a slow network is waited on four times over)."""
+    emails = setup_site(site, sendgrid_emulator, 1000, batch_size=10)  # 100 batches
+    with_senders(site, 4)
+    sendgrid_emulator.script(*[Fault(hold=True)] * 4)
+    command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
+    send_process = subprocess.Popen(
+        [*command, "send", "--date", DATE, "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        four = sendgrid_emulator.wait_for_held(4, timeout=60)
+        senders = sender_processes(send_process.pid)
+        sendgrid_emulator.release()
+        _, err = send_process.communicate(timeout=60)
+    finally:
+        send_process.kill()
+    assert four and len(senders) == 1, err
+    assert send_process.returncode == 0, err
+    assert delivered(sendgrid_emulator) == collections.Counter(emails)
+
+
+def test_senders_started_before_a_failure_to_start_the_next_are_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C (or no more processes) while the senders are started: the ones started
+    already are stopped, not left waiting for a job that never comes (the command would
+    then wait for them at exit)."""
+    started: list[Any] = []
+    start = multiprocessing.get_context("spawn").Process.start
+
+    def start_or_interrupt(process: Any) -> None:
+        if started:
+            raise KeyboardInterrupt
+        start(process)
+        started.append(process)
+
+    monkeypatch.setattr(multiprocessing.get_context("spawn").Process, "start", start_or_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        SenderProcesses.spawn(2)
+    [first] = started
+    first.join(timeout=10)
+    assert first.exitcode == -signal.SIGKILL

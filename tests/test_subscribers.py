@@ -1,7 +1,8 @@
 """List files: import, add, remove, list, count, export and suppressions, as a user meets them.
 
 A handful of cases run the real `newsletter subscribers ...` command in a separate
-process; the finer points call the functions of `newsletter.subscribers` directly.
+process; the finer points call the functions of `newsletter.subscribers` (reading)
+and `newsletter.list_editing` (changing and exporting) directly.
 """
 
 from __future__ import annotations

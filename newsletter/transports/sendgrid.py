@@ -85,7 +85,7 @@ class SendGridTransport:
         transport made only to check the settings, or to fetch suppressions, does without.
         One client per transport, one transport per worker thread: the client shares
         mutable request headers between its sub-clients. httpx is imported here: a send's
-        own process, whose senders post, does without it."""
+        own process does without it where only its sender processes post."""
         import httpx
 
         return httpx.Client(
