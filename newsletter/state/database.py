@@ -225,11 +225,37 @@ def _create_schema(engine: sa.Engine, tables: Sequence[sa.Table] | None = None) 
     wanted = list(metadata.sorted_tables if tables is None else tables)
     with engine.connect() as conn:
         existing = set(sa.inspect(conn).get_table_names())
-    if all(table.name in existing for table in wanted):
+        indexed = _index_names(conn)
+    later = [  # indexes added to a table after this database was made
+        index
+        for table in wanted
+        if table.name in existing
+        for index in table.indexes
+        if index.name not in indexed
+    ]
+    if all(table.name in existing for table in wanted) and not later:
         return  # the usual case: no lock taken
     with _schema_lock(engine) as conn:
         for table in wanted:  # in dependency order, each with its indexes
             table.create(conn, checkfirst=True)
+        for index in later:
+            index.create(conn, checkfirst=True)
+
+
+def _index_names(conn: sa.Connection) -> set[str]:
+    """The names of the database's indexes, in one query (every command opens it)."""
+    if conn.dialect.name == "sqlite":
+        query = "SELECT name FROM sqlite_master WHERE type = 'index'"
+    elif conn.dialect.name == "postgresql":
+        query = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+    else:
+        inspector = sa.inspect(conn)
+        return {
+            str(index["name"])
+            for table in inspector.get_table_names()
+            for index in inspector.get_indexes(table)
+        }
+    return {str(name) for (name,) in conn.exec_driver_sql(query)}
 
 
 @contextlib.contextmanager
