@@ -299,38 +299,23 @@ class SenderPool:
         heartbeat = Heartbeat(beat, self.heartbeat_every)
         try:
             self.warm_up(len(todo))
-            if not self._senders or len(todo) <= 1:
-                return self._in_this_process(
-                    issue_id, message, links, suppressed, heartbeat, len(todo)
-                )
-            job = SenderJob(self.config, self.transport, issue_id, message, frozenset(suppressed))
             here = functools.partial(self._one, issue_id, message, links, suppressed)
+            if not self._senders or len(todo) <= 1:
+                return self._in_this_process(here, heartbeat, len(todo))
+            job = SenderJob(self.config, self.transport, issue_id, message, frozenset(suppressed))
             return self._in_processes(job, heartbeat, here)
         finally:
             self.progress.stop()
 
     def _in_this_process(
-        self,
-        issue_id: int,
-        message: Message,
-        links: UnsubscribeLinks | None,
-        suppressed: Set[str],
-        heartbeat: Heartbeat,
-        batches: int,
+        self, here: Callable[..., None], heartbeat: Heartbeat, batches: int
     ) -> Outcome:
         """`workers` threads here, each claiming batches (their network waits overlap): for a
         send too small to pay for starting processes."""
         events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
         stop, halt = threading.Event(), threading.Event()
-        run = functools.partial(self._one, issue_id, message, links, suppressed)
-        threads = [
-            threading.Thread(
-                target=run, args=(events, stop, halt), name=f"sender-{n + 1}", daemon=True
-            )
-            for n in range(max(1, min(self.workers, batches)))
-        ]
-        for thread in threads:
-            thread.start()
+        count = max(1, min(self.workers, batches))
+        threads = _started_threads(here, count, "sender", (events, stop, halt))
         return self._gather(threads, events, stop, heartbeat)
 
     def _in_processes(
@@ -345,14 +330,8 @@ class SenderPool:
         events, _, stop, halt = self._started.channels
         for _ in self._senders:
             self._started.give(job)
-        threads = [
-            threading.Thread(
-                target=here, args=(events, stop, halt), name=f"here-{n + 1}", daemon=True
-            )
-            for n in range(self.workers - len(self._senders))
-        ]
-        for thread in threads:
-            thread.start()
+        count = self.workers - len(self._senders)
+        threads = _started_threads(here, count, "here", (events, stop, halt))
         try:
             return self._gather([*self._senders, *threads], events, stop, heartbeat)
         except BaseException as exc:
@@ -425,3 +404,17 @@ class SenderPool:
         elif kind == "done":
             outcome.add(value)
             finished.add(name)
+
+
+def _started_threads(
+    run: Callable[..., None], count: int, name: str, channels: tuple[Any, Any, Any]
+) -> list[threading.Thread]:
+    """`count` senders in threads of this process, each running `run` on the channels
+    (events, stop, halt), started."""
+    threads = [
+        threading.Thread(target=run, args=channels, name=f"{name}-{n + 1}", daemon=True)
+        for n in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads

@@ -9,14 +9,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 
 from newsletter.state import Ledger
 
 from .conftest import Site
 from .support.fixtures import HELD
 from .support.sendgrid_emulator import Fault, SendGridEmulator
-from .test_send_sendgrid import DATE, delivered, env, newsletter, send, setup_site
+from .test_send_sendgrid import DATE, delivered, env, newsletter, send, setup_site, start_send
 
 
 def two_machines(site: Site) -> Site:
@@ -24,14 +23,6 @@ def two_machines(site: Site) -> Site:
     other = Site(site.root.parent / "machine-b")
     shutil.copytree(site.root, other.root)
     return other
-
-
-def start_send(site: Site, environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(site.config_path),
-         "send", "--date", DATE, "--yes", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
-    )  # fmt: skip
 
 
 def both_at_work(
@@ -43,10 +34,10 @@ def both_at_work(
     machine_b = two_machines(site)
     environ = env(NEWSLETTER_DATABASE_URL=database_url)
     emulator.script(Fault(hold=True), Fault(hold=True))
-    first = start_send(site, environ)
+    first = start_send(site, environ=environ)
     try:
         assert emulator.wait_for_held(1, timeout=60)
-        helper = start_send(machine_b, environ, "--join")
+        helper = start_send(machine_b, "--join", environ=environ)
         assert emulator.wait_for_held(2, timeout=60)
     except BaseException:
         first.kill()

@@ -29,7 +29,7 @@ from newsletter.transports.sendgrid import SendGridTransport
 
 from .conftest import SENDGRID_TEST_API_KEY, Site
 from .support.sendgrid_emulator import Fault, SendGridEmulator
-from .test_send_sendgrid import DATE, delivered, env, newsletter, send, setup_site
+from .test_send_sendgrid import delivered, env, newsletter, send, setup_site, start_send
 
 
 def with_senders(site: Site, workers: int) -> None:
@@ -241,6 +241,26 @@ def sender_processes(parent: int) -> list[int]:
     return found
 
 
+def send_killing_a_sender(
+    site: Site, emulator: SendGridEmulator, processes: int
+) -> tuple[int, str]:
+    """`newsletter send` with the first request of each of two senders held: one of its
+    `processes` sender processes is killed with -9 (the other sender, if `processes` is
+    1, is a thread of the send), then the held requests go on. Its exit code and stderr."""
+    emulator.script(Fault(hold=True), Fault(hold=True))
+    send_process = start_send(site)
+    try:
+        assert emulator.wait_for_held(2, timeout=60)
+        victim, *others = sender_processes(send_process.pid)
+        assert len(others) == processes - 1
+        os.kill(victim, signal.SIGKILL)
+        emulator.release()
+        _, err = send_process.communicate(timeout=60)
+    finally:
+        send_process.kill()
+    return send_process.returncode, err
+
+
 def test_a_killed_sender_leaves_only_its_request_in_doubt_and_the_others_finish(
     site: Site, sendgrid_emulator: SendGridEmulator
 ) -> None:
@@ -248,21 +268,8 @@ def test_a_killed_sender_leaves_only_its_request_in_doubt_and_the_others_finish(
     with the other, names that request's readers in doubt, and sends nobody twice."""
     emails = setup_site(site, sendgrid_emulator, 1200, batch_size=4)  # 300 batches: two processes
     with_senders(site, 2)
-    sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))  # one request each, held
-    command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
-    send_process = subprocess.Popen(
-        [*command, "send", "--date", DATE, "--yes"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-    )  # fmt: skip
-    try:
-        assert sendgrid_emulator.wait_for_held(2, timeout=60)
-        victim, _ = sender_processes(send_process.pid)  # two processes, no thread here
-        os.kill(victim, signal.SIGKILL)
-        sendgrid_emulator.release()
-        _, err = send_process.communicate(timeout=60)
-    finally:
-        send_process.kill()
-    assert send_process.returncode == 1
+    code, err = send_killing_a_sender(site, sendgrid_emulator, processes=2)
+    assert code == 1
     assert "stopped without a report" in err and "Traceback" not in err
     assert "4 recipients may or may not have the issue" in err
     with Ledger(site.config().database_url) as ledger:
@@ -287,21 +294,8 @@ def test_a_send_worth_one_process_sends_from_it_and_from_its_own_thread(
     the process leaves its request in doubt; the thread sends the rest, nobody twice."""
     emails = setup_site(site, sendgrid_emulator, 600, batch_size=10)  # 60 batches
     with_senders(site, 2)
-    sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))  # one request each, held
-    command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
-    send_process = subprocess.Popen(
-        [*command, "send", "--date", DATE, "--yes"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-    )  # fmt: skip
-    try:
-        assert sendgrid_emulator.wait_for_held(2, timeout=60)
-        [victim] = sender_processes(send_process.pid)  # the other request is the send's own
-        os.kill(victim, signal.SIGKILL)
-        sendgrid_emulator.release()
-        _, err = send_process.communicate(timeout=60)
-    finally:
-        send_process.kill()
-    assert send_process.returncode == 1
+    code, err = send_killing_a_sender(site, sendgrid_emulator, processes=1)
+    assert code == 1
     assert "stopped without a report" in err and "Traceback" not in err
     assert "10 recipients may or may not have the issue" in err
     with Ledger(site.config().database_url) as ledger:
@@ -385,11 +379,7 @@ def test_a_sigterm_after_a_sender_died_still_stops_the_others_after_their_batch(
     with_senders(site, 2)
     sendgrid_emulator.script(Fault(hold=True), Fault(hold=True))  # one request each, held
     sendgrid_emulator.fail_all(Fault(delay=0.05))  # then 50 ms each: a steady stream
-    command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
-    send_process = subprocess.Popen(
-        [*command, "send", "--date", DATE, "--yes"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-    )  # fmt: skip
+    send_process = start_send(site)
     try:
         assert sendgrid_emulator.wait_for_held(2, timeout=60)
         victim, _ = sender_processes(send_process.pid)
@@ -420,11 +410,7 @@ def test_workers_beyond_the_processes_a_list_is_worth_are_threads_of_the_send(
     emails = setup_site(site, sendgrid_emulator, 1000, batch_size=10)  # 100 batches
     with_senders(site, 4)
     sendgrid_emulator.script(*[Fault(hold=True)] * 4)
-    command = [sys.executable, "-m", "newsletter", "--config", str(site.config_path)]
-    send_process = subprocess.Popen(
-        [*command, "send", "--date", DATE, "--yes"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-    )  # fmt: skip
+    send_process = start_send(site)
     try:
         four = sendgrid_emulator.wait_for_held(4, timeout=60)
         senders = sender_processes(send_process.pid)

@@ -93,6 +93,17 @@ def send(
     return newsletter(site, "send", "--date", DATE, "--yes", *args, environ=environ)
 
 
+def start_send(
+    site: Site, *args: str, environ: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`send`, left running: for a test that acts while it sends."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(site.config_path),
+         "send", "--date", DATE, "--yes", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ or env(),
+    )  # fmt: skip
+
+
 def delivered(emulator: SendGridEmulator) -> collections.Counter[str]:
     return collections.Counter(emulator.recipients())
 
@@ -493,10 +504,7 @@ def test_a_second_send_while_one_runs_refuses(
     # the first batch is in flight until we say so (the client waits as long as it takes)
     emails = setup_site(site, sendgrid_emulator, 500, batch_size=100, timeout=HELD)
     sendgrid_emulator.script(Fault(hold=True))
-    first = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(site.config_path), "send", "--date", DATE, "--yes"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
-    )  # fmt: skip
+    first = start_send(site)
     try:
         held = sendgrid_emulator.wait_for_held(1, timeout=60)
         second = send(site) if held else None

@@ -278,7 +278,9 @@ class SendGridTransport:
             raise TemporaryFailure(self._unreachable(exc)) from None
         except (httpx.WriteError, httpx.WriteTimeout) as exc:
             # the request was not all written: SendGrid cannot have acted on it
-            raise TemporaryFailure(self._broken_before_sent(exc)) from None
+            raise TemporaryFailure(
+                f"the connection to SendGrid failed while sending the request: {exc!r}"
+            ) from None
         except httpx.TransportError as exc:
             raise self._no_answer(exc, isinstance(exc, httpx.TimeoutException), True) from None
         # httpx 0.28 leaves each response in a reference cycle with its stream, holding the
@@ -320,9 +322,6 @@ class SendGridTransport:
 
     def _unreachable(self, why: object) -> str:
         return f"cannot reach SendGrid at {self.settings.api_url}: {why}"
-
-    def _broken_before_sent(self, exc: Exception) -> str:
-        return f"the connection to SendGrid failed while sending the request: {exc!r}"
 
     def _no_answer(self, exc: Exception, timed_out: bool, sends_mail: bool) -> BatchFailure:
         """The whole request went out and no answer came back: SendGrid may have taken it,
