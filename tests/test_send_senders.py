@@ -444,3 +444,18 @@ def test_senders_started_before_a_failure_to_start_the_next_are_let_go(
     [first] = started
     first.join(timeout=10)
     assert first.exitcode == -signal.SIGKILL
+
+
+def test_a_bad_list_name_is_said_by_the_send_not_by_the_senders_early_start(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """`send --yes` looks at the list before it starts its senders: a list name it cannot
+    take starts none, and the send says what is wrong with it, as without them."""
+    setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: two processes
+    with_senders(site, 2)
+
+    result = send(site, "--list", "Bad Name")
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "invalid list name 'Bad Name'" in result.stderr
+    assert sendgrid_emulator.mail_requests() == []
