@@ -9,15 +9,18 @@ A sender imports the send's modules itself (`_run`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing
 import os
 import queue
 import secrets
 import sys
+import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +78,50 @@ class Flag:
         return bool(self._value.value)
 
 
+class Inbox:
+    """What the senders say, each on a pipe of its own: no lock is shared between
+    processes, so a sender killed with -9 mid-word breaks only its own pipe (a shared
+    multiprocessing queue would keep its lock held, and the other senders would wait
+    on it for ever)."""
+
+    def __init__(self, pipes: list[Connection]) -> None:
+        self._open = list(pipes)
+        self._heard: collections.deque[tuple[str, str, Any]] = collections.deque()
+
+    def add(self, pipe: Connection) -> None:
+        self._open.append(pipe)
+
+    def get(self, timeout: float) -> tuple[str, str, Any]:
+        """The next word of any sender; `queue.Empty` if none came within `timeout`."""
+        if not self._heard:
+            for pipe in wait(self._open, timeout) if self._open else ():
+                try:
+                    self._heard.append(pipe.recv())
+                except (EOFError, OSError):  # it ended, or died mid-word: nothing more
+                    self._open.remove(pipe)
+                    pipe.close()
+        if not self._heard:
+            if not self._open:
+                time.sleep(timeout)  # every sender gone: the caller looks at them
+            raise queue.Empty
+        return self._heard.popleft()
+
+
+def thread_pipe() -> tuple[Connection, Connection]:
+    """The ends a sender in a thread of the send talks to it on: (the send's, the thread's)."""
+    return multiprocessing.Pipe(duplex=False)
+
+
 @dataclass
 class SenderProcesses:
-    """Spawned senders and the channels to them: events (from them), jobs (to them), a
-    stop request and a halt (one of them failed)."""
+    """Spawned senders, each with a pipe of its own for its jobs (to it) and what it says
+    (from it), and two flags for all: a stop request and a halt (one of them failed)."""
 
     processes: list[Any]
-    channels: tuple[Any, Any, Any, Any]
+    pipes: list[Connection]
+    inbox: Inbox
+    stop: Flag
+    halt: Flag
     given_work: bool = False
 
     @classmethod
@@ -89,60 +129,62 @@ class SenderProcesses:
         """`count` senders, started with `spawn` (never a fork of a process holding
         threads and database connections), sharing one string-hash seed."""
         context = multiprocessing.get_context("spawn")
-        channels = (context.Queue(), context.Queue(), Flag(context), Flag(context))
-        started = cls([], channels)
+        started = cls([], [], Inbox([]), Flag(context), Flag(context))
         try:
             with _plain_main(), _one_hash_seed():
                 for n in range(count):
+                    mine, theirs = context.Pipe()
                     sender = context.Process(
                         target=_run,
-                        args=(*channels, os.getpid()),
+                        args=(theirs, started.stop, started.halt, os.getpid()),
                         name=f"sender-{n + 1}",
                         daemon=True,
                     )
                     sender.start()
+                    theirs.close()  # the sender's end, here: its death is then an end of file
                     started.processes.append(sender)
+                    started.pipes.append(mine)
+                    started.inbox.add(mine)
         except BaseException:  # Ctrl-C, or no more processes: none is left waiting
             started.close()
             raise
         return started
 
-    def give(self, job: object) -> None:
-        """A job for whichever sender takes it first."""
+    def give(self, sender: int, job: object) -> None:
+        """A job for this sender; one that has died is noticed by whoever waits for it."""
         self.given_work = True
-        self.channels[1].put(job)
+        with contextlib.suppress(OSError):
+            self.pipes[sender].send(job)
 
     def close(self) -> None:
         """Let the senders go; again is harmless. Ones never given work are stopped where
         they are (still importing, or waiting); the others are told there is nothing more
-        and waited for, reading and dropping what they still say (a sender cannot exit
-        before its queue is flushed)."""
+        and waited for, reading and dropping what they still say (a sender cannot finish
+        a word nobody reads)."""
         if not self.processes:
             return
-        events, jobs, stop = self.channels[:3]
-        stop.set()  # one still at work (the send failed) ends after its batch in flight
+        self.stop.set()  # one still at work (the send failed) ends after its batch in flight
         if not self.given_work:
             for sender in self.processes:
                 sender.kill()
-        for sender in self.processes:
+        for n, sender in enumerate(self.processes):
             if sender.is_alive() and self.given_work:
-                jobs.put(None)
+                self.give(n, None)
         for sender in self.processes:
             while sender.is_alive() and self.given_work:
                 with contextlib.suppress(queue.Empty):
-                    events.get(timeout=POLL)
+                    self.inbox.get(POLL)
             sender.join()
-        for channel in (events, jobs):
-            channel.close()
-            channel.join_thread()
-        self.processes = []
+        for pipe in self.pipes:
+            pipe.close()
+        self.processes, self.pipes = [], []
 
 
-def _run(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> None:
+def _run(pipe: Connection, stop: Flag, halt: Flag, parent: int) -> None:
     """A sender's life, imported in the sender (the send's modules are its own imports)."""
     from newsletter.senders import sender_main
 
-    sender_main(events, jobs, stop, halt, parent)
+    sender_main(pipe, stop, halt, parent)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from newsletter.config import Config
@@ -43,7 +44,7 @@ from newsletter.delivery import Deliverer, Heartbeat, Outcome, Progress
 from newsletter.errors import NewsletterError
 from newsletter.plan_parts import PartPlan, PlanJob, plan_part
 from newsletter.planning import UnsubscribeLinks
-from newsletter.sender_processes import POLL, SenderProcesses, processes_for
+from newsletter.sender_processes import POLL, Inbox, SenderProcesses, processes_for, thread_pipe
 from newsletter.transports.base import Message, PermanentFailure, TemporaryFailure
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,11 @@ class SuppressionJob:
     transport: str
 
 
-class _QueueProgress:
+class _PipedProgress:
     """A sender's progress, passed to the process that shows it."""
 
-    def __init__(self, events: Any, name: str) -> None:
-        self.events = events
+    def __init__(self, pipe: Connection, name: str) -> None:
+        self.pipe = pipe
         self.name = name
 
     def start(self, recipients: int, batches: int) -> None:
@@ -84,7 +85,7 @@ class _QueueProgress:
 
     def advance(self, recipients: int) -> None:
         if recipients:
-            self.events.put(("advance", self.name, recipients))
+            self.pipe.send(("advance", self.name, recipients))
 
     def stop(self) -> None:
         pass
@@ -102,10 +103,10 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def sender_main(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> None:
+def sender_main(pipe: Connection, stop: Any, halt: Any, parent: int) -> None:
     """A spawned sender: imports what it needs while the send plans, then waits for its
-    job (None: nothing to send) and runs the shared loop with its own database connection
-    and transport."""
+    jobs on its pipe (None, or the pipe closed: nothing to send) and runs the shared loop
+    with its own database connection and transport, saying how it goes on the pipe."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -117,11 +118,11 @@ def sender_main(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> No
     # garbage collection left as Python sets it: each request leaves a cycle holding
     # its 600 KB body (httpx), which raised thresholds would keep by the hundred
     name = multiprocessing.current_process().name
-    while isinstance(job := jobs.get(), (PlanJob, SuppressionJob)):
+    while isinstance(job := _next_job(pipe), (PlanJob, SuppressionJob)):
         if isinstance(job, SuppressionJob):
-            events.put(("suppressions", name, _suppressions(job)))
+            pipe.send(("suppressions", name, _suppressions(job)))
         else:
-            events.put(("planned", name, _plan(job)))
+            pipe.send(("planned", name, _plan(job)))
     if job is None:
         return
     try:
@@ -132,7 +133,7 @@ def sender_main(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> No
                 make_transport=parts.transport_factory(job.transport, None),
                 policy=parts.retry_policy(),
                 workers=1,
-                progress=_QueueProgress(events, name),
+                progress=_PipedProgress(pipe, name),
                 should_stop=lambda: stop.is_set() or halt.is_set() or os.getppid() != parent,
                 in_doubt="batch",
             )
@@ -142,17 +143,24 @@ def sender_main(events: Any, jobs: Any, stop: Any, halt: Any, parent: int) -> No
         outcome = Outcome(errors=[f"a sender process failed: {exc}"], permanent=True)
     if outcome.permanent or outcome.failed_batches:
         halt.set()
-    events.put(("done", name, outcome))
-    _exit_now(events)
+    pipe.send(("done", name, outcome))
+    _exit_now(pipe)
 
 
-def _exit_now(events: Any) -> None:
-    """Its report sent, a sender has nothing left to do: the queue is flushed, then the
-    process ends without tearing down the interpreter (freeing its objects one by one
-    took a tenth of a second that the send waited for). Its database connection is
-    closed already; the kernel closes its sockets."""
-    events.close()
-    events.join_thread()
+def _next_job(pipe: Connection) -> object:
+    """The send's next job; None when the send has gone."""
+    try:
+        return pipe.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _exit_now(pipe: Connection) -> None:
+    """Its report sent, a sender has nothing left to do: the process ends without tearing
+    down the interpreter (freeing its objects one by one took a tenth of a second that
+    the send waited for). Its report is in the pipe already; its database connection is
+    closed; the kernel closes its sockets."""
+    pipe.close()
     for stream in (sys.stdout, sys.stderr):  # a warning it logged, if still buffered
         with contextlib.suppress(Exception):
             stream.flush()
@@ -237,7 +245,7 @@ class SenderPool:
     def ask_suppressions(self, job: SuppressionJob) -> None:
         """One sender starts fetching the suppressions; `suppressions()` waits for them."""
         assert self._started is not None
-        self._started.give(job)
+        self._started.give(0, job)
 
     def suppressions(self) -> list[tuple[str, str]]:
         """What `ask_suppressions` fetched; its failure raised here, of the same kind."""
@@ -255,10 +263,9 @@ class SenderPool:
         """The next event of this kind from any sender; a sender that dies meanwhile is
         an error."""
         assert self._started is not None
-        events = self._started.channels[0]
         while True:
             try:
-                kind, _, value = events.get(timeout=POLL)
+                kind, _, value = self._started.inbox.get(POLL)
             except queue.Empty:
                 dead = [s.name for s in self._senders if not s.is_alive()]
                 if dead:
@@ -270,10 +277,11 @@ class SenderPool:
                 return value
 
     def plan_parts(self, jobs: Sequence[PlanJob]) -> list[PartPlan]:
-        """Each job planned by a sender; a sender that dies meanwhile is an error."""
+        """Each job planned by a sender (no more jobs than senders); a sender that dies
+        meanwhile is an error."""
         assert self._started is not None
-        for job in jobs:
-            self._started.give(job)
+        for n, job in enumerate(jobs):
+            self._started.give(n, job)
         return [self._wait_for("planned", "planning the list") for _ in jobs]
 
     def deliver(
@@ -312,11 +320,11 @@ class SenderPool:
     ) -> Outcome:
         """`workers` threads here, each claiming batches (their network waits overlap): for a
         send too small to pay for starting processes."""
-        events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
+        inbox = Inbox([])
         stop, halt = threading.Event(), threading.Event()
         count = max(1, min(self.workers, batches))
-        threads = _started_threads(here, count, "sender", (events, stop, halt))
-        return self._gather(threads, events, stop, heartbeat)
+        threads = _started_threads(here, count, "sender", inbox, stop, halt)
+        return self._gather(threads, inbox, stop, heartbeat)
 
     def _in_processes(
         self, job: SenderJob, heartbeat: Heartbeat, here: Callable[..., None]
@@ -325,15 +333,16 @@ class SenderPool:
         beyond them in threads of this process, running `here` (a send worth one process,
         not two, still uses both cores). Should this process fail meanwhile, all of them
         are asked to stop, and its threads are waited for: a batch they had in flight is
-        recorded before the queue they tell it on is closed."""
-        assert self._started is not None
-        events, _, stop, halt = self._started.channels
-        for _ in self._senders:
-            self._started.give(job)
+        recorded before the send goes on."""
+        started = self._started
+        assert started is not None
+        inbox, stop, halt = started.inbox, started.stop, started.halt
+        for n in range(len(self._senders)):
+            started.give(n, job)
         count = self.workers - len(self._senders)
-        threads = _started_threads(here, count, "here", (events, stop, halt))
+        threads = _started_threads(here, count, "here", inbox, stop, halt)
         try:
-            return self._gather([*self._senders, *threads], events, stop, heartbeat)
+            return self._gather([*self._senders, *threads], inbox, stop, heartbeat)
         except BaseException as exc:
             stop.set()
             if not isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: now, not after
@@ -347,18 +356,18 @@ class SenderPool:
         message: Message,
         links: UnsubscribeLinks | None,
         suppressed: Set[str],
-        events: Any,
+        pipe: Connection,
         stop: Any,
         halt: Any,
     ) -> None:
         """A sender in a thread of this process: the shared loop, its progress and outcome
-        told as a sender process tells them; it stops at once when asked, or when one of
-        the others failed (and makes them stop when it fails)."""
+        told on its pipe as a sender process tells them; it stops at once when asked, or
+        when one of the others failed (and makes them stop when it fails)."""
         name = threading.current_thread().name
         asked = self.should_stop
         one = dataclasses.replace(  # its own hooks; its transport is made per thread
             self.deliverer,
-            progress=_QueueProgress(events, name),
+            progress=_PipedProgress(pipe, name),
             should_stop=lambda: stop.is_set() or halt.is_set() or asked(),
         )
         try:
@@ -368,9 +377,10 @@ class SenderPool:
             log.exception("the sender failed")
         if outcome.permanent or outcome.failed_batches:
             halt.set()
-        events.put(("done", name, outcome))
+        with pipe:
+            pipe.send(("done", name, outcome))
 
-    def _gather(self, senders: list[Any], events: Any, stop: Any, heartbeat: Heartbeat) -> Outcome:
+    def _gather(self, senders: list[Any], inbox: Inbox, stop: Any, heartbeat: Heartbeat) -> Outcome:
         """Progress and the senders' outcomes as they come; the claim kept alive and a stop
         request passed on all along; a sender that exited and gave no report within
         `DRAIN` seconds died: an error (its batch in flight stays `submitting`: in doubt,
@@ -384,7 +394,7 @@ class SenderPool:
             if self.should_stop():
                 stop.set()
             with contextlib.suppress(queue.Empty):
-                self._take(*events.get(timeout=POLL), outcome, finished)
+                self._take(*inbox.get(POLL), outcome, finished)
             if (now := time.monotonic()) < look_at:
                 continue
             look_at = now + POLL
@@ -407,14 +417,16 @@ class SenderPool:
 
 
 def _started_threads(
-    run: Callable[..., None], count: int, name: str, channels: tuple[Any, Any, Any]
+    run: Callable[..., None], count: int, name: str, inbox: Inbox, stop: Any, halt: Any
 ) -> list[threading.Thread]:
-    """`count` senders in threads of this process, each running `run` on the channels
-    (events, stop, halt), started."""
-    threads = [
-        threading.Thread(target=run, args=channels, name=f"{name}-{n + 1}", daemon=True)
-        for n in range(count)
-    ]
+    """`count` senders in threads of this process, each running `run` with a pipe of its
+    own into `inbox`, and the stop and halt flags; started."""
+    threads = []
+    for n in range(count):
+        heard, said = thread_pipe()
+        inbox.add(heard)
+        args = (said, stop, halt)
+        threads.append(threading.Thread(target=run, args=args, name=f"{name}-{n + 1}", daemon=True))
     for thread in threads:
         thread.start()
     return threads

@@ -4,11 +4,13 @@ database, each reader once, on SQLite and PostgreSQL (newsletter/senders.py)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import gc
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -357,7 +359,7 @@ def test_senders_started_before_the_send_knew_are_let_go_if_it_does_not_want_the
     idle.close()  # again: nothing left to let go
     assert [p.exitcode for p in processes] == [-signal.SIGKILL] * 2
     busy = SenderProcesses.spawn(1)
-    busy.give(None)  # nothing to send: the sender returns
+    busy.give(0, None)  # nothing to send: the sender returns
     [sender] = busy.processes
     busy.close()
     assert sender.exitcode == 0
@@ -459,3 +461,52 @@ def test_a_bad_list_name_is_said_by_the_send_not_by_the_senders_early_start(
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "invalid list name 'Bad Name'" in result.stderr
     assert sendgrid_emulator.mail_requests() == []
+
+
+def _talks_to(pid: int, port: int) -> bool:
+    """Whether process `pid` has a TCP connection to 127.0.0.1:`port` (read from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port and fields[9] in inodes:
+            return True
+    return False
+
+
+def test_a_sender_killed_while_waiting_for_its_job_ends_the_send_without_hanging_it(
+    site: Site, sendgrid_emulator: SendGridEmulator
+) -> None:
+    """Two senders; one fetches the suppressions (held), the other waits for its job and
+    is killed with -9 meanwhile. The send says a sender stopped, sends nothing, and
+    ends: the survivor is not left waiting on anything the dead one held. The rerun sends
+    everyone once."""
+    emails = setup_site(site, sendgrid_emulator, 1500, batch_size=5)  # 300 batches: two processes
+    with_senders(site, 2)
+    sendgrid_emulator.script(Fault(hold=True, path="/v3/"))  # the first suppression page
+    send_process = start_send(site)
+    try:
+        assert sendgrid_emulator.wait_for_held(1, timeout=60)
+        senders = sender_processes(send_process.pid)
+        [idle] = [
+            pid
+            for pid in senders
+            if not _talks_to(pid, int(sendgrid_emulator.url.rsplit(":", 1)[1]))
+        ]
+        os.kill(idle, signal.SIGKILL)
+        sendgrid_emulator.release()
+        _, err = send_process.communicate(timeout=60)
+    finally:
+        send_process.kill()
+    assert send_process.returncode == 1 and "Traceback" not in err
+    # noticed while the suppressions are fetched, or when the list is to be planned
+    assert re.search(r"sender-\d stopped while (fetching the suppressions|planning the list)", err)
+    assert "nothing was sent" in err
+    assert sendgrid_emulator.mail_requests() == []
+    rerun = send(site)
+    assert rerun.returncode == 0, rerun.stderr
+    assert delivered(sendgrid_emulator) == collections.Counter(emails)
