@@ -297,6 +297,7 @@ class Deliverer:
                 break
             heartbeat.beat_if_due()
         submitted: list[tuple[int, str | None, str | None]] = []
+        advanced = 0
         for future in done:
             batch = in_flight.pop(future)
             try:
@@ -304,8 +305,9 @@ class Deliverer:
             except Exception as exc:
                 self._crashed(batch, exc, outcome)
                 continue
-            self._settle(batch, result, outcome, submitted)
+            advanced += self._settle(batch, result, outcome, submitted)
         self._record_submitted(submitted)
+        self.progress.advance(advanced)
 
     def _crashed(self, batch: BatchRow, exc: Exception, outcome: Outcome) -> None:
         """Unknown: it may or may not have gone out; left `submitting` (in doubt, or for a
@@ -321,23 +323,25 @@ class Deliverer:
         result: BatchResult,
         outcome: Outcome,
         submitted: list[tuple[int, str | None, str | None]],
-    ) -> None:
+    ) -> int:
         """What one batch's result means: counted, cut where it failed or stopped, or added
-        to `submitted` (recorded together with the others that finished with it)."""
+        to `submitted` (recorded together with the others that finished with it). Returns
+        the readers to show as done, once that is recorded: progress is said after the
+        record (a sender whose progress waits to be heard holds no batch unrecorded)."""
         outcome.submitted_recipients += result.sent
         outcome.dropped_suppressed += result.dropped
         finished = result.failure is None and not result.stopped
-        self.progress.advance((batch.size if finished else result.sent) - result.advanced)
+        advance = (batch.size if finished else result.sent) - result.advanced
         if result.failure is not None:
             self._record_failure(batch, result, outcome)
-            return
+            return advance
         receipt = result.receipt
         if receipt is not None:
             outcome.rejected.extend(receipt.rejected)
         if result.stopped:
             self.ledger.split_batch(batch.id, result.handled, rest="pending")
             outcome.stopped = True
-            return
+            return advance
         notes = []
         if result.dropped:
             notes.append(f"{result.dropped} suppressed since planning")
@@ -347,6 +351,7 @@ class Deliverer:
             (batch.id, receipt.message_id if receipt else None, "; ".join(notes) or None)
         )
         outcome.submitted_batches += 1
+        return advance
 
     def _record_submitted(self, submitted: list[tuple[int, str | None, str | None]]) -> None:
         # what finished together is recorded together: one write, and no batch waits
@@ -379,8 +384,9 @@ class Deliverer:
                     self._crashed(batch, exc, outcome)
                     break
                 submitted: list[tuple[int, str | None, str | None]] = []
-                self._settle(batch, result, outcome, submitted)
+                advance = self._settle(batch, result, outcome, submitted)
                 self._record_submitted(submitted)
+                self.progress.advance(advance)
                 if outcome.permanent or outcome.failed_batches:
                     break
             outcome.stopped = outcome.stopped or self.should_stop()

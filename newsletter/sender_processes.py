@@ -91,6 +91,11 @@ class Inbox:
     def add(self, pipe: Connection) -> None:
         self._open.append(pipe)
 
+    def close(self) -> None:
+        for pipe in self._open:
+            pipe.close()
+        self._open = []
+
     def get(self, timeout: float) -> tuple[str, str, Any]:
         """The next word of any sender; `queue.Empty` if none came within `timeout`."""
         if not self._heard:
@@ -134,27 +139,35 @@ class SenderProcesses:
             with _plain_main(), _one_hash_seed():
                 for n in range(count):
                     mine, theirs = context.Pipe()
+                    started.pipes.append(mine)
+                    started.inbox.add(mine)
                     sender = context.Process(
                         target=_run,
                         args=(theirs, started.stop, started.halt, os.getpid()),
                         name=f"sender-{n + 1}",
                         daemon=True,
                     )
-                    sender.start()
-                    theirs.close()  # the sender's end, here: its death is then an end of file
+                    try:
+                        sender.start()
+                    finally:
+                        theirs.close()  # the sender's end, here: its death is then an end of file
                     started.processes.append(sender)
-                    started.pipes.append(mine)
-                    started.inbox.add(mine)
         except BaseException:  # Ctrl-C, or no more processes: none is left waiting
             started.close()
             raise
         return started
 
     def give(self, sender: int, job: object) -> None:
-        """A job for this sender; one that has died is noticed by whoever waits for it."""
+        """A job for this sender; one that has died is noticed by whoever waits for it. One
+        given half a job (a Ctrl-C meanwhile) is stopped: it would wait for the rest."""
         self.given_work = True
-        with contextlib.suppress(OSError):
+        try:
             self.pipes[sender].send(job)
+        except OSError:
+            pass
+        except BaseException:
+            self.processes[sender].kill()
+            raise
 
     def close(self) -> None:
         """Let the senders go; again is harmless. Ones never given work are stopped where
@@ -162,6 +175,7 @@ class SenderProcesses:
         and waited for, reading and dropping what they still say (a sender cannot finish
         a word nobody reads)."""
         if not self.processes:
+            self.inbox.close()  # a start that failed may have made one pipe
             return
         self.stop.set()  # one still at work (the send failed) ends after its batch in flight
         if not self.given_work:
@@ -175,8 +189,7 @@ class SenderProcesses:
                 with contextlib.suppress(queue.Empty):
                     self.inbox.get(POLL)
             sender.join()
-        for pipe in self.pipes:
-            pipe.close()
+        self.inbox.close()  # the senders' pipes, and those of the send's own threads
         self.processes, self.pipes = [], []
 
 

@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -143,7 +143,8 @@ def sender_main(pipe: Connection, stop: Any, halt: Any, parent: int) -> None:
         outcome = Outcome(errors=[f"a sender process failed: {exc}"], permanent=True)
     if outcome.permanent or outcome.failed_batches:
         halt.set()
-    pipe.send(("done", name, outcome))
+    with contextlib.suppress(OSError):  # the send has gone (where it does not kill its senders)
+        pipe.send(("done", name, outcome))
     _exit_now(pipe)
 
 
@@ -324,16 +325,15 @@ class SenderPool:
         stop, halt = threading.Event(), threading.Event()
         count = max(1, min(self.workers, batches))
         threads = _started_threads(here, count, "sender", inbox, stop, halt)
-        return self._gather(threads, inbox, stop, heartbeat)
+        with _threads_stopped_on_failure(threads, inbox, stop):
+            return self._gather(threads, inbox, stop, heartbeat)
 
     def _in_processes(
         self, job: SenderJob, heartbeat: Heartbeat, here: Callable[..., None]
     ) -> Outcome:
         """The sender processes, each given the job; and as many senders as `workers` has
         beyond them in threads of this process, running `here` (a send worth one process,
-        not two, still uses both cores). Should this process fail meanwhile, all of them
-        are asked to stop, and its threads are waited for: a batch they had in flight is
-        recorded before the send goes on."""
+        not two, still uses both cores)."""
         started = self._started
         assert started is not None
         inbox, stop, halt = started.inbox, started.stop, started.halt
@@ -341,14 +341,8 @@ class SenderPool:
             started.give(n, job)
         count = self.workers - len(self._senders)
         threads = _started_threads(here, count, "here", inbox, stop, halt)
-        try:
+        with _threads_stopped_on_failure(threads, inbox, stop):
             return self._gather([*self._senders, *threads], inbox, stop, heartbeat)
-        except BaseException as exc:
-            stop.set()
-            if not isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: now, not after
-                for thread in threads:
-                    thread.join()
-            raise
 
     def _one(
         self,
@@ -414,6 +408,26 @@ class SenderPool:
         elif kind == "done":
             outcome.add(value)
             finished.add(name)
+
+
+@contextlib.contextmanager
+def _threads_stopped_on_failure(
+    threads: list[threading.Thread], inbox: Inbox, stop: Any
+) -> Iterator[None]:
+    """Should this process fail while its sender threads run, every sender is asked to stop
+    and the threads are waited for, hearing them out meanwhile (one waiting to be heard
+    would never end): a batch they had in flight is recorded before the send goes on. A
+    second Ctrl-C ends it now instead."""
+    try:
+        yield
+    except BaseException as exc:
+        stop.set()
+        if not isinstance(exc, KeyboardInterrupt):
+            for thread in threads:
+                while thread.is_alive():
+                    with contextlib.suppress(queue.Empty):
+                        inbox.get(POLL)
+        raise
 
 
 def _started_threads(

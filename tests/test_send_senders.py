@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ import httpx
 import pytest
 
 from newsletter.config import SendGridSettings
+from newsletter.delivery import Deliverer, Heartbeat, NoProgress, Outcome
 from newsletter.parts import IN_DOUBT
 from newsletter.sender_processes import ONE_REQUEST_A_BATCH, SenderProcesses
+from newsletter.senders import SenderPool, _PipedProgress
 from newsletter.state import Ledger
 from newsletter.state.issues import PlanContent
 from newsletter.transports.base import Message, Recipient
@@ -478,6 +481,17 @@ def _talks_to(pid: int, port: int) -> bool:
     return False
 
 
+def _waiting(pid: int, timeout: float = 60) -> bool:
+    """Whether process `pid` comes to sleep, and stays asleep for a quarter of a second
+    (waiting for something, not busy importing); False if not within `timeout`."""
+    asleep, deadline = 0, time.monotonic() + timeout
+    while asleep < 5 and time.monotonic() < deadline:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        asleep = asleep + 1 if state == "S" else 0
+        time.sleep(0.05)
+    return asleep >= 5
+
+
 def test_a_sender_killed_while_waiting_for_its_job_ends_the_send_without_hanging_it(
     site: Site, sendgrid_emulator: SendGridEmulator
 ) -> None:
@@ -492,11 +506,9 @@ def test_a_sender_killed_while_waiting_for_its_job_ends_the_send_without_hanging
     try:
         assert sendgrid_emulator.wait_for_held(1, timeout=60)
         senders = sender_processes(send_process.pid)
-        [idle] = [
-            pid
-            for pid in senders
-            if not _talks_to(pid, int(sendgrid_emulator.url.rsplit(":", 1)[1]))
-        ]
+        port = int(sendgrid_emulator.url.rsplit(":", 1)[1])
+        [idle] = [pid for pid in senders if not _talks_to(pid, port)]
+        assert _waiting(idle)  # its imports done: it waits for a job
         os.kill(idle, signal.SIGKILL)
         sendgrid_emulator.release()
         _, err = send_process.communicate(timeout=60)
@@ -510,3 +522,92 @@ def test_a_sender_killed_while_waiting_for_its_job_ends_the_send_without_hanging
     rerun = send(site)
     assert rerun.returncode == 0, rerun.stderr
     assert delivered(sendgrid_emulator) == collections.Counter(emails)
+
+
+@pytest.mark.parametrize("beside_processes", [False, True])
+def test_a_send_failing_while_a_sender_thread_waits_to_be_heard_stops_it_and_ends(
+    beside_processes: bool,
+) -> None:
+    """The send's own loop fails (its claim's heartbeat, slow, then raising) after a sender
+    thread has said more than its pipe holds: the thread is asked to stop and heard out
+    meanwhile, and the failure is raised once it has ended, instead of both waiting for
+    each other. Threads alone, or beside sender processes (here none are started)."""
+    words, ended = [0], threading.Event()
+
+    def sender(pipe: Any, stop: Any, halt: Any) -> None:  # one word a batch, until stopped
+        progress = _PipedProgress(pipe, threading.current_thread().name)
+        while not stop.is_set():
+            progress.advance(5)
+            words[0] += 1
+        with pipe:
+            pipe.send(("done", "sender-1", Outcome()))
+        ended.set()
+
+    def beat() -> None:  # the state database, slow until the sender's pipe is full, then gone
+        before = -1
+        while words[0] != before:
+            before = words[0]
+            time.sleep(0.2)
+        raise RuntimeError("database gone")
+
+    pool = SenderPool(None, None, "sendgrid", 1, NoProgress(), lambda: False)  # type: ignore[arg-type]
+    failed: list[BaseException] = []
+    stopped: list[bool] = []
+
+    def run() -> None:
+        heartbeat = Heartbeat(beat, every=0.0)
+        try:
+            if beside_processes:
+                pool._started = SenderProcesses.spawn(0)
+                pool._in_processes(None, heartbeat, sender)  # type: ignore[arg-type]
+            else:
+                pool._in_this_process(sender, heartbeat, batches=1)
+        except RuntimeError as exc:
+            failed.append(exc)
+            stopped.append(ended.is_set())  # the thread had ended before the failure went on
+
+    send = threading.Thread(target=run, daemon=True)
+    send.start()
+    send.join(timeout=60)
+    assert not send.is_alive() and [str(e) for e in failed] == ["database gone"]
+    assert stopped == [True]
+    assert words[0] > 1000  # more than its pipe held while nobody listened
+
+
+def test_a_sender_says_its_progress_only_once_its_batch_is_recorded(
+    sendgrid_emulator: SendGridEmulator, database_url: str
+) -> None:
+    """A sender's progress can wait to be heard (its pipe full while the send is busy):
+    said after the batch is recorded, that wait never holds a sent batch unrecorded, which
+    a kill meanwhile would leave in doubt."""
+    with Ledger(database_url) as ledger:
+        issue_id = ledger.claim("main", dt.date(2024, 3, 5), "me", dt.timedelta(hours=1)).issue.id
+        rows = [[f"r{n}@example.com", f"R {n}"] for n in range(4)]
+        content = PlanContent(
+            subject="s", html="<p>%%email%%</p>", text="%%email:text%%",
+            tokens=frozenset({"email"}), story_keys=[], window_start=None,
+            window_end=dt.datetime(2024, 3, 5, tzinfo=dt.UTC), transport="sendgrid",
+        )  # fmt: skip
+        ledger.save_plan(issue_id, content, [(["email", "name"], rows)] * 3)
+        unrecorded: list[int] = []
+
+        class Watching(NoProgress):
+            def advance(self, recipients: int) -> None:
+                counts = ledger.batch_counts(issue_id)
+                unrecorded.append(counts.get("submitting", (0, 0))[0])
+
+        deliverer = Deliverer(
+            ledger=ledger,
+            make_transport=lambda: SendGridTransport(
+                SendGridSettings(api_url=sendgrid_emulator.url, timeout=5), SENDGRID_TEST_API_KEY
+            ),
+            workers=1,
+            progress=Watching(),
+            in_doubt="batch",
+        )
+        message = Message("S", "<p>%%email%%</p>", "%%email:text%%", "news@example.com", None,
+                          None, frozenset({"email"}), str(issue_id), "main")  # fmt: skip
+        outcome = deliverer.send_claimed(issue_id, message, None, frozenset())
+        counts = ledger.batch_counts(issue_id)
+    assert outcome.submitted_batches == 3 and counts == {"submitted": (3, 12)}
+    assert unrecorded == [0, 0, 0]
