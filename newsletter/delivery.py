@@ -307,7 +307,8 @@ class Deliverer:
                 continue
             advanced += self._settle(batch, result, outcome, submitted)
         self._record_submitted(submitted)
-        self.progress.advance(advanced)
+        if advanced:
+            self.progress.advance(advanced)
 
     def _crashed(self, batch: BatchRow, exc: Exception, outcome: Outcome) -> None:
         """Unknown: it may or may not have gone out; left `submitting` (in doubt, or for a

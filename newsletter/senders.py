@@ -85,7 +85,8 @@ class _PipedProgress:
 
     def advance(self, recipients: int) -> None:
         if recipients:
-            self.pipe.send(("advance", self.name, recipients))
+            with contextlib.suppress(OSError):  # nobody listens any more: the send has ended
+                self.pipe.send(("advance", self.name, recipients))
 
     def stop(self) -> None:
         pass
@@ -325,8 +326,11 @@ class SenderPool:
         stop, halt = threading.Event(), threading.Event()
         count = max(1, min(self.workers, batches))
         threads = _started_threads(here, count, "sender", inbox, stop, halt)
-        with _threads_stopped_on_failure(threads, inbox, stop):
-            return self._gather(threads, inbox, stop, heartbeat)
+        try:
+            with _threads_stopped_on_failure(threads, inbox, stop):
+                return self._gather(threads, inbox, stop, heartbeat)
+        finally:
+            inbox.close()
 
     def _in_processes(
         self, job: SenderJob, heartbeat: Heartbeat, here: Callable[..., None]
@@ -371,7 +375,7 @@ class SenderPool:
             log.exception("the sender failed")
         if outcome.permanent or outcome.failed_batches:
             halt.set()
-        with pipe:
+        with pipe, contextlib.suppress(OSError):  # the send ended first (a second Ctrl-C)
             pipe.send(("done", name, outcome))
 
     def _gather(self, senders: list[Any], inbox: Inbox, stop: Any, heartbeat: Heartbeat) -> Outcome:

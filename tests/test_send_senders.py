@@ -571,7 +571,6 @@ def test_a_send_failing_while_a_sender_thread_waits_to_be_heard_stops_it_and_end
     send.join(timeout=60)
     assert not send.is_alive() and [str(e) for e in failed] == ["database gone"]
     assert stopped == [True]
-    assert words[0] > 1000  # more than its pipe held while nobody listened
 
 
 def test_a_sender_says_its_progress_only_once_its_batch_is_recorded(
