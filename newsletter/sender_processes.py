@@ -96,6 +96,10 @@ class Inbox:
             pipe.close()
         self._open = []
 
+    def _drop(self, pipe: Connection) -> None:
+        self._open.remove(pipe)
+        pipe.close()
+
     def get(self, timeout: float) -> tuple[str, str, Any]:
         """The next word of any sender; `queue.Empty` if none came within `timeout`."""
         if not self._heard:
@@ -103,8 +107,10 @@ class Inbox:
                 try:
                     self._heard.append(pipe.recv())
                 except (EOFError, OSError):  # it ended, or died mid-word: nothing more
-                    self._open.remove(pipe)
-                    pipe.close()
+                    self._drop(pipe)
+                except BaseException:  # a Ctrl-C mid-word: the rest of it would be misread
+                    self._drop(pipe)
+                    raise
         if not self._heard:
             if not self._open:
                 time.sleep(timeout)  # every sender gone: the caller looks at them

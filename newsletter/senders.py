@@ -325,9 +325,10 @@ class SenderPool:
         inbox = Inbox([])
         stop, halt = threading.Event(), threading.Event()
         count = max(1, min(self.workers, batches))
-        threads = _started_threads(here, count, "sender", inbox, stop, halt)
+        threads: list[threading.Thread] = []
         try:
             with _threads_stopped_on_failure(threads, inbox, stop):
+                _start_threads(threads, here, count, "sender", inbox, stop, halt)
                 return self._gather(threads, inbox, stop, heartbeat)
         finally:
             inbox.close()
@@ -344,8 +345,9 @@ class SenderPool:
         for n in range(len(self._senders)):
             started.give(n, job)
         count = self.workers - len(self._senders)
-        threads = _started_threads(here, count, "here", inbox, stop, halt)
+        threads: list[threading.Thread] = []
         with _threads_stopped_on_failure(threads, inbox, stop):
+            _start_threads(threads, here, count, "here", inbox, stop, halt)
             return self._gather([*self._senders, *threads], inbox, stop, heartbeat)
 
     def _one(
@@ -418,10 +420,10 @@ class SenderPool:
 def _threads_stopped_on_failure(
     threads: list[threading.Thread], inbox: Inbox, stop: Any
 ) -> Iterator[None]:
-    """Should this process fail while its sender threads run, every sender is asked to stop
-    and the threads are waited for, hearing them out meanwhile (one waiting to be heard
-    would never end): a batch they had in flight is recorded before the send goes on. A
-    second Ctrl-C ends it now instead."""
+    """Should this process fail while its sender threads run (or while it starts them),
+    every sender is asked to stop and the threads are waited for, hearing them out
+    meanwhile (one waiting to be heard would never end): a batch they had in flight is
+    recorded before the send goes on. A second Ctrl-C ends it now instead."""
     try:
         yield
     except BaseException as exc:
@@ -434,17 +436,22 @@ def _threads_stopped_on_failure(
         raise
 
 
-def _started_threads(
-    run: Callable[..., None], count: int, name: str, inbox: Inbox, stop: Any, halt: Any
-) -> list[threading.Thread]:
+def _start_threads(
+    threads: list[threading.Thread],
+    run: Callable[..., None],
+    count: int,
+    name: str,
+    inbox: Inbox,
+    stop: Any,
+    halt: Any,
+) -> None:
     """`count` senders in threads of this process, each running `run` with a pipe of its
-    own into `inbox`, and the stop and halt flags; started."""
-    threads = []
+    own into `inbox`, and the stop and halt flags; each added to `threads` once started."""
     for n in range(count):
         heard, said = thread_pipe()
         inbox.add(heard)
-        args = (said, stop, halt)
-        threads.append(threading.Thread(target=run, args=args, name=f"{name}-{n + 1}", daemon=True))
-    for thread in threads:
+        thread = threading.Thread(
+            target=run, args=(said, stop, halt), name=f"{name}-{n + 1}", daemon=True
+        )
         thread.start()
-    return threads
+        threads.append(thread)

@@ -10,6 +10,7 @@ import gc
 import json
 import multiprocessing
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -25,7 +26,7 @@ import pytest
 from newsletter.config import SendGridSettings
 from newsletter.delivery import Deliverer, Heartbeat, NoProgress, Outcome
 from newsletter.parts import IN_DOUBT
-from newsletter.sender_processes import ONE_REQUEST_A_BATCH, SenderProcesses
+from newsletter.sender_processes import ONE_REQUEST_A_BATCH, Inbox, SenderProcesses
 from newsletter.senders import SenderPool, _PipedProgress
 from newsletter.state import Ledger
 from newsletter.state.issues import PlanContent
@@ -610,3 +611,65 @@ def test_a_sender_says_its_progress_only_once_its_batch_is_recorded(
         counts = ledger.batch_counts(issue_id)
     assert outcome.submitted_batches == 3 and counts == {"submitted": (3, 12)}
     assert unrecorded == [0, 0, 0]
+
+
+def test_a_failure_to_start_a_sender_thread_stops_the_ones_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No more threads (or a Ctrl-C) while the send starts its sender threads: the ones
+    started already are asked to stop and waited for, not left taking batches."""
+    ended = threading.Event()
+
+    def sender(pipe: Any, stop: Any, halt: Any) -> None:
+        while not stop.wait(0.01):
+            pass
+        with pipe:
+            pipe.send(("done", threading.current_thread().name, Outcome()))
+        ended.set()
+
+    start = threading.Thread.start
+    started: list[threading.Thread] = []
+
+    def start_or_fail(thread: threading.Thread) -> None:
+        if thread.name.startswith("sender-") and started:
+            raise RuntimeError("can't start new thread")
+        start(thread)
+        if thread.name.startswith("sender-"):
+            started.append(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_or_fail)
+    pool = SenderPool(None, None, "sendgrid", 2, NoProgress(), lambda: False)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        pool._in_this_process(sender, Heartbeat(lambda: None), batches=2)
+    assert len(started) == 1 and ended.is_set() and not started[0].is_alive()
+
+
+def test_a_word_cut_by_a_ctrl_c_is_not_read_again() -> None:
+    """A Ctrl-C while a sender's word is read leaves the rest of it in the pipe: that pipe
+    is dropped (its sender is let go by its process's end), never misread as a new word."""
+    heard, said = multiprocessing.Pipe(duplex=False)
+
+    class Interrupt(BaseException):  # as KeyboardInterrupt, without ending pytest if it escapes
+        pass
+
+    class CutShort:
+        def fileno(self) -> int:
+            return heard.fileno()
+
+        def recv(self) -> object:
+            os.read(heard.fileno(), 3)  # a part of the word, then the Ctrl-C
+            raise Interrupt
+
+        def close(self) -> None:
+            self.closed = True
+
+    cut = CutShort()
+    inbox = Inbox([cut])  # type: ignore[list-item]
+    said.send(("advance", "sender-1", 5))
+    with pytest.raises(Interrupt):
+        inbox.get(1.0)
+    with pytest.raises(queue.Empty):
+        inbox.get(0.05)
+    assert cut.closed
+    heard.close()
+    said.close()
