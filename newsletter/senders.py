@@ -85,8 +85,7 @@ class _PipedProgress:
 
     def advance(self, recipients: int) -> None:
         if recipients:
-            with contextlib.suppress(OSError):  # nobody listens any more: the send has ended
-                self.pipe.send(("advance", self.name, recipients))
+            _say(self.pipe, ("advance", self.name, recipients))
 
     def stop(self) -> None:
         pass
@@ -121,9 +120,9 @@ def sender_main(pipe: Connection, stop: Any, halt: Any, parent: int) -> None:
     name = multiprocessing.current_process().name
     while isinstance(job := _next_job(pipe), (PlanJob, SuppressionJob)):
         if isinstance(job, SuppressionJob):
-            pipe.send(("suppressions", name, _suppressions(job)))
+            _say(pipe, ("suppressions", name, _suppressions(job)))
         else:
-            pipe.send(("planned", name, _plan(job)))
+            _say(pipe, ("planned", name, _plan(job)))
     if job is None:
         return
     try:
@@ -144,9 +143,15 @@ def sender_main(pipe: Connection, stop: Any, halt: Any, parent: int) -> None:
         outcome = Outcome(errors=[f"a sender process failed: {exc}"], permanent=True)
     if outcome.permanent or outcome.failed_batches:
         halt.set()
-    with contextlib.suppress(OSError):  # the send has gone (where it does not kill its senders)
-        pipe.send(("done", name, outcome))
+    _say(pipe, ("done", name, outcome))
     _exit_now(pipe)
+
+
+def _say(pipe: Connection, word: tuple[str, str, Any]) -> None:
+    """A word to the send; none if it has gone (where its senders do not die with it, the
+    next look for a job or at the parent ends this one)."""
+    with contextlib.suppress(OSError):
+        pipe.send(word)
 
 
 def _next_job(pipe: Connection) -> object:
@@ -377,8 +382,8 @@ class SenderPool:
             log.exception("the sender failed")
         if outcome.permanent or outcome.failed_batches:
             halt.set()
-        with pipe, contextlib.suppress(OSError):  # the send ended first (a second Ctrl-C)
-            pipe.send(("done", name, outcome))
+        with pipe:
+            _say(pipe, ("done", name, outcome))  # unheard if the send ended first (a 2nd Ctrl-C)
 
     def _gather(self, senders: list[Any], inbox: Inbox, stop: Any, heartbeat: Heartbeat) -> Outcome:
         """Progress and the senders' outcomes as they come; the claim kept alive and a stop
