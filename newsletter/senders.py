@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -330,11 +330,8 @@ class SenderPool:
         inbox = Inbox([])
         stop, halt = threading.Event(), threading.Event()
         count = max(1, min(self.workers, batches))
-        threads: list[threading.Thread] = []
         try:
-            with _threads_stopped_on_failure(threads, inbox, stop):
-                _start_threads(threads, here, count, "sender", inbox, stop, halt)
-                return self._gather(threads, inbox, stop, heartbeat)
+            return self._with_threads(here, count, "sender", [], (inbox, stop, halt), heartbeat)
         finally:
             inbox.close()
 
@@ -346,14 +343,47 @@ class SenderPool:
         not two, still uses both cores)."""
         started = self._started
         assert started is not None
-        inbox, stop, halt = started.inbox, started.stop, started.halt
         for n in range(len(self._senders)):
             started.give(n, job)
         count = self.workers - len(self._senders)
+        channels = (started.inbox, started.stop, started.halt)
+        return self._with_threads(here, count, "here", self._senders, channels, heartbeat)
+
+    def _with_threads(
+        self,
+        here: Callable[..., None],
+        count: int,
+        name: str,
+        processes: list[Any],
+        channels: tuple[Inbox, Any, Any],
+        heartbeat: Heartbeat,
+    ) -> Outcome:
+        """`count` senders in threads of this process running `here`, each with a pipe of
+        its own into the inbox, gathered with the sender `processes` until all have ended.
+        Should this process fail meanwhile (or while it starts them), every sender is asked
+        to stop and the threads are waited for, heard out meanwhile (one waiting to be
+        heard would never end): a batch they had in flight is recorded before the send goes
+        on. A second Ctrl-C ends it now instead."""
+        inbox, stop, halt = channels
         threads: list[threading.Thread] = []
-        with _threads_stopped_on_failure(threads, inbox, stop):
-            _start_threads(threads, here, count, "here", inbox, stop, halt)
-            return self._gather([*self._senders, *threads], inbox, stop, heartbeat)
+        try:
+            for n in range(count):
+                heard, said = thread_pipe()
+                inbox.add(heard)
+                thread = threading.Thread(
+                    target=here, args=(said, stop, halt), name=f"{name}-{n + 1}", daemon=True
+                )
+                thread.start()
+                threads.append(thread)
+            return self._gather([*processes, *threads], inbox, stop, heartbeat)
+        except BaseException as exc:
+            stop.set()
+            if not isinstance(exc, KeyboardInterrupt):
+                for thread in threads:
+                    while thread.is_alive():
+                        with contextlib.suppress(queue.Empty):
+                            inbox.get(POLL)
+            raise
 
     def _one(
         self,
@@ -419,44 +449,3 @@ class SenderPool:
         elif kind == "done":
             outcome.add(value)
             finished.add(name)
-
-
-@contextlib.contextmanager
-def _threads_stopped_on_failure(
-    threads: list[threading.Thread], inbox: Inbox, stop: Any
-) -> Iterator[None]:
-    """Should this process fail while its sender threads run (or while it starts them),
-    every sender is asked to stop and the threads are waited for, hearing them out
-    meanwhile (one waiting to be heard would never end): a batch they had in flight is
-    recorded before the send goes on. A second Ctrl-C ends it now instead."""
-    try:
-        yield
-    except BaseException as exc:
-        stop.set()
-        if not isinstance(exc, KeyboardInterrupt):
-            for thread in threads:
-                while thread.is_alive():
-                    with contextlib.suppress(queue.Empty):
-                        inbox.get(POLL)
-        raise
-
-
-def _start_threads(
-    threads: list[threading.Thread],
-    run: Callable[..., None],
-    count: int,
-    name: str,
-    inbox: Inbox,
-    stop: Any,
-    halt: Any,
-) -> None:
-    """`count` senders in threads of this process, each running `run` with a pipe of its
-    own into `inbox`, and the stop and halt flags; each added to `threads` once started."""
-    for n in range(count):
-        heard, said = thread_pipe()
-        inbox.add(heard)
-        thread = threading.Thread(
-            target=run, args=(said, stop, halt), name=f"{name}-{n + 1}", daemon=True
-        )
-        thread.start()
-        threads.append(thread)
