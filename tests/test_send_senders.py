@@ -151,6 +151,20 @@ def test_a_bad_row_in_the_last_part_stops_the_send_before_anything_goes_out(
     assert len(sendgrid_emulator.recipients()) == 1500
 
 
+def planned_issue(ledger: Ledger, *, batches: int, readers: int) -> int:
+    """The 2024-03-05 issue of list main, claimed and planned: `batches` batches of the same
+    `readers` readers (a batch a sender takes, not a list to send once)."""
+    issue_id = ledger.claim("main", dt.date(2024, 3, 5), "me", dt.timedelta(hours=1)).issue.id
+    rows = [[f"r{n}@example.com", f"R {n}"] for n in range(readers)]
+    content = PlanContent(
+        subject="s", html="<p>%%email%%</p>", text="%%email:text%%",
+        tokens=frozenset({"email"}), story_keys=[], window_start=None,
+        window_end=dt.datetime(2024, 3, 5, tzinfo=dt.UTC), transport="sendgrid",
+    )  # fmt: skip
+    ledger.save_plan(issue_id, content, [(["email", "name"], rows)] * batches)
+    return issue_id
+
+
 def claim_and_count(url: str, issue_id: int, meet: Path, senders: int) -> list[int]:
     """One sender's loop over the state database, as another machine runs it: take the
     next pending batch, record it sent, until none is left. Having taken its first
@@ -174,19 +188,7 @@ def test_two_processes_in_their_own_folders_share_one_issue_each_batch_once(
     database_url: str, tmp_path: Path
 ) -> None:
     with Ledger(database_url) as ledger:
-        issue_id = ledger.claim("main", dt.date(2024, 3, 5), "me", dt.timedelta(hours=1)).issue.id
-        rows = [[f"r{n}@example.com", f"R {n}"] for n in range(5)]
-        content = PlanContent(
-            subject="s",
-            html="h",
-            text="t",
-            tokens=frozenset(),
-            story_keys=[],
-            window_start=None,
-            window_end=dt.datetime(2024, 3, 5, tzinfo=dt.UTC),
-            transport="sendgrid",
-        )
-        ledger.save_plan(issue_id, content, [(["email", "name"], rows)] * 400)
+        issue_id = planned_issue(ledger, batches=400, readers=5)
     script = (
         "import sys; from pathlib import Path; from tests.test_send_senders import "
         "claim_and_count; print(' '.join(map(str, claim_and_count("
@@ -581,14 +583,7 @@ def test_a_sender_says_its_progress_only_once_its_batch_is_recorded(
     said after the batch is recorded, that wait never holds a sent batch unrecorded, which
     a kill meanwhile would leave in doubt."""
     with Ledger(database_url) as ledger:
-        issue_id = ledger.claim("main", dt.date(2024, 3, 5), "me", dt.timedelta(hours=1)).issue.id
-        rows = [[f"r{n}@example.com", f"R {n}"] for n in range(4)]
-        content = PlanContent(
-            subject="s", html="<p>%%email%%</p>", text="%%email:text%%",
-            tokens=frozenset({"email"}), story_keys=[], window_start=None,
-            window_end=dt.datetime(2024, 3, 5, tzinfo=dt.UTC), transport="sendgrid",
-        )  # fmt: skip
-        ledger.save_plan(issue_id, content, [(["email", "name"], rows)] * 3)
+        issue_id = planned_issue(ledger, batches=3, readers=4)
         unrecorded: list[int] = []
 
         class Watching(NoProgress):
